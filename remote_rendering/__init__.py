@@ -1,0 +1,82 @@
+"""Azure Remote Rendering sessions: settings, models, errors, the async client, the emulator.
+
+This package has no Prefect in it; ``tasks`` and ``flows`` build on it.
+"""
+
+from __future__ import annotations
+
+from remote_rendering.clock import Clock, ScaledClock, SystemClock, VirtualClock
+from remote_rendering.errors import (
+    ArrError,
+    ArrHTTPError,
+    ArrTransportError,
+    AuthenticationError,
+    BadRequestError,
+    ConfigurationError,
+    CreateOutcomeUnknownError,
+    InvalidInputError,
+    InvalidLeaseError,
+    InvalidSessionIdError,
+    InvalidSizeError,
+    LeaseNotExtendedError,
+    RateLimitedError,
+    ReadyTimeoutError,
+    ServiceError,
+    SessionConflictError,
+    SessionEndedError,
+    SessionExpiredError,
+    SessionFailedError,
+    SessionNotFoundError,
+    SessionStoppedError,
+    TimeSpanFormatError,
+)
+from remote_rendering.models import (
+    MAX_LEASE,
+    ApiVersion,
+    Session,
+    SessionSize,
+    SessionStatus,
+    format_timespan,
+    parse_lease,
+    parse_timespan,
+)
+from remote_rendering.settings import ArrSettings, load_settings
+
+__all__ = [
+    "MAX_LEASE",
+    "ApiVersion",
+    "ArrError",
+    "ArrHTTPError",
+    "ArrSettings",
+    "ArrTransportError",
+    "AuthenticationError",
+    "BadRequestError",
+    "Clock",
+    "ConfigurationError",
+    "CreateOutcomeUnknownError",
+    "InvalidInputError",
+    "InvalidLeaseError",
+    "InvalidSessionIdError",
+    "InvalidSizeError",
+    "LeaseNotExtendedError",
+    "RateLimitedError",
+    "ReadyTimeoutError",
+    "ScaledClock",
+    "ServiceError",
+    "Session",
+    "SessionConflictError",
+    "SessionEndedError",
+    "SessionExpiredError",
+    "SessionFailedError",
+    "SessionNotFoundError",
+    "SessionSize",
+    "SessionStatus",
+    "SessionStoppedError",
+    "SystemClock",
+    "TimeSpanFormatError",
+    "VirtualClock",
+    "format_timespan",
+    "load_settings",
+    "parse_lease",
+    "parse_timespan",
+]

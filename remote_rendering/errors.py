@@ -1,0 +1,233 @@
+"""One exception tree for everything that can go wrong talking to ARR.
+
+::
+
+    ArrError
+    ├── InvalidInputError (also ValueError): refused before any request is sent
+    │   ├── ConfigurationError        settings: account, endpoints, api version
+    │   ├── TimeSpanFormatError       not a .NET TimeSpan
+    │   ├── InvalidLeaseError         not a duration, zero/negative, or over 24 h
+    │   ├── InvalidSizeError          not "standard" / "premium"
+    │   └── InvalidSessionIdError     would not be a safe URL path segment
+    ├── ArrTransportError             no HTTP answer (connect/read failure), after retries
+    ├── ArrHTTPError                  the service answered with an error status
+    │   ├── BadRequestError           400
+    │   ├── AuthenticationError       401, 403 (wrong key, expired or foreign token)
+    │   ├── SessionNotFoundError      404
+    │   ├── SessionConflictError      409 (2021-01-01: the ID exists with other settings)
+    │   ├── LeaseNotExtendedError     422 (2021-01-01: new lease not above the current one)
+    │   ├── RateLimitedError          429, after the client's bounded retries
+    │   └── ServiceError              5xx, after the client's bounded retries
+    ├── CreateOutcomeUnknownError     a v1 create whose answer was lost and not reconciled
+    └── SessionEndedError             the session stopped being usable
+        ├── SessionFailedError        it ended in Error (e.g. no capacity)
+        ├── SessionExpiredError       its lease ran out
+        ├── SessionStoppedError       someone stopped it
+        └── ReadyTimeoutError         it was not Ready by the deadline
+
+Every message says what failed and, for HTTP errors, the status, the service's code and
+message and the ``MS-CV`` correlation header (what support asks for). No exception ever
+holds a request's headers, the account key or a token: exceptions keep the method and URL
+as strings, never the ``httpx.Request``, because Prefect pickles exceptions into states.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from remote_rendering.models import Session
+
+__all__ = [
+    "ArrError",
+    "ArrHTTPError",
+    "ArrTransportError",
+    "AuthenticationError",
+    "BadRequestError",
+    "ConfigurationError",
+    "CreateOutcomeUnknownError",
+    "InvalidInputError",
+    "InvalidLeaseError",
+    "InvalidSessionIdError",
+    "InvalidSizeError",
+    "LeaseNotExtendedError",
+    "RateLimitedError",
+    "ReadyTimeoutError",
+    "ServiceError",
+    "SessionConflictError",
+    "SessionEndedError",
+    "SessionExpiredError",
+    "SessionFailedError",
+    "SessionNotFoundError",
+    "SessionStoppedError",
+    "TimeSpanFormatError",
+    "error_for_status",
+]
+
+
+class ArrError(Exception):
+    """Base of every error this package raises."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Keyword-only constructors do not survive the default exception pickling, and
+        # Prefect pickles exceptions into flow and task states.
+        return (_rebuild, (type(self), self.__dict__.copy()))
+
+
+def _rebuild(cls: type[ArrError], state: dict[str, Any]) -> ArrError:
+    exc = cls.__new__(cls)
+    Exception.__init__(exc, state.get("message", ""))
+    exc.__dict__.update(state)
+    return exc
+
+
+class InvalidInputError(ArrError, ValueError):
+    """Input refused before any request was sent."""
+
+
+class ConfigurationError(InvalidInputError):
+    """The settings cannot work (missing account, bad URL, unknown region...)."""
+
+
+class TimeSpanFormatError(InvalidInputError):
+    """A string is not a .NET TimeSpan."""
+
+
+class InvalidLeaseError(InvalidInputError):
+    """A lease is not a positive duration of at most 24 hours."""
+
+
+class InvalidSizeError(InvalidInputError):
+    """A session size is not one of the service's sizes."""
+
+
+class InvalidSessionIdError(InvalidInputError):
+    """A session ID would not be a safe single URL path segment."""
+
+
+class ArrTransportError(ArrError):
+    """The service could not be reached, or the connection broke, after retries."""
+
+    def __init__(self, message: str, *, operation: str, method: str, url: str) -> None:
+        super().__init__(message)
+        self.operation = operation
+        self.method = method
+        self.url = url
+
+
+class ArrHTTPError(ArrError):
+    """The service answered with an error status."""
+
+    def __init__(
+        self,
+        *,
+        operation: str,
+        method: str,
+        url: str,
+        status_code: int,
+        code: str | None = None,
+        service_message: str | None = None,
+        ms_cv: str | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        self.operation = operation
+        self.method = method
+        self.url = url
+        self.status_code = status_code
+        self.code = code
+        self.service_message = service_message
+        self.ms_cv = ms_cv
+        self.retry_after = retry_after
+        parts = [f"{operation} failed: HTTP {status_code}"]
+        if code:
+            parts.append(f" {code}")
+        if service_message:
+            parts.append(f": {service_message}")
+        parts.append(f" ({method} {url}; MS-CV: {ms_cv or 'none'})")
+        super().__init__("".join(parts))
+
+
+class BadRequestError(ArrHTTPError):
+    """400: the service refused the request's content."""
+
+
+class AuthenticationError(ArrHTTPError):
+    """401 or 403: wrong account key, expired token, or a token of another account."""
+
+
+class SessionNotFoundError(ArrHTTPError):
+    """404: no such session on this account."""
+
+
+class SessionConflictError(ArrHTTPError):
+    """409: a session with this ID exists with other settings (2021-01-01)."""
+
+
+class LeaseNotExtendedError(ArrHTTPError):
+    """422: the new lease is not greater than the current one (2021-01-01)."""
+
+
+class RateLimitedError(ArrHTTPError):
+    """429 that outlasted the client's retries."""
+
+
+class ServiceError(ArrHTTPError):
+    """5xx that outlasted the client's retries."""
+
+
+_BY_STATUS: dict[int, type[ArrHTTPError]] = {
+    400: BadRequestError,
+    401: AuthenticationError,
+    403: AuthenticationError,
+    404: SessionNotFoundError,
+    409: SessionConflictError,
+    422: LeaseNotExtendedError,
+    429: RateLimitedError,
+}
+
+
+def error_for_status(status_code: int) -> type[ArrHTTPError]:
+    """The exception class for an HTTP error status."""
+    if status_code >= 500:
+        return ServiceError
+    return _BY_STATUS.get(status_code, ArrHTTPError)
+
+
+class CreateOutcomeUnknownError(ArrError):
+    """A v1 create's response was lost and the session it may have made was not found.
+
+    v1 create is not idempotent, so the client does not re-post blindly; when it cannot
+    tell whether a session was made, it raises this rather than risk a second one.
+    """
+
+
+class SessionEndedError(ArrError):
+    """The session can no longer become (or stay) Ready."""
+
+    def __init__(self, message: str, *, session_id: str, session: Session | None = None) -> None:
+        super().__init__(message)
+        self.session_id = session_id
+        self.session = session
+
+
+class SessionFailedError(SessionEndedError):
+    """The session ended in Error; ``message`` carries the service's explanation."""
+
+
+class SessionExpiredError(SessionEndedError):
+    """The session's lease ran out."""
+
+
+class SessionStoppedError(SessionEndedError):
+    """The session was stopped (by someone else) before it was ready or done."""
+
+
+class ReadyTimeoutError(SessionEndedError):
+    """The session did not become Ready before the deadline."""

@@ -1,0 +1,244 @@
+"""Settings, from ``ARR_*`` environment variables or a ``.env`` file.
+
+=========================  =====================================================
+``ARR_ACCOUNT_ID``         the account's GUID
+``ARR_ACCOUNT_KEY``        the account key (secret: never logged or shown)
+``ARR_ACCOUNT_DOMAIN``     e.g. ``westus2.mixedreality.azure.com`` (the STS host)
+``ARR_REGION``             e.g. ``westus2`` (the session API host)
+``ARR_SERVICE_URL``        overrides the session API base URL (e.g. the emulator)
+``ARR_STS_URL``            overrides the STS base URL (e.g. the emulator)
+``ARR_API_VERSION``        ``v1`` (the seed's API, default) or ``2021-01-01``
+=========================  =====================================================
+
+plus timeouts, retry bounds, polling and prices (see the fields). Plain ``http://`` is
+accepted only for loopback hosts, so a key is never sent in clear over a network.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from typing import Any
+from urllib.parse import urlsplit
+
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from remote_rendering.errors import ConfigurationError
+from remote_rendering.models import ApiVersion
+
+__all__ = ["REGIONS", "ArrSettings", "is_loopback_url", "load_settings"]
+
+REGIONS = (
+    "australiaeast",
+    "eastus",
+    "eastus2",
+    "japaneast",
+    "northeurope",
+    "southcentralus",
+    "southeastasia",
+    "uksouth",
+    "westeurope",
+    "westus2",
+)
+"""Regions that served ARR (ARR_API.md §1). There is no fallback between them."""
+
+_GUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$", re.IGNORECASE)
+_DOMAIN = re.compile(
+    r"^(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9-]{1,63})+$"
+)
+
+
+def is_loopback_url(url: str) -> bool:
+    """True when the URL's host is ``localhost`` or a loopback address."""
+    host = urlsplit(url).hostname or ""
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _check_base_url(name: str, url: str) -> str:
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"{name} must be an http(s) URL with a host, got {url!r}")
+    if parts.scheme == "http" and not is_loopback_url(url):
+        raise ValueError(
+            f"{name} must use https:// (plain http:// is accepted only for loopback hosts,"
+            f" such as the emulator on 127.0.0.1), got {url!r}"
+        )
+    if parts.query or parts.fragment:
+        raise ValueError(f"{name} must not have a query or fragment, got {url!r}")
+    return url.rstrip("/")
+
+
+class ArrSettings(BaseSettings):
+    """Where the service is, which account to use, and how patient to be."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="ARR_",
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        validate_default=True,
+    )
+
+    account_id: str | None = Field(default=None, description="The account's GUID.")
+    account_key: SecretStr | None = Field(default=None, description="The account key.")
+    account_domain: str | None = Field(
+        default=None, description="The account's domain, e.g. westus2.mixedreality.azure.com."
+    )
+    region: str | None = Field(default=None, description="The session API's region.")
+    service_url: str | None = Field(default=None, description="Session API base URL override.")
+    sts_url: str | None = Field(default=None, description="Token service base URL override.")
+    api_version: ApiVersion = Field(default="v1", description="'v1' or '2021-01-01'.")
+
+    connect_timeout: float = Field(default=10.0, gt=0, description="Seconds to connect.")
+    request_timeout: float = Field(default=30.0, gt=0, description="Seconds for one request.")
+    max_attempts: int = Field(
+        default=6, ge=1, le=20, description="Attempts per request on transient failures."
+    )
+    backoff_initial: float = Field(default=1.0, ge=0, description="First retry delay, seconds.")
+    backoff_max: float = Field(default=30.0, ge=0, description="Longest retry delay, seconds.")
+    retry_after_max: float = Field(
+        default=120.0, ge=0, description="Longest Retry-After the client will honour, seconds."
+    )
+    poll_interval: float = Field(
+        default=5.0, gt=0, description="Seconds between status polls (the docs ask 5-10 s)."
+    )
+    ready_timeout: float = Field(
+        default=900.0, gt=0, description="Seconds to wait for Ready (start-up takes up to 5 min)."
+    )
+    token_refresh_margin: float = Field(
+        default=300.0, ge=0, description="Refresh the token this many seconds before exp."
+    )
+    price_standard_per_hour: float | None = Field(
+        default=None, ge=0, description="Hourly price of a Standard session, for cost estimates."
+    )
+    price_premium_per_hour: float | None = Field(
+        default=None, ge=0, description="Hourly price of a Premium session, for cost estimates."
+    )
+
+    @field_validator("account_id")
+    @classmethod
+    def _account_id_is_guid(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        if not _GUID.match(value.strip()):
+            raise ValueError(
+                f"ARR_ACCOUNT_ID must be the account's GUID"
+                f" (xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx), got {value!r}"
+            )
+        return value.strip().lower()
+
+    @field_validator("account_key")
+    @classmethod
+    def _key_not_blank(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not value.get_secret_value().strip():
+            raise ValueError("ARR_ACCOUNT_KEY is empty")
+        return value
+
+    @field_validator("account_domain")
+    @classmethod
+    def _domain_is_host(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        if not _DOMAIN.match(value.strip()):
+            raise ValueError(
+                f"ARR_ACCOUNT_DOMAIN must be a host name like"
+                f" 'westus2.mixedreality.azure.com', got {value!r}"
+            )
+        return value.strip().lower()
+
+    @field_validator("region")
+    @classmethod
+    def _known_region(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        if value.strip().lower() not in REGIONS:
+            raise ValueError(f"unknown ARR_REGION {value!r}: expected one of {', '.join(REGIONS)}")
+        return value.strip().lower()
+
+    @field_validator("service_url")
+    @classmethod
+    def _service_url(cls, value: str | None) -> str | None:
+        return None if value is None else _check_base_url("ARR_SERVICE_URL", value.strip())
+
+    @field_validator("sts_url")
+    @classmethod
+    def _sts_url(cls, value: str | None) -> str | None:
+        return None if value is None else _check_base_url("ARR_STS_URL", value.strip())
+
+    @model_validator(mode="after")
+    def _backoff_order(self) -> ArrSettings:
+        if self.backoff_initial > self.backoff_max:
+            raise ValueError("backoff_initial must not exceed backoff_max")
+        return self
+
+    @property
+    def is_configured(self) -> bool:
+        """True when an account id and key are set (otherwise the demo uses the emulator)."""
+        return self.account_id is not None and self.account_key is not None
+
+    @property
+    def service_base_url(self) -> str:
+        """The session API's base URL: the override, or the region's host."""
+        if self.service_url:
+            return self.service_url
+        if self.region:
+            return f"https://remoterendering.{self.region}.mixedreality.azure.com"
+        if self.account_domain:
+            region = self.account_domain.split(".", 1)[0]
+            if region in REGIONS:
+                return f"https://remoterendering.{region}.mixedreality.azure.com"
+        raise ConfigurationError(
+            "no session API endpoint: set ARR_REGION (e.g. westus2) or ARR_SERVICE_URL"
+        )
+
+    @property
+    def sts_base_url(self) -> str:
+        """The token service's base URL: the override, the account domain's, or the global."""
+        if self.sts_url:
+            return self.sts_url
+        if self.account_domain:
+            return f"https://sts.{self.account_domain}"
+        return "https://sts.mixedreality.azure.com"
+
+    def require_account(self) -> tuple[str, SecretStr]:
+        """The account id and key, or a :class:`ConfigurationError` naming what is missing."""
+        if self.account_id is None or self.account_key is None:
+            missing = [
+                name
+                for name, value in (
+                    ("ARR_ACCOUNT_ID", self.account_id),
+                    ("ARR_ACCOUNT_KEY", self.account_key),
+                )
+                if value is None
+            ]
+            raise ConfigurationError(f"no ARR account configured: set {' and '.join(missing)}")
+        return self.account_id, self.account_key
+
+    def price_per_hour(self, size: str) -> float | None:
+        """The configured hourly price for a size, if any."""
+        return (
+            self.price_premium_per_hour
+            if str(size).lower() == "premium"
+            else self.price_standard_per_hour
+        )
+
+
+def load_settings(**overrides: Any) -> ArrSettings:
+    """Build settings, turning pydantic's validation error into a :class:`ConfigurationError`.
+
+    The message lists each bad field with its reason, and never the key's value.
+    """
+    try:
+        return ArrSettings(**overrides)
+    except ValidationError as exc:
+        reasons = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or 'settings'}: {err['msg']}"
+            for err in exc.errors(include_input=False, include_url=False)
+        )
+        raise ConfigurationError(f"invalid ARR settings: {reasons}") from None
