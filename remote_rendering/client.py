@@ -1,0 +1,711 @@
+"""The async ARR session client, for both API versions.
+
+::
+
+    async with ArrClient(load_settings()) as arr:
+        session = await arr.create_session(lease=timedelta(minutes=30), size="standard")
+        try:
+            session = await arr.wait_until_ready(session.id)
+            ...  # render
+        finally:
+            await arr.stop_session(session.id)
+
+Retries live here and only here (never also in Prefect): connection failures, 5xx and 429
+are retried with capped, jittered exponential back-off, honouring ``Retry-After``, up to
+``settings.max_attempts`` attempts. Everything the service can answer with is turned into
+:class:`~remote_rendering.models.Session` models or one of the exceptions of
+:mod:`remote_rendering.errors`; callers never see an ``httpx.Response``.
+
+API facts this module relies on (ARR_API.md):
+
+- v1 create (``POST .../sessions/create``) is **not idempotent**: a retry after a lost
+  response can create a second, billed session. The client therefore never re-posts after
+  an ambiguous failure; it reconciles (see :meth:`ArrClient.create_session`).
+- 2021-01-01 create is a ``PUT`` of a client-chosen ID: retrying it is safe (200 when the
+  same session already exists with the same settings).
+- The lease sent on update is the **total** since the session became Ready, never an
+  increment (:meth:`ArrClient.extend_session_by` does the arithmetic).
+- Stop is idempotent from the caller's view: already stopped, expired or unknown is success.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import random
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
+from datetime import UTC, datetime, timedelta
+from email.utils import parsedate_to_datetime
+from types import TracebackType
+from typing import Any, Self
+from urllib.parse import quote
+
+import httpx
+
+from remote_rendering.auth import (
+    PROCESS_TOKEN_CACHE,
+    AccessToken,
+    ArrAuth,
+    TokenCache,
+    TokenSource,
+    jwt_expiry,
+)
+from remote_rendering.clock import Clock, SystemClock
+from remote_rendering.errors import (
+    ArrHTTPError,
+    ArrTransportError,
+    CreateOutcomeUnknownError,
+    LeaseNotExtendedError,
+    RateLimitedError,
+    ReadyTimeoutError,
+    SessionExpiredError,
+    SessionFailedError,
+    SessionNotFoundError,
+    SessionStoppedError,
+    error_for_status,
+)
+from remote_rendering.models import (
+    MAX_LEASE,
+    Session,
+    SessionSize,
+    SessionStatus,
+    format_timespan,
+    lease_minutes,
+    parse_lease,
+    validate_session_id,
+)
+from remote_rendering.settings import ArrSettings, load_settings
+
+__all__ = [
+    "ArrClient",
+    "StatusCallback",
+    "client_factory",
+    "new_session_id",
+    "open_client",
+    "use_client_factory",
+]
+
+logger = logging.getLogger("remote_rendering.client")
+
+API_VERSION_2021 = "2021-01-01"
+_RETRYABLE_STATUS = frozenset({429, 500, 502, 503, 504})
+# How many times a v1 create is re-posted after the service provably did not make a session.
+_V1_CREATE_ROUNDS = 3
+# How many list calls a v1 create reconciliation makes before concluding nothing was made.
+_V1_RECONCILE_LISTS = 3
+
+StatusCallback = Callable[[SessionStatus | None, Session], Awaitable[None] | None]
+"""Called by :meth:`ArrClient.wait_until_ready` when the status changes: (old, session)."""
+
+
+def new_session_id(prefix: str = "arr") -> str:
+    """A fresh 2021-01-01 session ID: ``{prefix}-{uuid4}`` (letters, digits and ``-``)."""
+    return validate_session_id(f"{prefix}-{uuid.uuid4()}")
+
+
+class _AmbiguousOutcome(Exception):
+    """A non-idempotent request may or may not have been carried out."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def _never_sent(exc: httpx.TransportError) -> bool:
+    """True when the request provably never reached the service."""
+    return isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout | httpx.PoolTimeout)
+
+
+class ArrClient:
+    """An async client of the ARR session API (``v1`` or ``2021-01-01``).
+
+    ``transport`` is injected for tests and the in-process emulator
+    (``httpx.ASGITransport(app)``); ``clock`` drives back-off, polling and token expiry.
+    """
+
+    def __init__(
+        self,
+        settings: ArrSettings | None = None,
+        *,
+        transport: httpx.AsyncBaseTransport | None = None,
+        clock: Clock | None = None,
+        token_cache: TokenCache | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.settings = settings if settings is not None else load_settings()
+        self.account_id, account_key = self.settings.require_account()
+        self.api_version = self.settings.api_version
+        self._service = self.settings.service_base_url
+        self._sts = self.settings.sts_base_url
+        self.clock: Clock = clock if clock is not None else SystemClock()
+        self._rng = rng if rng is not None else random.Random()
+        self._http = httpx.AsyncClient(
+            transport=transport,
+            timeout=httpx.Timeout(
+                self.settings.request_timeout, connect=self.settings.connect_timeout
+            ),
+            headers={"Accept": "application/json", "User-Agent": "arr-prefect/0.1"},
+            follow_redirects=False,
+        )
+        cache = token_cache if token_cache is not None else PROCESS_TOKEN_CACHE
+        self._tokens = TokenSource(
+            cache=cache,
+            key=TokenCache.key(self._sts, self.account_id, account_key),
+            fetch=self._fetch_token,
+            clock=self.clock,
+            refresh_margin=self.settings.token_refresh_margin,
+        )
+        self._auth = ArrAuth(self._tokens)
+
+    def __repr__(self) -> str:
+        return (
+            f"ArrClient(service={self._service!r}, account_id={self.account_id!r},"
+            f" api_version={self.api_version!r})"
+        )
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the connection pool."""
+        await self._http.aclose()
+
+    # ------------------------------------------------------------------ plumbing
+
+    def _sessions_url(self, *parts: str) -> str:
+        account = quote(self.account_id, safe="")
+        tail = "".join(f"/{quote(p, safe=':')}" for p in parts)
+        if self.api_version == "v1":
+            return f"{self._service}/v1/accounts/{account}/sessions{tail}"
+        return f"{self._service}/accounts/{account}/sessions{tail}"
+
+    def _params(self) -> dict[str, str]:
+        return {} if self.api_version == "v1" else {"api-version": API_VERSION_2021}
+
+    def _backoff(self, attempt: int) -> float:
+        ceiling: float = min(
+            self.settings.backoff_max, self.settings.backoff_initial * 2 ** (attempt - 1)
+        )
+        return ceiling * self._rng.uniform(0.5, 1.0)
+
+    def _retry_after(self, response: httpx.Response) -> float | None:
+        value = response.headers.get("Retry-After")
+        if value is None:
+            return None
+        try:
+            seconds = float(value)
+        except ValueError:
+            try:
+                when = parsedate_to_datetime(value)
+            except (TypeError, ValueError):
+                return None
+            seconds = when.timestamp() - self.clock.time()
+        return max(0.0, min(seconds, self.settings.retry_after_max))
+
+    async def _send(
+        self,
+        operation: str,
+        method: str,
+        url: str,
+        *,
+        json: Any = None,
+        params: dict[str, str] | None = None,
+        idempotent: bool = True,
+        authenticated: bool = True,
+        headers: dict[str, str] | None = None,
+    ) -> httpx.Response:
+        """Send with bounded retries; return the final response (error statuses included).
+
+        For a non-idempotent request an answer that may hide a carried-out request (a broken
+        connection after sending, a 5xx) raises :class:`_AmbiguousOutcome` instead of being
+        retried; a 429 or a connection that was never made are retried as usual.
+        """
+        attempts = self.settings.max_attempts
+        for attempt in range(1, attempts + 1):
+            try:
+                response = await self._http.request(
+                    method,
+                    url,
+                    json=json,
+                    params=params,
+                    headers=headers,
+                    auth=self._auth if authenticated else httpx.USE_CLIENT_DEFAULT,
+                )
+            except httpx.TransportError as exc:
+                if not idempotent and not _never_sent(exc):
+                    raise _AmbiguousOutcome(f"{type(exc).__name__}: {exc}") from exc
+                if attempt == attempts:
+                    raise ArrTransportError(
+                        f"{operation} failed: no answer from the service after {attempts}"
+                        f" attempts ({type(exc).__name__}: {exc or 'connection failed'};"
+                        f" {method} {url})",
+                        operation=operation,
+                        method=method,
+                        url=url,
+                    ) from exc
+                delay = self._backoff(attempt)
+                logger.warning(
+                    "%s: %s, retrying in %.1fs (attempt %d/%d)",
+                    operation,
+                    type(exc).__name__,
+                    delay,
+                    attempt,
+                    attempts,
+                )
+                await self.clock.sleep(delay)
+                continue
+            if response.status_code not in _RETRYABLE_STATUS:
+                return response
+            await response.aread()
+            if not idempotent and response.status_code != 429:
+                raise _AmbiguousOutcome(f"HTTP {response.status_code}")
+            if attempt == attempts:
+                return response
+            retry_after = self._retry_after(response)
+            delay = retry_after if retry_after is not None else self._backoff(attempt)
+            logger.warning(
+                "%s: HTTP %d (MS-CV %s), retrying in %.1fs (attempt %d/%d)",
+                operation,
+                response.status_code,
+                response.headers.get("MS-CV", "none"),
+                delay,
+                attempt,
+                attempts,
+            )
+            await self.clock.sleep(delay)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _error(self, operation: str, response: httpx.Response) -> ArrHTTPError:
+        code: str | None = None
+        message: str | None = None
+        try:
+            body = response.json()
+        except ValueError:
+            body = None
+        if isinstance(body, dict) and isinstance(body.get("error"), dict):
+            code = body["error"].get("code")
+            message = body["error"].get("message")
+        elif isinstance(body, dict) and isinstance(body.get("message"), str):
+            message = body["message"]
+        elif response.text:
+            message = response.text.strip()[:300]
+        return error_for_status(response.status_code)(
+            operation=operation,
+            method=response.request.method,
+            url=str(response.request.url),
+            status_code=response.status_code,
+            code=str(code) if code is not None else None,
+            service_message=str(message) if message is not None else None,
+            ms_cv=response.headers.get("MS-CV"),
+            retry_after=self._retry_after(response),
+        )
+
+    async def _call(
+        self,
+        operation: str,
+        method: str,
+        url: str,
+        *,
+        expect: Iterable[int],
+        json: Any = None,
+        idempotent: bool = True,
+    ) -> httpx.Response:
+        response = await self._send(
+            operation, method, url, json=json, params=self._params(), idempotent=idempotent
+        )
+        if response.status_code not in set(expect):
+            await response.aread()
+            raise self._error(operation, response)
+        return response
+
+    # ------------------------------------------------------------------ token
+
+    async def _fetch_token(self) -> AccessToken:
+        _, key = self.settings.require_account()
+        url = f"{self._sts}/accounts/{quote(self.account_id, safe='')}/token"
+        response = await self._send(
+            "get access token",
+            "GET",
+            url,
+            authenticated=False,
+            headers={"Authorization": f"Bearer {self.account_id}:{key.get_secret_value()}"},
+        )
+        if response.status_code != 200:
+            raise self._error("get access token", response)
+        try:
+            raw = response.json()["AccessToken"]
+        except (ValueError, KeyError, TypeError):
+            raise self._error("get access token (no AccessToken in the answer)", response) from None
+        expires = jwt_expiry(raw)
+        if expires is None:
+            logger.warning("the access token has no readable exp claim; caching it for 10 min")
+            expires = datetime.fromtimestamp(self.clock.time() + 600, tz=UTC)
+        return AccessToken(token=raw, expires_at=expires, account_id=self.account_id)
+
+    async def get_access_token(self) -> AccessToken:
+        """A valid access token (cached per process until shortly before its ``exp``)."""
+        return await self._tokens.get()
+
+    # ------------------------------------------------------------------ sessions
+
+    def _parse(self, body: dict[str, Any]) -> Session:
+        return Session.from_v1(body) if self.api_version == "v1" else Session.from_v2021(body)
+
+    async def create_session(
+        self,
+        *,
+        lease: timedelta | str | int | float,
+        size: SessionSize | str = SessionSize.STANDARD,
+        models: Sequence[str] = (),
+        session_id: str | None = None,
+    ) -> Session:
+        """Create a session; it starts in ``Starting``. Returns as soon as the ID is known.
+
+        ``lease`` is the total lease (a ``timedelta``, a TimeSpan string or minutes). With
+        the 2021-01-01 API ``session_id`` is the client's choice (a fresh one by default)
+        and the create is retried safely. With v1 the service chooses the ID and create is
+        not idempotent: after a lost answer the client looks for the session its request
+        made (each attempt's lease carries a sub-second fingerprint) and adopts it, and
+        re-posts only when the service provably made none.
+        """
+        max_lease = parse_lease(lease)
+        session_size = SessionSize.parse(size)
+        if self.api_version == "v1":
+            if session_id is not None:
+                raise ValueError("v1 chooses session IDs itself: do not pass session_id")
+            return await self._create_v1(max_lease, session_size, list(models))
+        sid = validate_session_id(session_id) if session_id is not None else new_session_id()
+        body = {
+            "maxLeaseTimeMinutes": lease_minutes(max_lease),
+            "size": session_size.wire(self.api_version),
+        }
+        if models:
+            body["models"] = list(models)
+        response = await self._call(
+            "create session", "PUT", self._sessions_url(sid), expect=(200, 201), json=body
+        )
+        return self._parse(response.json())
+
+    async def _create_v1(self, lease: timedelta, size: SessionSize, models: list[str]) -> Session:
+        url = self._sessions_url("create")
+        for _ in range(_V1_CREATE_ROUNDS):
+            # A fingerprint in the microseconds of the lease (harmless: under a second more)
+            # lets a lost create be recognised in the session list.
+            fingerprint = lease.microseconds or self._rng.randrange(1, 1_000_000)
+            attempt_lease = (
+                lease
+                - timedelta(microseconds=lease.microseconds)
+                + timedelta(microseconds=fingerprint)
+            )
+            if attempt_lease > MAX_LEASE:
+                attempt_lease -= timedelta(seconds=1)
+            body = {
+                "maxLeaseTime": format_timespan(attempt_lease),
+                "models": models,
+                "size": size.wire("v1"),
+            }
+            try:
+                response = await self._send(
+                    "create session",
+                    "POST",
+                    url,
+                    json=body,
+                    params=self._params(),
+                    idempotent=False,
+                )
+            except _AmbiguousOutcome as ambiguous:
+                logger.warning(
+                    "create session: the answer was lost (%s); looking for the session it made",
+                    ambiguous.reason,
+                )
+                found = await self._find_v1_created(attempt_lease, size)
+                if found is not None:
+                    logger.warning(
+                        "create session: adopted session %s made by the lost request", found.id
+                    )
+                    return found
+                continue
+            if (
+                response.status_code != 202
+                and response.status_code != 200
+                and response.status_code != 201
+            ):
+                raise self._error("create session", response)
+            try:
+                sid = validate_session_id(str(response.json()["sessionId"]))
+            except (ValueError, KeyError, TypeError):
+                raise self._error("create session (no sessionId in the answer)", response) from None
+            return Session(
+                id=sid, status=SessionStatus.STARTING, size=size, max_lease=attempt_lease
+            )
+        raise CreateOutcomeUnknownError(
+            f"create session failed: the service's answer was lost {_V1_CREATE_ROUNDS} times and"
+            " no session made by those requests could be found; not re-posting again, to avoid"
+            " a duplicate billed session (the orphan reaper stops any that appears later)"
+        )
+
+    async def _find_v1_created(self, lease: timedelta, size: SessionSize) -> Session | None:
+        """Find the active session whose lease carries this attempt's fingerprint."""
+        for attempt in range(1, _V1_RECONCILE_LISTS + 1):
+            try:
+                sessions = await self.list_sessions()
+            except (ArrHTTPError, ArrTransportError) as exc:
+                logger.warning("create session: listing sessions to reconcile failed: %s", exc)
+                sessions = []
+            matches = [
+                s for s in sessions if s.max_lease == lease and (s.size is None or s.size == size)
+            ]
+            if matches:
+                adopted, *duplicates = matches
+                for duplicate in duplicates:
+                    logger.warning("create session: stopping duplicate session %s", duplicate.id)
+                    await self.stop_session(duplicate.id)
+                return adopted
+            if attempt < _V1_RECONCILE_LISTS:
+                await self.clock.sleep(self._backoff(attempt))
+        return None
+
+    async def get_session(self, session_id: str) -> Session:
+        """The session's current properties (404: :class:`SessionNotFoundError`)."""
+        sid = validate_session_id(session_id)
+        parts = (sid, "properties") if self.api_version == "v1" else (sid,)
+        response = await self._call("get session", "GET", self._sessions_url(*parts), expect=(200,))
+        return self._parse(response.json())
+
+    async def iter_sessions(self) -> AsyncIterator[Session]:
+        """Every active session of the account, following ``@nextLink`` pages."""
+        url: str | None = self._sessions_url()
+        params: dict[str, str] | None = self._params()
+        seen: set[str] = set()
+        while url is not None:
+            response = await self._send("list sessions", "GET", url, params=params)
+            if response.status_code != 200:
+                await response.aread()
+                raise self._error("list sessions", response)
+            body = response.json()
+            for item in body.get("sessions") or []:
+                yield self._parse(item)
+            next_link = body.get("@nextLink")
+            if not next_link or next_link in seen:
+                break
+            seen.add(next_link)
+            url = str(httpx.URL(url).join(next_link))
+            if httpx.URL(url).host != httpx.URL(self._service).host:
+                raise ArrTransportError(
+                    f"list sessions failed: @nextLink points to another host ({url})",
+                    operation="list sessions",
+                    method="GET",
+                    url=url,
+                )
+            params = None  # the link carries its own query
+
+    async def list_sessions(self) -> list[Session]:
+        """Every active (Starting or Ready) session of the account, all pages."""
+        return [s async for s in self.iter_sessions()]
+
+    async def extend_session(
+        self, session_id: str, max_lease: timedelta | str | int | float
+    ) -> Session:
+        """Set the session's **total** lease (counted from Ready), and return the session.
+
+        The service takes the total, not an increment: to add an hour to a one-hour session,
+        send two hours (or use :meth:`extend_session_by`).
+        """
+        sid = validate_session_id(session_id)
+        lease = parse_lease(max_lease)
+        if self.api_version == "v1":
+            await self._call(
+                "extend session",
+                "PATCH",
+                self._sessions_url(sid),
+                expect=(200, 204),
+                json={"maxLeaseTime": format_timespan(lease)},
+            )
+            return await self.get_session(sid)
+        try:
+            response = await self._call(
+                "extend session",
+                "PATCH",
+                self._sessions_url(sid),
+                expect=(200,),
+                json={"maxLeaseTimeMinutes": lease_minutes(lease)},
+            )
+        except LeaseNotExtendedError:
+            # A retried PATCH whose first attempt was applied is answered 422: fine if the
+            # lease is now what was asked.
+            current = await self.get_session(sid)
+            if current.max_lease is not None and current.max_lease >= timedelta(
+                minutes=lease_minutes(lease)
+            ):
+                return current
+            raise
+        return self._parse(response.json())
+
+    async def extend_session_by(
+        self, session_id: str, duration: timedelta | str | int | float
+    ) -> Session:
+        """Make the lease end ``duration`` from now, accounting for the time already elapsed.
+
+        Sends ``elapsed + duration`` as the new total (capped at 24 h), and nothing when the
+        lease already reaches that far. 2021-01-01 reports elapsed time in whole minutes,
+        rounded down, so one more minute is added there to never cut the lease short.
+        """
+        remaining = parse_lease(duration)
+        session = await self.get_session(session_id)
+        _raise_if_ended(session, "extend session")
+        elapsed = session.elapsed or timedelta(0)
+        if self.api_version != "v1":
+            elapsed += timedelta(minutes=1)
+        target = min(elapsed + remaining, MAX_LEASE)
+        if session.max_lease is not None and session.max_lease >= target:
+            return session
+        return await self.extend_session(session.id, target)
+
+    async def stop_session(self, session_id: str) -> bool:
+        """Stop the session. True if this call stopped it; False if it had already ended
+        (Stopped, Expired, Error) or is unknown. Transient failures are retried."""
+        sid = validate_session_id(session_id)
+        if self.api_version == "v1":
+            method, url = "DELETE", self._sessions_url(sid)
+        else:
+            method, url = "POST", self._sessions_url(sid, ":stop")
+        response = await self._send("stop session", method, url, params=self._params())
+        if response.status_code in (200, 202, 204):
+            return True
+        if response.status_code == 404:
+            return False
+        await response.aread()
+        error = self._error("stop session", response)
+        if response.status_code in (400, 409, 422):
+            # Some refusals mean "already over": check before calling it a failure.
+            try:
+                if (await self.get_session(sid)).status.is_terminal:
+                    return False
+            except SessionNotFoundError:
+                return False
+        raise error
+
+    async def wait_until_ready(
+        self,
+        session_id: str,
+        *,
+        timeout: float | None = None,
+        poll_interval: float | None = None,
+        on_status: StatusCallback | None = None,
+    ) -> Session:
+        """Poll until the session is Ready, and return it.
+
+        Ends with :class:`SessionFailedError` (Error, with the service's message),
+        :class:`SessionExpiredError`, :class:`SessionStoppedError` (Stopping/Stopped) or
+        :class:`ReadyTimeoutError` after ``timeout`` seconds. Polls every ``poll_interval``
+        seconds (the service asks for 5-10 s and answers faster polling with 429, whose
+        ``Retry-After`` is honoured). ``on_status`` hears every status *change*.
+        """
+        sid = validate_session_id(session_id)
+        timeout = self.settings.ready_timeout if timeout is None else timeout
+        interval = self.settings.poll_interval if poll_interval is None else poll_interval
+        if timeout <= 0 or interval <= 0:
+            raise ValueError("timeout and poll_interval must be positive")
+        start = self.clock.time()
+        deadline = start + timeout
+        last: SessionStatus | None = None
+        while True:
+            try:
+                session = await self.get_session(sid)
+            except RateLimitedError as exc:
+                delay = exc.retry_after or interval
+                if self.clock.time() + delay > deadline:
+                    raise ReadyTimeoutError(
+                        f"session {sid} was not Ready after {timeout:.0f}s: the service kept"
+                        f" answering 429 ({exc})",
+                        session_id=sid,
+                    ) from exc
+                await self.clock.sleep(delay)
+                continue
+            if session.status != last:
+                if on_status is not None:
+                    result = on_status(last, session)
+                    if result is not None:
+                        await result
+                last = session.status
+            if session.status == SessionStatus.READY:
+                return session
+            _raise_if_ended(session, "wait for Ready")
+            now = self.clock.time()
+            if now >= deadline:
+                raise ReadyTimeoutError(
+                    f"session {sid} was not Ready after {timeout:.0f}s (still {session.status})",
+                    session_id=sid,
+                    session=session,
+                )
+            await self.clock.sleep(min(interval, deadline - now))
+
+
+def _raise_if_ended(session: Session, doing: str) -> None:
+    """Raise the specific :class:`SessionEndedError` for a session that is over."""
+    detail = f": {session.message}" if session.message else ""
+    status = session.status
+    if status == SessionStatus.ERROR:
+        raise SessionFailedError(
+            f"{doing}: session {session.id} ended in Error{detail}",
+            session_id=session.id,
+            session=session,
+        )
+    if status == SessionStatus.EXPIRED:
+        raise SessionExpiredError(
+            f"{doing}: session {session.id} expired (its lease ran out){detail}",
+            session_id=session.id,
+            session=session,
+        )
+    if status in (SessionStatus.STOPPED, SessionStatus.STOPPING):
+        raise SessionStoppedError(
+            f"{doing}: session {session.id} was stopped ({status}){detail}",
+            session_id=session.id,
+            session=session,
+        )
+
+
+# ---------------------------------------------------------------------- factories
+
+ClientFactory = Callable[[], ArrClient]
+_factory: ClientFactory | None = None
+
+
+def client_factory() -> ClientFactory:
+    """What :func:`open_client` builds clients with: the override, or settings from env."""
+    return _factory if _factory is not None else ArrClient
+
+
+@contextlib.contextmanager
+def use_client_factory(factory: ClientFactory | None) -> Iterator[None]:
+    """Make :func:`open_client` (and so every task and flow) build clients with ``factory``.
+
+    This is how tests and the demo point the tasks at an in-process emulator
+    (``lambda: ArrClient(settings, transport=emulator.transport())``) without patching
+    httpx, which would also catch Prefect's own API traffic.
+    """
+    global _factory
+    previous, _factory = _factory, factory
+    try:
+        yield
+    finally:
+        _factory = previous
+
+
+@contextlib.asynccontextmanager
+async def open_client(client: ArrClient | None = None) -> AsyncIterator[ArrClient]:
+    """Use ``client`` if given, else build one (and close it afterwards)."""
+    if client is not None:
+        yield client
+        return
+    async with client_factory()() as built:
+        yield built
