@@ -164,7 +164,13 @@ def parse_lease(value: str | timedelta | int | float) -> timedelta:
     elif isinstance(value, int | float):
         if not math.isfinite(value):
             raise InvalidLeaseError(f"a lease must be a finite number of minutes, got {value!r}")
-        lease = timedelta(minutes=value)
+        try:
+            lease = timedelta(minutes=value)
+        except OverflowError:
+            # Beyond timedelta's range (about 2.7 million years) either way.
+            raise InvalidLeaseError(
+                f"a lease must be longer than zero and at most 24 hours, got {value!r} minutes"
+            ) from None
     elif isinstance(value, str):
         try:
             lease = parse_timespan(value)
@@ -188,7 +194,7 @@ def lease_minutes(value: timedelta) -> int:
     return math.ceil(value.total_seconds() / 60)
 
 
-_SESSION_ID = re.compile(r"^[A-Za-z0-9_-]{1,256}$")
+_SESSION_ID = re.compile(r"[A-Za-z0-9_-]{1,256}")
 
 
 def validate_session_id(value: str) -> str:
@@ -198,7 +204,8 @@ def validate_session_id(value: str) -> str:
     2021-01-01 API allows 1-256 such characters). Refusing anything else means no input can
     change the request path (``../``, ``/``, ``?``, ``%2F`` ...).
     """
-    if not isinstance(value, str) or not _SESSION_ID.match(value):
+    # fullmatch, not match: "$" also matches before a trailing newline.
+    if not isinstance(value, str) or not _SESSION_ID.fullmatch(value):
         raise InvalidSessionIdError(
             f"invalid session id {value!r}: expected 1-256 letters, digits, '-' or '_'"
         )
