@@ -1,0 +1,369 @@
+"""Models: .NET TimeSpans, leases, sizes, statuses, session IDs and both property shapes."""
+
+from __future__ import annotations
+
+import math
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from remote_rendering.errors import (
+    InvalidInputError,
+    InvalidLeaseError,
+    InvalidSessionIdError,
+    InvalidSizeError,
+    TimeSpanFormatError,
+)
+from remote_rendering.models import (
+    MAX_LEASE,
+    Session,
+    SessionSize,
+    SessionStatus,
+    format_timespan,
+    lease_minutes,
+    parse_lease,
+    parse_timespan,
+    validate_session_id,
+)
+
+# The seed's properties answer, verbatim (ARR_API.md §3).
+SEED_V1_PROPERTIES: dict[str, Any] = {
+    "message": None,
+    "sessionElapsedTime": "00:00:01",
+    "sessionHostname": "5018fee8-817e-4366-9179-556af79a4240.remoterenderingvm.westeurope"
+    ".mixedreality.azure.com",
+    "sessionId": "e13d2c44-63e0-4591-991e-f9e05e599a93",
+    "sessionMaxLeaseTime": "04:00:00",
+    "sessionStatus": "Ready",
+}
+
+# The 2021-01-01 Ready answer from the recorded exchange (ARR_API.md §4).
+V2021_READY: dict[str, Any] = {
+    "id": "my-session_1",
+    "creationTime": "2022-03-01T10:00:00.000Z",
+    "size": "Standard",
+    "status": "Ready",
+    "maxLeaseTimeMinutes": 15,
+    "elapsedTimeMinutes": 2,
+    "hostname": "host.remoterendering.westus2.mixedreality.azure.com",
+    "handshakePort": 50001,
+    "arrInspectorPort": 50000,
+    "teraflops": 8.1,
+    "error": None,
+}
+
+
+class TestParseTimespan:
+    @pytest.mark.parametrize(
+        ("text", "expected"),
+        [
+            pytest.param("4:0:0", timedelta(hours=4), id="single-digit-fields"),
+            pytest.param("04:00:00", timedelta(hours=4), id="two-digit-fields"),
+            pytest.param("1.02:30:00", timedelta(days=1, hours=2, minutes=30), id="days"),
+            pytest.param("00:00:01.5", timedelta(seconds=1.5), id="fraction"),
+            pytest.param("00:00:00.1234567", timedelta(microseconds=123456), id="ticks-truncated"),
+            pytest.param("-1:00:00", -timedelta(hours=1), id="negative"),
+            pytest.param(" 04:00:00 ", timedelta(hours=4), id="surrounding-space"),
+            pytest.param("23:59:59", timedelta(hours=23, minutes=59, seconds=59), id="max-fields"),
+        ],
+    )
+    def test_parses_dotnet_timespans(self, text: str, expected: timedelta) -> None:
+        """Every TimeSpan spelling the service uses parses to the same duration."""
+        assert parse_timespan(text) == expected
+
+    @pytest.mark.parametrize(
+        "text",
+        [
+            pytest.param("abc", id="letters"),
+            pytest.param("25:00:00", id="hours-over-23"),
+            pytest.param("1:60:00", id="minutes-over-59"),
+            pytest.param("1:00:60", id="seconds-over-59"),
+            pytest.param("", id="empty"),
+            pytest.param("4h", id="unit-suffix"),
+            pytest.param("1.2.3", id="dots-only"),
+            pytest.param("4:00", id="no-seconds"),
+            pytest.param("1:2:3:4", id="four-fields"),
+            pytest.param("00:00:00.12345678", id="eight-fraction-digits"),
+            pytest.param("+1:00:00", id="plus-sign"),
+            pytest.param("1:00:00\n2:00:00", id="two-lines"),
+        ],
+    )
+    def test_rejects_non_timespans(self, text: str) -> None:
+        """Anything that is not [-][d.]hh:mm:ss[.fffffff] is a TimeSpanFormatError."""
+        with pytest.raises(TimeSpanFormatError):
+            parse_timespan(text)
+
+    @pytest.mark.parametrize(
+        "value", [pytest.param(14400, id="int"), pytest.param(None, id="none")]
+    )
+    def test_rejects_non_strings(self, value: Any) -> None:
+        """A non-string is refused with the same error, not a TypeError."""
+        with pytest.raises(TimeSpanFormatError):
+            parse_timespan(value)
+
+    def test_format_error_is_a_value_error(self) -> None:
+        """TimeSpanFormatError is both an InvalidInputError and a ValueError."""
+        with pytest.raises(ValueError, match="not a TimeSpan") as info:
+            parse_timespan("abc")
+        assert isinstance(info.value, InvalidInputError)
+
+    @pytest.mark.parametrize(
+        ("value", "text"),
+        [
+            pytest.param(timedelta(hours=4), "04:00:00", id="hours"),
+            pytest.param(timedelta(days=1, hours=2, minutes=30), "1.02:30:00", id="days"),
+            pytest.param(timedelta(seconds=1.5), "00:00:01.5000000", id="fraction"),
+            pytest.param(-timedelta(hours=1), "-01:00:00", id="negative"),
+            pytest.param(timedelta(0), "00:00:00", id="zero"),
+        ],
+    )
+    def test_formats_like_the_service(self, value: timedelta, text: str) -> None:
+        """Durations are written as the service writes them: hh:mm:ss, days and 7 digits."""
+        assert format_timespan(value) == text
+
+    @given(
+        st.timedeltas(min_value=timedelta(days=-1000), max_value=timedelta(days=1000)),
+    )
+    def test_format_then_parse_round_trips(self, value: timedelta) -> None:
+        """parse_timespan(format_timespan(td)) == td to the microsecond."""
+        assert parse_timespan(format_timespan(value)) == value
+
+    @given(
+        st.timedeltas(min_value=timedelta(days=-1000), max_value=timedelta(days=1000)),
+    )
+    def test_parse_then_format_round_trips(self, value: timedelta) -> None:
+        """A formatted TimeSpan is a fixed point of parse-then-format."""
+        text = format_timespan(value)
+        assert format_timespan(parse_timespan(text)) == text
+
+
+class TestParseLease:
+    @pytest.mark.parametrize(
+        ("value", "message"),
+        [
+            pytest.param("abc", "invalid lease: 'abc' is not a TimeSpan", id="not-a-timespan"),
+            pytest.param("-1:00:00", "longer than zero, got '-01:00:00'", id="negative"),
+            pytest.param(0, "longer than zero, got '00:00:00'", id="zero-minutes"),
+            pytest.param("00:00:00", "longer than zero", id="zero-timespan"),
+            pytest.param("1.00:00:01", "at most 24 hours", id="a-second-over-24h"),
+            pytest.param(timedelta(hours=25), "at most 24 hours", id="25h-timedelta"),
+            pytest.param(24 * 60 + 1, "at most 24 hours", id="1441-minutes"),
+            pytest.param(True, "must be a duration, got True", id="bool"),
+            pytest.param(None, "got NoneType", id="none"),
+            pytest.param([90], "got list", id="list"),
+            pytest.param(float("nan"), "finite number of minutes, got nan", id="nan"),
+            pytest.param(float("inf"), "finite number of minutes", id="inf"),
+            pytest.param(10**20, "at most 24 hours", id="huge-int"),
+            pytest.param(1e300, "at most 24 hours", id="huge-float"),
+            pytest.param(-(10**20), "longer than zero", id="huge-negative-int"),
+        ],
+    )
+    def test_rejects_bad_leases(self, value: Any, message: str) -> None:
+        """A lease that is not a positive duration of at most 24 h is an InvalidLeaseError."""
+        with pytest.raises(InvalidLeaseError, match=message.replace(".", r"\.")):
+            parse_lease(value)
+
+    @pytest.mark.parametrize(
+        ("value", "expected"),
+        [
+            pytest.param(90, timedelta(minutes=90), id="minutes-int"),
+            pytest.param(0.5, timedelta(seconds=30), id="minutes-float"),
+            pytest.param("1:30:00", timedelta(minutes=90), id="timespan"),
+            pytest.param(timedelta(hours=2), timedelta(hours=2), id="timedelta"),
+            pytest.param(MAX_LEASE, MAX_LEASE, id="exactly-24h"),
+            pytest.param("1.00:00:00", MAX_LEASE, id="one-day-timespan"),
+        ],
+    )
+    def test_accepts_durations(self, value: Any, expected: timedelta) -> None:
+        """Minutes, TimeSpan strings and timedeltas all give the same lease."""
+        assert parse_lease(value) == expected
+
+    @pytest.mark.parametrize(
+        ("value", "minutes"),
+        [
+            pytest.param(timedelta(minutes=15), 15, id="whole"),
+            pytest.param(timedelta(minutes=15, seconds=1), 16, id="rounded-up"),
+            pytest.param(timedelta(microseconds=1), 1, id="tiny"),
+        ],
+    )
+    def test_lease_minutes_rounds_up(self, value: timedelta, minutes: int) -> None:
+        """2021-01-01 minutes are rounded up so a lease is never cut short."""
+        assert lease_minutes(value) == minutes
+
+
+class TestSessionSize:
+    @pytest.mark.parametrize(
+        ("text", "expected"),
+        [
+            pytest.param("standard", SessionSize.STANDARD, id="v1-spelling"),
+            pytest.param("Standard", SessionSize.STANDARD, id="2021-spelling"),
+            pytest.param("PREMIUM", SessionSize.PREMIUM, id="upper"),
+            pytest.param(" premium ", SessionSize.PREMIUM, id="spaces"),
+            pytest.param(SessionSize.PREMIUM, SessionSize.PREMIUM, id="member"),
+        ],
+    )
+    def test_parse_is_case_insensitive(self, text: Any, expected: SessionSize) -> None:
+        """Sizes parse whatever their case."""
+        assert SessionSize.parse(text) is expected
+
+    @pytest.mark.parametrize(
+        "value",
+        [
+            pytest.param("big", id="unknown"),
+            pytest.param("", id="empty"),
+            pytest.param(None, id="none"),
+            pytest.param(1, id="int"),
+        ],
+    )
+    def test_parse_rejects_unknown_sizes(self, value: Any) -> None:
+        """Anything but standard/premium is an InvalidSizeError naming the choices."""
+        with pytest.raises(InvalidSizeError, match="'standard', 'premium'"):
+            SessionSize.parse(value)
+
+    @pytest.mark.parametrize(
+        ("api_version", "wire"),
+        [
+            pytest.param("v1", "standard", id="v1"),
+            pytest.param("2021-01-01", "Standard", id="2021"),
+        ],
+    )
+    def test_wire_spelling(self, api_version: Any, wire: str) -> None:
+        """v1 sends sizes lower-case, 2021-01-01 capitalised."""
+        assert SessionSize.STANDARD.wire(api_version) == wire
+
+
+class TestSessionStatus:
+    @pytest.mark.parametrize(
+        ("status", "terminal", "active"),
+        [
+            pytest.param(SessionStatus.STARTING, False, True, id="starting"),
+            pytest.param(SessionStatus.READY, False, True, id="ready"),
+            pytest.param(SessionStatus.STOPPING, False, False, id="stopping"),
+            pytest.param(SessionStatus.STOPPED, True, False, id="stopped"),
+            pytest.param(SessionStatus.EXPIRED, True, False, id="expired"),
+            pytest.param(SessionStatus.ERROR, True, False, id="error"),
+        ],
+    )
+    def test_terminal_and_active(self, status: SessionStatus, terminal: bool, active: bool) -> None:
+        """Stopped, Expired and Error are terminal; Starting and Ready hold a VM."""
+        assert status.is_terminal is terminal
+        assert status.is_active is active
+
+    @pytest.mark.parametrize(
+        "text", [pytest.param("ready", id="lower"), pytest.param(" READY ", id="upper-spaces")]
+    )
+    def test_parse_is_case_insensitive(self, text: str) -> None:
+        """Statuses parse whatever their case."""
+        assert SessionStatus.parse(text) is SessionStatus.READY
+
+    def test_parse_rejects_unknown(self) -> None:
+        """An unknown status is a ValueError naming it."""
+        with pytest.raises(ValueError, match="'Sleeping'"):
+            SessionStatus.parse("Sleeping")
+
+
+class TestValidateSessionId:
+    @pytest.mark.parametrize(
+        "value",
+        [
+            pytest.param("../x", id="dot-dot"),
+            pytest.param("a/b", id="slash"),
+            pytest.param("a?b", id="query"),
+            pytest.param("a#b", id="fragment"),
+            pytest.param("%2F", id="percent-encoded-slash"),
+            pytest.param("", id="empty"),
+            pytest.param("a" * 257, id="257-chars"),
+            pytest.param("a b", id="space"),
+            pytest.param("abc\n", id="trailing-newline"),
+            pytest.param("é", id="non-ascii"),
+            pytest.param(None, id="none"),
+        ],
+    )
+    def test_rejects_unsafe_ids(self, value: Any) -> None:
+        """An ID that could change the request path is an InvalidSessionIdError."""
+        with pytest.raises(InvalidSessionIdError):
+            validate_session_id(value)
+
+    @pytest.mark.parametrize(
+        "value",
+        [
+            pytest.param("e13d2c44-63e0-4591-991e-f9e05e599a93", id="guid"),
+            pytest.param("My_Session-1", id="letters-digits-dash-underscore"),
+            pytest.param("a" * 256, id="256-chars"),
+            pytest.param("a", id="one-char"),
+        ],
+    )
+    def test_accepts_safe_ids(self, value: str) -> None:
+        """Letters, digits, '-' and '_', 1 to 256 of them, pass unchanged."""
+        assert validate_session_id(value) == value
+
+
+class TestSession:
+    def test_from_v1_seed_body(self) -> None:
+        """The seed's v1 properties answer becomes a Ready session with its lease and host."""
+        session = Session.from_v1(SEED_V1_PROPERTIES)
+        assert session.id == "e13d2c44-63e0-4591-991e-f9e05e599a93"
+        assert session.status is SessionStatus.READY
+        assert session.hostname == SEED_V1_PROPERTIES["sessionHostname"]
+        assert session.max_lease == timedelta(hours=4)
+        assert session.elapsed == timedelta(seconds=1)
+        assert session.remaining == timedelta(hours=4) - timedelta(seconds=1)
+        assert session.message is None
+        assert session.size is None
+
+    def test_from_v1_error_with_message_and_later_fields(self) -> None:
+        """An Error session keeps the service's message; later releases' ports are read."""
+        session = Session.from_v1(
+            {
+                "message": "No capacity in region",
+                "sessionElapsedTime": "00:00:00",
+                "sessionHostname": "",
+                "sessionId": "d31bddca-dab7-498e-9bc9-7594bc12862f",
+                "sessionMaxLeaseTime": "4:0:0",
+                "sessionSize": "premium",
+                "sessionStatus": "Error",
+                "handshakePort": 50001,
+                "arrInspectorPort": 50000,
+            }
+        )
+        assert session.status is SessionStatus.ERROR
+        assert session.message == "No capacity in region"
+        assert session.hostname is None
+        assert session.size is SessionSize.PREMIUM
+        assert (session.handshake_port, session.arr_inspector_port) == (50001, 50000)
+
+    def test_from_v2021_ready_body(self) -> None:
+        """The recorded 2021-01-01 Ready answer keeps ports, teraflops, minutes and time."""
+        session = Session.from_v2021(V2021_READY)
+        assert session.id == "my-session_1"
+        assert session.status is SessionStatus.READY
+        assert session.size is SessionSize.STANDARD
+        assert session.max_lease == timedelta(minutes=15)
+        assert session.elapsed == timedelta(minutes=2)
+        assert session.hostname == V2021_READY["hostname"]
+        assert (session.handshake_port, session.arr_inspector_port) == (50001, 50000)
+        assert session.teraflops is not None
+        assert math.isclose(session.teraflops, 8.1)
+        assert session.created_at == datetime(2022, 3, 1, 10, 0, tzinfo=UTC)
+        assert session.message is None
+        assert session.error_code is None
+
+    def test_from_v2021_starting_and_error(self) -> None:
+        """A Starting body has no host yet; an Error body's code and message are kept."""
+        starting = Session.from_v2021({"id": "s1", "status": "Starting", "size": "Premium"})
+        assert starting.hostname is None
+        assert starting.max_lease is None
+        assert starting.remaining is None
+        failed = Session.from_v2021(
+            {"id": "s1", "status": "Error", "error": {"code": "NoCapacity", "message": "full"}}
+        )
+        assert (failed.error_code, failed.message) == ("NoCapacity", "full")
+
+    def test_session_is_frozen(self) -> None:
+        """Sessions are values: assigning to a field fails."""
+        session = Session.from_v1(SEED_V1_PROPERTIES)
+        with pytest.raises(ValueError, match="frozen"):
+            session.id = "other"  # type: ignore[misc]
