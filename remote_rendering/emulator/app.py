@@ -1,0 +1,625 @@
+"""The emulator's HTTP face: the STS, both session APIs and an admin API, as one ASGI app.
+
+Wire facts reproduced here (ARR_API.md §2-§4):
+
+- STS ``GET /accounts/{accountId}/token`` (``Accounts`` too, optional ``api-version``),
+  ``Authorization: Bearer {accountId}:{accountKey}`` -> 200 ``{"AccessToken": "<JWT>"}``:
+  PascalCase and no expiry field (the expiry is the JWT's ``exp``).
+- v1 paths are case-insensitive (the seed writes ``/v1/Accounts/.../Create``); create
+  answers **202** ``{"sessionId"}`` with ``Location: accounts/{accountId}/sessions/{id}``,
+  extend answers 200 with an **empty** body, stop 204, properties and list 200.
+- 2021-01-01 needs ``?api-version=2021-01-01`` on every call; PUT create answers 201
+  (200 for a same-settings retry, 409 for other settings), PATCH 200 with the full
+  properties (422 when the lease does not grow), ``POST .../:stop`` 204, and list pages
+  with an absolute ``@nextLink``.
+- Every answer carries ``MS-CV``; errors are ``{"error": {"code", "message"}}``; a 401
+  carries ``WWW-Authenticate: Bearer error="invalid_token"``, a 429 ``Retry-After``.
+
+Routes have names (``sts.token``, ``v1.create``, ``v2021.get``, ``admin.ledger`` ...) used
+by the request counts and by fault scripts.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+import re
+import secrets
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
+
+import httpx
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
+
+from remote_rendering.clock import VirtualClock
+from remote_rendering.emulator.faults import FaultAction
+from remote_rendering.emulator.state import ApiError, SessionRecord, isoformat
+from remote_rendering.errors import InvalidSessionIdError, InvalidSizeError, TimeSpanFormatError
+from remote_rendering.models import (
+    SessionSize,
+    format_timespan,
+    lease_minutes,
+    parse_timespan,
+    validate_session_id,
+)
+
+if TYPE_CHECKING:
+    from remote_rendering.emulator.service import Emulator
+
+__all__ = [
+    "API_VERSION_2021",
+    "EmulatedConnectionDrop",
+    "create_app",
+    "v1_properties",
+    "v2021_properties",
+]
+
+API_VERSION_2021 = "2021-01-01"
+_SERVER_ERROR_CODES = {
+    500: "InternalServerError",
+    502: "BadGateway",
+    503: "ServiceUnavailable",
+    504: "GatewayTimeout",
+}
+
+
+class EmulatedConnectionDrop(httpx.RemoteProtocolError):
+    """Raised by the app, after the response has started, to break the connection.
+
+    Subclassing :class:`httpx.RemoteProtocolError` makes an in-process client
+    (``httpx.ASGITransport``) see exactly what a real client sees when uvicorn aborts
+    the connection mid-response: an :class:`httpx.TransportError`.
+    """
+
+
+def new_correlation_vector() -> str:
+    """A correlation vector like the service's ``MS-CV``: ``<base64 of 16 bytes>.0``."""
+    return base64.b64encode(secrets.token_bytes(16)).decode("ascii").rstrip("=") + ".0"
+
+
+def error_response(
+    status: int, code: str, message: str, headers: dict[str, str] | None = None
+) -> JSONResponse:
+    """The service's error body: ``{"error": {"code": ..., "message": ...}}``."""
+    return JSONResponse(
+        {"error": {"code": code, "message": message}}, status_code=status, headers=headers
+    )
+
+
+class _DroppedResponse(Response):
+    """Start a 200 answer promising more bytes than it sends, then break the connection."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(status_code=200)
+        self.reason = reason
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", b"4096"),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": b'{"', "more_body": True})
+        raise EmulatedConnectionDrop(f"arr-emulator dropped the connection ({self.reason})")
+
+
+def _elapsed_timespan(elapsed: timedelta) -> str:
+    return format_timespan(timedelta(seconds=math.floor(elapsed.total_seconds())))
+
+
+def v1_properties(record: SessionRecord, now: float) -> dict[str, Any]:
+    """v1 properties: ``session*`` names, TimeSpans, host and ports once Ready (else null)."""
+    reached_ready = record.ready_at is not None
+    return {
+        "message": record.message,
+        "sessionElapsedTime": _elapsed_timespan(record.elapsed(now)),
+        "sessionHostname": record.hostname if reached_ready else None,
+        "sessionId": record.id,
+        "sessionMaxLeaseTime": format_timespan(record.max_lease),
+        "sessionSize": record.size.value,
+        "sessionStatus": record.status.value,
+        "arrInspectorPort": record.arr_inspector_port if reached_ready else None,
+        "handshakePort": record.handshake_port if reached_ready else None,
+    }
+
+
+def v2021_properties(record: SessionRecord, now: float) -> dict[str, Any]:
+    """2021-01-01 properties: minutes (elapsed rounded down); host, ports, teraflops once Ready."""
+    body: dict[str, Any] = {
+        "id": record.id,
+        "creationTime": isoformat(record.created_at),
+        "size": record.size.value,
+        "status": record.status.value,
+        "maxLeaseTimeMinutes": lease_minutes(record.max_lease),
+        "elapsedTimeMinutes": math.floor(record.elapsed(now).total_seconds() / 60),
+    }
+    if record.ready_at is not None:
+        body["hostname"] = record.hostname
+        body["handshakePort"] = record.handshake_port
+        body["arrInspectorPort"] = record.arr_inspector_port
+        body["teraflops"] = record.teraflops
+    body["error"] = (
+        {"code": record.error_code or "Error", "message": record.message}
+        if record.message
+        else None
+    )
+    return body
+
+
+@dataclass
+class _Call:
+    """One request being handled."""
+
+    request: Request
+    emulator: Emulator
+    route: str
+    account: str
+    session_id: str | None
+
+    @property
+    def lock(self) -> Any:
+        return self.emulator.lock
+
+    async def json_object(self) -> dict[str, Any]:
+        raw = await self.request.body()
+        try:
+            body = json.loads(raw) if raw.strip() else None
+        except ValueError:
+            raise ApiError(400, "BadRequest", "The request body is not valid JSON.") from None
+        if not isinstance(body, dict):
+            raise ApiError(400, "BadRequest", "The request body must be a JSON object.")
+        return body
+
+    def authenticate(self) -> None:
+        with self.lock:
+            self.emulator.state.authenticate(
+                self.request.headers.get("authorization"), self.account
+            )
+
+    def now(self) -> float:
+        return self.emulator.state.now()
+
+
+Handler = Callable[[_Call], Awaitable[Response]]
+
+
+def _parse_size(value: Any) -> SessionSize:
+    if not isinstance(value, str):
+        raise ApiError(400, "BadRequest", "The size must be 'standard' or 'premium'.")
+    try:
+        return SessionSize.parse(value)
+    except InvalidSizeError as exc:
+        raise ApiError(400, "BadRequest", str(exc)) from None
+
+
+def _parse_v1_lease(body: dict[str, Any]) -> timedelta:
+    value = body.get("maxLeaseTime")
+    if value is None:
+        raise ApiError(400, "BadRequest", "The maxLeaseTime field is required.")
+    try:
+        return parse_timespan(value)
+    except TimeSpanFormatError as exc:
+        raise ApiError(400, "BadRequest", f"The maxLeaseTime is not valid: {exc}") from None
+
+
+def _parse_minutes(body: dict[str, Any]) -> int:
+    value = body.get("maxLeaseTimeMinutes")
+    if value is None:
+        raise ApiError(400, "BadRequest", "The maxLeaseTimeMinutes field is required.")
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ApiError(
+            400, "BadRequest", "The maxLeaseTimeMinutes value must be an integer number of minutes."
+        )
+    return value
+
+
+# --- STS ---------------------------------------------------------------------------------
+
+
+async def _sts_token(call: _Call) -> Response:
+    with call.lock:
+        token = call.emulator.state.issue_token(
+            call.account, call.request.headers.get("authorization")
+        )
+    return JSONResponse({"AccessToken": token})
+
+
+# --- v1 ----------------------------------------------------------------------------------
+
+
+async def _v1_create(call: _Call) -> Response:
+    """v1 create: **not idempotent**; 202, ``{"sessionId"}`` and a relative ``Location``."""
+    call.authenticate()
+    body = await call.json_object()
+    lease = _parse_v1_lease(body)
+    size = _parse_size(body.get("size"))
+    models = body.get("models", [])
+    if not isinstance(models, list):
+        raise ApiError(400, "BadRequest", "The models field must be a list.")
+    with call.lock:
+        fault = call.emulator.faults.take_create_fault(call.route, None)
+        record = call.emulator.state.create_v1(
+            call.account,
+            size=size,
+            max_lease=lease,
+            models=[m if isinstance(m, str) else json.dumps(m) for m in models],
+            no_capacity=fault is not None and fault.kind == "no_capacity",
+            fail_reason=fault.reason
+            if fault is not None and fault.kind == "session_error"
+            else None,
+        )
+    if fault is not None and fault.kind == "lost_create":
+        return _DroppedResponse(f"lost_create after creating session {record.id}")
+    return JSONResponse(
+        {"sessionId": record.id},
+        status_code=202,
+        headers={"Location": f"accounts/{call.account}/sessions/{record.id}"},
+    )
+
+
+async def _v1_get(call: _Call) -> Response:
+    call.authenticate()
+    assert call.session_id is not None
+    with call.lock:
+        record = call.emulator.state.get(call.account, call.session_id)
+        return JSONResponse(v1_properties(record, call.now()))
+
+
+async def _v1_list(call: _Call) -> Response:
+    call.authenticate()
+    with call.lock:
+        now = call.now()
+        records = call.emulator.state.list_active(call.account)
+        return JSONResponse({"sessions": [v1_properties(r, now) for r in records]})
+
+
+async def _v1_extend(call: _Call) -> Response:
+    """v1 extend: the lease is the total since Ready; 200 with an empty body."""
+    call.authenticate()
+    assert call.session_id is not None
+    lease = _parse_v1_lease(await call.json_object())
+    with call.lock:
+        call.emulator.state.extend_v1(call.account, call.session_id, lease)
+    return Response(status_code=200)
+
+
+async def _v1_stop(call: _Call) -> Response:
+    call.authenticate()
+    assert call.session_id is not None
+    with call.lock:
+        call.emulator.state.stop(call.account, call.session_id)
+    return Response(status_code=204)
+
+
+# --- 2021-01-01 ---------------------------------------------------------------------------
+
+
+async def _v2021_create(call: _Call) -> Response:
+    """PUT: 201 new, 200 same-settings retry (idempotent), 409 other settings."""
+    call.authenticate()
+    assert call.session_id is not None
+    try:
+        validate_session_id(call.session_id)
+    except InvalidSessionIdError:
+        raise ApiError(
+            400,
+            "BadRequest",
+            "The session id must be 1 to 256 letters, digits, '-' or '_'.",
+        ) from None
+    body = await call.json_object()
+    minutes = _parse_minutes(body)
+    size = _parse_size(body.get("size"))
+    with call.lock:
+        state = call.emulator.state
+        fault: FaultAction | None = None
+        if not state.exists(call.account, call.session_id):
+            fault = call.emulator.faults.take_create_fault(call.route, call.session_id)
+        record, created = state.create_v2021(
+            call.account,
+            call.session_id,
+            size=size,
+            max_lease_minutes=minutes,
+            no_capacity=fault is not None and fault.kind == "no_capacity",
+            fail_reason=fault.reason
+            if fault is not None and fault.kind == "session_error"
+            else None,
+        )
+        properties = v2021_properties(record, call.now())
+    if fault is not None and fault.kind == "lost_create":
+        return _DroppedResponse(f"lost_create after creating session {record.id}")
+    return JSONResponse(properties, status_code=201 if created else 200)
+
+
+async def _v2021_get(call: _Call) -> Response:
+    call.authenticate()
+    assert call.session_id is not None
+    with call.lock:
+        record = call.emulator.state.get(call.account, call.session_id)
+        return JSONResponse(v2021_properties(record, call.now()))
+
+
+async def _v2021_extend(call: _Call) -> Response:
+    """PATCH: the new minutes must exceed the current ones (422); 200 with properties."""
+    call.authenticate()
+    assert call.session_id is not None
+    minutes = _parse_minutes(await call.json_object())
+    with call.lock:
+        record = call.emulator.state.extend_v2021(call.account, call.session_id, minutes)
+        return JSONResponse(v2021_properties(record, call.now()))
+
+
+async def _v2021_stop(call: _Call) -> Response:
+    call.authenticate()
+    assert call.session_id is not None
+    with call.lock:
+        call.emulator.state.stop(call.account, call.session_id)
+    return Response(status_code=204)
+
+
+def _encode_cursor(record: SessionRecord) -> str:
+    raw = json.dumps([record.created_at, record.id]).encode()
+    return base64.urlsafe_b64encode(raw).decode("ascii").rstrip("=")
+
+
+def _decode_cursor(token: str) -> tuple[float, str]:
+    try:
+        created_at, session_id = json.loads(
+            base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+        )
+        return float(created_at), str(session_id)
+    except (ValueError, TypeError):
+        raise ApiError(400, "BadRequest", "The skipToken is not valid.") from None
+
+
+async def _v2021_list(call: _Call) -> Response:
+    """List active sessions a page at a time; ``@nextLink`` (absolute) only if more remain.
+
+    The page cursor is the last listed session's (creation time, id), so sessions ending
+    between pages never make the next page skip one that is still active.
+    """
+    call.authenticate()
+    token = call.request.query_params.get("skipToken")
+    after = _decode_cursor(token) if token else None
+    page_size = call.emulator.page_size
+    with call.lock:
+        now = call.now()
+        records = call.emulator.state.list_active(call.account)
+        if after is not None:
+            records = [r for r in records if (r.created_at, r.id) > after]
+        page = records[:page_size]
+        body: dict[str, Any] = {"sessions": [v2021_properties(r, now) for r in page]}
+    if len(records) > page_size:
+        next_url = call.request.url.include_query_params(
+            **{"api-version": API_VERSION_2021, "skipToken": _encode_cursor(page[-1])}
+        )
+        body["@nextLink"] = str(next_url)
+    return JSONResponse(body)
+
+
+# --- admin --------------------------------------------------------------------------------
+
+
+async def _admin_health(call: _Call) -> Response:
+    with call.lock:
+        running = len(call.emulator.state.running())
+    return JSONResponse(
+        {
+            "status": "ok",
+            "time": isoformat(call.now()),
+            "clock": repr(call.emulator.clock),
+            "running": running,
+        }
+    )
+
+
+async def _admin_ledger(call: _Call) -> Response:
+    return JSONResponse(call.emulator.ledger())
+
+
+async def _admin_requests(call: _Call) -> Response:
+    return JSONResponse({"counts": call.emulator.request_counts()})
+
+
+async def _admin_faults_get(call: _Call) -> Response:
+    return JSONResponse(call.emulator.faults.config())
+
+
+async def _admin_faults_set(call: _Call) -> Response:
+    """Body: ``{"random": {p_throttle, ..., seed}, "scripted": [{kind, route, times, ...}]}``
+    or a single scripted fault ``{"kind": ..., ...}``."""
+    body = await call.json_object()
+    faults = call.emulator.faults
+    try:
+        scripted = body.get("scripted", [])
+        if "kind" in body:
+            scripted = [body]
+        if not isinstance(scripted, list) or not all(isinstance(f, dict) for f in scripted):
+            raise ValueError("scripted must be a list of fault objects")
+        random_config = body.get("random")
+        if random_config is not None:
+            if not isinstance(random_config, dict):
+                raise ValueError("random must be an object of probabilities")
+            faults.set_random(**random_config)
+        for spec in scripted:
+            faults.add(**spec)
+    except (TypeError, ValueError) as exc:
+        raise ApiError(400, "BadRequest", f"Invalid fault configuration: {exc}") from None
+    return JSONResponse(faults.config())
+
+
+async def _admin_faults_clear(call: _Call) -> Response:
+    call.emulator.faults.clear()
+    return Response(status_code=204)
+
+
+async def _admin_tokens_expire(call: _Call) -> Response:
+    return JSONResponse({"revoked": call.emulator.expire_tokens()})
+
+
+async def _admin_clock_advance(call: _Call) -> Response:
+    clock = call.emulator.clock
+    if not isinstance(clock, VirtualClock):
+        raise ApiError(409, "Conflict", f"The emulator's clock ({clock!r}) is not a VirtualClock.")
+    seconds = (await call.json_object()).get("seconds")
+    if isinstance(seconds, bool) or not isinstance(seconds, int | float) or seconds < 0:
+        raise ApiError(400, "BadRequest", "seconds must be a non-negative number.")
+    with call.lock:
+        clock.advance(float(seconds))
+    return JSONResponse({"time": isoformat(clock.time())})
+
+
+# --- routing ------------------------------------------------------------------------------
+
+_ACCOUNT = r"(?P<account>[^/]+)"
+_SESSION = r"(?P<session>[^/]+)"
+
+
+@dataclass(frozen=True)
+class _RouteSpec:
+    name: str
+    method: str
+    pattern: re.Pattern[str]
+    handler: Handler
+
+
+def _spec(name: str, method: str, pattern: str, handler: Handler) -> _RouteSpec:
+    # Literals are matched case-insensitively (v1 paths are; being lenient elsewhere
+    # costs nothing); the captured ids keep their case (2021-01-01 ids are case-sensitive).
+    return _RouteSpec(name, method, re.compile(f"^{pattern}/?$", re.IGNORECASE), handler)
+
+
+ROUTES: tuple[_RouteSpec, ...] = (
+    _spec("sts.token", "GET", rf"/accounts/{_ACCOUNT}/token", _sts_token),
+    _spec("v1.create", "POST", rf"/v1/accounts/{_ACCOUNT}/sessions/create", _v1_create),
+    _spec("v1.list", "GET", rf"/v1/accounts/{_ACCOUNT}/sessions", _v1_list),
+    _spec("v1.get", "GET", rf"/v1/accounts/{_ACCOUNT}/sessions/{_SESSION}/properties", _v1_get),
+    _spec("v1.extend", "PATCH", rf"/v1/accounts/{_ACCOUNT}/sessions/{_SESSION}", _v1_extend),
+    _spec("v1.stop", "DELETE", rf"/v1/accounts/{_ACCOUNT}/sessions/{_SESSION}", _v1_stop),
+    _spec("v2021.list", "GET", rf"/accounts/{_ACCOUNT}/sessions", _v2021_list),
+    _spec("v2021.create", "PUT", rf"/accounts/{_ACCOUNT}/sessions/{_SESSION}", _v2021_create),
+    _spec("v2021.get", "GET", rf"/accounts/{_ACCOUNT}/sessions/{_SESSION}", _v2021_get),
+    _spec("v2021.extend", "PATCH", rf"/accounts/{_ACCOUNT}/sessions/{_SESSION}", _v2021_extend),
+    _spec("v2021.stop", "POST", rf"/accounts/{_ACCOUNT}/sessions/{_SESSION}/:stop", _v2021_stop),
+    _spec("admin.health", "GET", r"/_emulator/health", _admin_health),
+    _spec("admin.ledger", "GET", r"/_emulator/ledger", _admin_ledger),
+    _spec("admin.requests", "GET", r"/_emulator/requests", _admin_requests),
+    _spec("admin.faults.get", "GET", r"/_emulator/faults", _admin_faults_get),
+    _spec("admin.faults.set", "POST", r"/_emulator/faults", _admin_faults_set),
+    _spec("admin.faults.clear", "DELETE", r"/_emulator/faults", _admin_faults_clear),
+    _spec("admin.tokens.expire", "POST", r"/_emulator/tokens/expire", _admin_tokens_expire),
+    _spec("admin.clock.advance", "POST", r"/_emulator/clock/advance", _admin_clock_advance),
+)
+"""Every route, by name. Names are what request counts and fault scripts use."""
+
+ROUTE_NAMES: tuple[str, ...] = tuple(spec.name for spec in ROUTES)
+
+
+def _resolve(method: str, path: str) -> tuple[_RouteSpec | None, re.Match[str] | None, list[str]]:
+    allowed: list[str] = []
+    for spec in ROUTES:
+        match = spec.pattern.match(path)
+        if match is None:
+            continue
+        if spec.method == method:
+            return spec, match, allowed
+        allowed.append(spec.method)
+    return None, None, allowed
+
+
+def _fault_response(action: FaultAction) -> Response:
+    if action.kind == "throttle":
+        return error_response(
+            429,
+            "TooManyRequests",
+            "Too many requests: slow down (the service asks for 5-10 s between polls).",
+            headers={"Retry-After": str(int(action.retry_after))},
+        )
+    code = _SERVER_ERROR_CODES.get(action.status, "InternalServerError")
+    return error_response(action.status, code, "An injected server error occurred.")
+
+
+def create_app(emulator: Emulator) -> Starlette:
+    """The emulator's ASGI app: STS, v1, 2021-01-01 and ``/_emulator/`` admin routes."""
+
+    async def dispatch(request: Request) -> Response:
+        cv = new_correlation_vector()
+        spec, match, allowed = _resolve(request.method, request.url.path)
+        route = spec.name if spec is not None else "unknown"
+        response = await _handle(request, spec, match, allowed, route)
+        response.headers["MS-CV"] = cv
+        emulator.request_log_record(
+            route, "dropped" if isinstance(response, _DroppedResponse) else response.status_code
+        )
+        return response
+
+    async def _handle(
+        request: Request,
+        spec: _RouteSpec | None,
+        match: re.Match[str] | None,
+        allowed: list[str],
+        route: str,
+    ) -> Response:
+        if spec is None or match is None:
+            if allowed:
+                return error_response(
+                    405,
+                    "MethodNotAllowed",
+                    f"The method {request.method} is not allowed on {request.url.path}.",
+                    headers={"Allow": ", ".join(sorted(set(allowed)))},
+                )
+            return error_response(404, "NotFound", f"No route for {request.url.path}.")
+        groups = match.groupdict()
+        call = _Call(
+            request=request,
+            emulator=emulator,
+            route=route,
+            account=groups.get("account") or "",
+            session_id=groups.get("session"),
+        )
+        try:
+            if not route.startswith("admin."):
+                action = emulator.faults.take_request_fault(route, call.session_id)
+                if action is not None:
+                    if action.kind == "slow":
+                        await emulator.clock.sleep(action.seconds)
+                    elif action.kind == "drop":
+                        return _DroppedResponse(f"drop fault on {route}")
+                    else:
+                        return _fault_response(action)
+            if route.startswith("v2021."):
+                _check_api_version(request)
+            return await spec.handler(call)
+        except ApiError as exc:
+            return error_response(exc.status, exc.code, exc.message, headers=exc.headers)
+
+    methods = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
+    return Starlette(routes=[Route("/{path:path}", dispatch, methods=methods)])
+
+
+def _check_api_version(request: Request) -> None:
+    """2021-01-01 calls must name their version: ``?api-version=2021-01-01``."""
+    version = request.query_params.get("api-version")
+    if version is None:
+        raise ApiError(
+            400,
+            "MissingApiVersionParameter",
+            f"The api-version query parameter is required (?api-version={API_VERSION_2021}).",
+        )
+    if version != API_VERSION_2021:
+        raise ApiError(
+            400,
+            "UnsupportedApiVersion",
+            f"The api-version '{version}' is not supported: use {API_VERSION_2021}.",
+        )
