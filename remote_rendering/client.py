@@ -51,7 +51,7 @@ from remote_rendering.auth import (
     TokenSource,
     jwt_expiry,
 )
-from remote_rendering.clock import Clock, SystemClock
+from remote_rendering.clock import Clock, default_clock
 from remote_rendering.errors import (
     ArrHTTPError,
     ArrTransportError,
@@ -138,7 +138,7 @@ class ArrClient:
         self.api_version = self.settings.api_version
         self._service = self.settings.service_base_url
         self._sts = self.settings.sts_base_url
-        self.clock: Clock = clock if clock is not None else SystemClock()
+        self.clock: Clock = clock if clock is not None else default_clock()
         self._rng = rng if rng is not None else random.Random()
         self._http = httpx.AsyncClient(
             transport=transport,

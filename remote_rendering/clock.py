@@ -15,12 +15,14 @@ token cache, the lease keeper, the emulator's state machine) takes a :class:`Clo
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import heapq
 import itertools
 import time
+from collections.abc import Iterator
 from typing import Protocol, runtime_checkable
 
-__all__ = ["Clock", "ScaledClock", "SystemClock", "VirtualClock"]
+__all__ = ["Clock", "ScaledClock", "SystemClock", "VirtualClock", "default_clock", "use_clock"]
 
 
 @runtime_checkable
@@ -138,3 +140,24 @@ class VirtualClock:
 
     def __repr__(self) -> str:
         return f"VirtualClock(time={self._now}, autojump={self.autojump})"
+
+
+_default_clock: Clock = SystemClock()
+
+
+def default_clock() -> Clock:
+    """The clock used where none is passed (real time, unless :func:`use_clock` says)."""
+    return _default_clock
+
+
+@contextlib.contextmanager
+def use_clock(clock: Clock) -> Iterator[Clock]:
+    """Make ``clock`` the process default: the client, the lease keeper and the sample job
+    then wait on it. The demo runs on a :class:`ScaledClock`, tests on a
+    :class:`VirtualClock`."""
+    global _default_clock
+    previous, _default_clock = _default_clock, clock
+    try:
+        yield clock
+    finally:
+        _default_clock = previous

@@ -1,0 +1,45 @@
+"""Prefect flows for Azure Remote Rendering: provision, run a job, always tear down.
+
+- :func:`render_batch`: the ``render-batch`` flow (create → wait → job → stop).
+- :func:`rendering_session`: the same guarantee as an async context manager, for
+  composing into your own flows.
+- :class:`LeaseKeeper`: the rolling lease on its own.
+- :func:`stop_owned_sessions`: the flow hook that stops a run's sessions from any process.
+"""
+
+from __future__ import annotations
+
+from flows.jobs import (
+    InvalidJobError,
+    JobFailedError,
+    JobSpec,
+    JobTimeoutError,
+    session_environment,
+    session_parameters,
+)
+from flows.render_batch import RenderSummary, render_batch
+from flows.session import (
+    OWNER_TAG_PREFIX,
+    LeaseKeeper,
+    SessionReport,
+    owned_session_ids,
+    rendering_session,
+    stop_owned_sessions,
+)
+
+__all__ = [
+    "OWNER_TAG_PREFIX",
+    "InvalidJobError",
+    "JobFailedError",
+    "JobSpec",
+    "JobTimeoutError",
+    "LeaseKeeper",
+    "RenderSummary",
+    "SessionReport",
+    "owned_session_ids",
+    "render_batch",
+    "rendering_session",
+    "session_environment",
+    "session_parameters",
+    "stop_owned_sessions",
+]

@@ -1,0 +1,473 @@
+"""Provision a session for some work and guarantee it is stopped: ``rendering_session``.
+
+Teardown in depth (DESIGN.md), the layers this module provides:
+
+1. ``try/finally`` around create…stop, with the stop shielded from cancellation (anyio
+   cancel scopes re-cancel every ``await`` inside a cancelled scope, so an unshielded
+   cleanup after a flow timeout would itself be cancelled).
+2. Ownership recorded on the flow run the moment the session exists (a flow-run tag
+   ``arr-session:<id>`` and an ``arr.session.created`` event), so Prefect hooks running in
+   another process (``on_cancellation`` runs in the runner) and the orphan reaper can find
+   and stop it: :func:`stop_owned_sessions`.
+3. A rolling lease (:class:`LeaseKeeper`): the session is created with a short lease and
+   renewed ahead of expiry while the work runs, so if everything else dies the service
+   itself ends the session within one renewal period.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import weakref
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+from uuid import UUID
+
+import anyio
+from prefect import get_client
+from prefect.client.schemas.objects import Flow, FlowRun, State
+from prefect.events import emit_event
+from prefect.logging import get_logger
+
+import tasks
+from remote_rendering.client import ArrClient, new_session_id, open_client
+from remote_rendering.errors import (
+    ArrError,
+    ArrHTTPError,
+    ArrTransportError,
+    InvalidLeaseError,
+    SessionEndedError,
+    SessionExpiredError,
+    SessionNotFoundError,
+)
+from remote_rendering.models import MAX_LEASE, Session, SessionSize, parse_lease
+from tasks.sessions import run_logger
+
+__all__ = [
+    "OWNER_TAG_PREFIX",
+    "LeaseKeeper",
+    "SessionReport",
+    "owned_session_ids",
+    "rendering_session",
+    "stop_owned_sessions",
+]
+
+OWNER_TAG_PREFIX = "arr-session:"
+"""Flow runs that own a session carry the tag ``arr-session:<session id>``."""
+
+# How long teardown may take to stop a session before giving up (the lease and the
+# reaper still end it).
+STOP_TIMEOUT_SECONDS = 120.0
+# A v1 create may spend a while reconciling a lost answer; it is shielded from
+# cancellation (so the session's ID is always learnt) for at most this long.
+CREATE_SHIELD_SECONDS = 300.0
+
+_owned: dict[str, set[str]] = {}
+_tag_locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _current_flow_run_id() -> str | None:
+    from prefect.context import FlowRunContext
+
+    context = FlowRunContext.get()
+    if context is not None and context.flow_run is not None:
+        return str(context.flow_run.id)
+    return None
+
+
+async def _record_owner(session_id: str, flow_run_id: str | None, api_version: str) -> None:
+    """Tie the session to the flow run: in this process, as a tag, and as an event."""
+    if flow_run_id is None:
+        return
+    _owned.setdefault(flow_run_id, set()).add(session_id)
+    tag = f"{OWNER_TAG_PREFIX}{session_id}"
+    try:
+        lock = _tag_locks.setdefault(asyncio.get_running_loop(), asyncio.Lock())
+        async with lock, get_client() as prefect:
+            run = await prefect.read_flow_run(UUID(flow_run_id))
+            if tag not in run.tags:
+                await prefect.update_flow_run(UUID(flow_run_id), tags=[*run.tags, tag])
+    except Exception as exc:
+        run_logger().warning(
+            "Could not tag flow run %s with %s (%s); the rolling lease still bounds the session",
+            flow_run_id,
+            tag,
+            exc,
+        )
+    _emit("arr.session.created", session_id, flow_run_id, {"api_version": api_version})
+
+
+def _emit(event: str, session_id: str, flow_run_id: str | None, payload: dict[str, Any]) -> None:
+    related = []
+    if flow_run_id is not None:
+        related.append(
+            {
+                "prefect.resource.id": f"prefect.flow-run.{flow_run_id}",
+                "prefect.resource.role": "flow-run",
+            }
+        )
+    try:
+        emit_event(
+            event,
+            resource={
+                "prefect.resource.id": f"arr.session.{session_id}",
+                "arr.session.id": session_id,
+            },
+            related=related,
+            payload=payload,
+        )
+    except Exception as exc:
+        get_logger("arr.flows").debug("could not emit %s: %s", event, exc)
+
+
+async def owned_session_ids(flow_run_id: str | UUID) -> set[str]:
+    """Session IDs a flow run owns: recorded in this process, or as tags on the run."""
+    key = str(flow_run_id)
+    ids = set(_owned.get(key, ()))
+    try:
+        async with get_client() as prefect:
+            run = await prefect.read_flow_run(UUID(key))
+        ids.update(t[len(OWNER_TAG_PREFIX) :] for t in run.tags if t.startswith(OWNER_TAG_PREFIX))
+    except Exception as exc:
+        get_logger("arr.flows").warning("could not read the tags of flow run %s: %s", key, exc)
+    return ids
+
+
+async def stop_owned_sessions(flow: Flow | Any, flow_run: FlowRun, state: State[Any]) -> None:
+    """Flow hook (``on_cancellation``, ``on_crashed``): stop every session the run owns.
+
+    Works in the flow-run process and outside it (Prefect runs ``on_cancellation`` in the
+    runner after killing the flow-run process): the sessions are found from the run's
+    ``arr-session:`` tags. Stopping is idempotent, so running after ``finally`` is harmless.
+    Settings come from ``ARR_*`` in the environment of whichever process runs the hook.
+    """
+    logger = get_logger("arr.teardown")
+    ids = await owned_session_ids(flow_run.id)
+    if not ids:
+        return
+    async with open_client() as arr:
+        for session_id in sorted(ids):
+            try:
+                stopped = await arr.stop_session(session_id)
+            except ArrError as exc:
+                logger.error(
+                    "Flow run %s (%s): could not stop session %s: %s",
+                    flow_run.name,
+                    state.name,
+                    session_id,
+                    exc,
+                )
+                continue
+            if stopped:
+                logger.warning(
+                    "Flow run %s is %s: stopped its session %s",
+                    flow_run.name,
+                    state.name,
+                    session_id,
+                )
+                _emit(
+                    "arr.session.stopped",
+                    session_id,
+                    str(flow_run.id),
+                    {"stopped_by": f"hook:{state.name}"},
+                )
+
+
+@dataclass
+class SessionReport:
+    """What happened to the session of a :func:`rendering_session`, for summaries."""
+
+    session_id: str | None = None
+    size: str | None = None
+    api_version: str | None = None
+    created_at: float | None = None
+    ready_at: float | None = None
+    stopped_at: float | None = None
+    final_status: str | None = None
+    lease_renewals: int = 0
+    stopped_by: str | None = None
+    stop_error: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def time_to_ready(self) -> float | None:
+        """Seconds from create to Ready."""
+        if self.created_at is None or self.ready_at is None:
+            return None
+        return self.ready_at - self.created_at
+
+    @property
+    def billed_minutes(self) -> int | None:
+        """Minutes from create to stop, rounded up (the service bills by the minute)."""
+        if self.created_at is None or self.stopped_at is None:
+            return None
+        return max(1, math.ceil((self.stopped_at - self.created_at) / 60 - 1e-9))
+
+
+class LeaseKeeper:
+    """Keeps a session on a short rolling lease while work runs.
+
+    Every ``renew_every`` (half the ``lease`` by default) it makes the lease end ``lease``
+    from now, sending the *total* since Ready (``elapsed + lease``: the API takes the total,
+    not an increment). If the worker dies, the service ends the session within ``lease``.
+    Renewal failures are retried sooner; if the session is found over (expired, stopped,
+    Error) ``on_lost`` is called with the error and the keeper ends.
+    """
+
+    def __init__(
+        self,
+        client: ArrClient,
+        session_id: str,
+        *,
+        lease: timedelta,
+        renew_every: timedelta | None = None,
+        on_lost: Callable[[SessionEndedError], None] | None = None,
+    ) -> None:
+        self.client = client
+        self.session_id = session_id
+        self.lease = parse_lease(lease)
+        self.renew_every = renew_every if renew_every is not None else self.lease / 2
+        if not timedelta(0) < self.renew_every < self.lease:
+            raise InvalidLeaseError("renew_every must be positive and shorter than the lease")
+        self.on_lost = on_lost
+        self.renewals = 0
+        self.failures = 0
+        self.lost: SessionEndedError | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._at_max = False
+        self._last_lease: timedelta | None = None
+
+    async def __aenter__(self) -> LeaseKeeper:
+        self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop()
+
+    def start(self, current_lease: timedelta | None = None) -> None:
+        """Start renewing in the background (``current_lease``: the lease the session has)."""
+        self._last_lease = current_lease
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(
+                self._run(), name=f"lease-keeper-{self.session_id}"
+            )
+
+    async def stop(self) -> None:
+        """Stop renewing (the session itself is left alone)."""
+        task, self._task = self._task, None
+        if task is not None and not task.done():
+            task.cancel()
+            with anyio.CancelScope(shield=True):
+                await asyncio.gather(task, return_exceptions=True)
+
+    async def renew(self) -> Session:
+        """Renew once: make the lease end ``lease`` from now (nothing sent if it already does)."""
+        after = await self.client.extend_session_by(self.session_id, self.lease)
+        if self._last_lease is not None and after.max_lease != self._last_lease:
+            self.renewals += 1
+        self._last_lease = after.max_lease
+        if after.max_lease is not None and after.max_lease >= MAX_LEASE and not self._at_max:
+            self._at_max = True
+            run_logger().warning(
+                "Session %s reached the 24 h maximum lease; it will expire at that limit",
+                self.session_id,
+            )
+        return after
+
+    async def _run(self) -> None:
+        clock = self.client.clock
+        delay = self.renew_every.total_seconds()
+        logger = run_logger()
+        while True:
+            await clock.sleep(delay)
+            try:
+                session = await self.renew()
+            except (SessionEndedError, SessionNotFoundError) as exc:
+                lost = (
+                    exc
+                    if isinstance(exc, SessionEndedError)
+                    else SessionExpiredError(
+                        f"session {self.session_id} is gone: {exc}", session_id=self.session_id
+                    )
+                )
+                self.lost = lost
+                logger.error("Lease keeper: %s", lost)
+                if self.on_lost is not None:
+                    self.on_lost(lost)
+                return
+            except (ArrTransportError, ArrHTTPError) as exc:
+                self.failures += 1
+                delay = max(1.0, self.renew_every.total_seconds() / 4)
+                logger.warning(
+                    "Lease keeper: renewing session %s failed (%s); retrying in %.0fs",
+                    self.session_id,
+                    exc,
+                    delay,
+                )
+                continue
+            delay = self.renew_every.total_seconds()
+            logger.debug(
+                "Lease keeper: session %s lease %s, elapsed %s",
+                self.session_id,
+                session.max_lease,
+                session.elapsed,
+            )
+
+
+async def _stop_in_teardown(
+    arr: ArrClient, session_id: str, report: SessionReport, use_task: bool
+) -> None:
+    """Stop the session, shielded from cancellation and bounded in time."""
+    with anyio.CancelScope(shield=True):
+        try:
+            with anyio.fail_after(STOP_TIMEOUT_SECONDS):
+                if use_task:
+                    try:
+                        await tasks.stop_session(session_id, client=arr)
+                        report.stopped_by = "finally"
+                        return
+                    except ArrError:
+                        raise
+                    except Exception as exc:
+                        run_logger().warning(
+                            "stop-session task could not run (%s); stopping directly", exc
+                        )
+                await arr.stop_session(session_id)
+                report.stopped_by = "finally"
+        except (ArrError, TimeoutError) as exc:
+            report.stop_error = str(exc) or type(exc).__name__
+            run_logger().error(
+                "Could not stop session %s: %s. It stays tagged on the flow run; its lease"
+                " and the orphan reaper will end it",
+                session_id,
+                report.stop_error,
+            )
+        finally:
+            report.stopped_at = arr.clock.time()
+
+
+@asynccontextmanager
+async def rendering_session(
+    size: SessionSize | str = SessionSize.STANDARD,
+    *,
+    lease: timedelta | str | int | float = timedelta(minutes=10),
+    renew_every: timedelta | None = None,
+    ready_timeout: float | None = None,
+    poll_interval: float | None = None,
+    models: list[str] | None = None,
+    client: ArrClient | None = None,
+    report: SessionReport | None = None,
+) -> AsyncIterator[Session]:
+    """Create a session, wait until Ready, keep its lease rolling, and always stop it.
+
+    ``lease`` is the rolling lease: the session never has more than that left, and the
+    :class:`LeaseKeeper` renews it every ``renew_every`` (half of it by default) while the
+    body runs; a killed worker leaks at most ``lease``. Use inside any flow::
+
+        @flow
+        async def my_pipeline():
+            async with rendering_session("standard", lease=timedelta(minutes=10)) as session:
+                await render(session.hostname, session.handshake_port)
+
+    The session is stopped when the body ends, raises, times out or is cancelled, and when
+    waiting for Ready fails. If the session is lost while the body runs (expired, stopped
+    elsewhere, Error), the body is cancelled and the specific ``SessionEndedError`` raised.
+    Pass a :class:`SessionReport` to learn timings, renewals and who stopped it.
+    """
+    report = report if report is not None else SessionReport()
+    rolling = parse_lease(lease)
+    session_size = SessionSize.parse(size)
+    if renew_every is not None and not timedelta(0) < renew_every < rolling:
+        raise InvalidLeaseError("renew_every must be positive and shorter than the lease")
+    flow_run_id = _current_flow_run_id()
+    in_flow = flow_run_id is not None
+    logger = run_logger()
+
+    async with open_client(client) as arr:
+        report.size = session_size.value
+        report.api_version = arr.api_version
+        session_id: str | None = None
+        if arr.api_version != "v1":
+            # 2021-01-01: we choose the ID, so record it before the create is even sent.
+            prefix = f"pf-{flow_run_id}" if flow_run_id else "arr"
+            session_id = new_session_id(prefix)
+            await _record_owner(session_id, flow_run_id, arr.api_version)
+        report.created_at = arr.clock.time()
+        try:
+            # Shielded: once the request is out, learning the session's ID matters more than
+            # reacting to a cancel a few seconds sooner.
+            with anyio.CancelScope(shield=True), anyio.fail_after(CREATE_SHIELD_SECONDS):
+                if in_flow:
+                    session = await tasks.create_session(
+                        lease=rolling,
+                        size=session_size,
+                        models=models,
+                        session_id=session_id,
+                        client=arr,
+                    )
+                else:
+                    session = await arr.create_session(
+                        lease=rolling, size=session_size, models=models or (), session_id=session_id
+                    )
+        except BaseException:
+            if session_id is not None:
+                # The PUT may have reached the service: stopping an unknown ID is harmless.
+                await _stop_in_teardown(arr, session_id, report, use_task=False)
+            raise
+        report.session_id = session.id
+        if arr.api_version == "v1":
+            await _record_owner(session.id, flow_run_id, arr.api_version)
+
+        host = asyncio.current_task()
+        keeper_cancelled_body = False
+
+        def on_lost(error: SessionEndedError) -> None:
+            nonlocal keeper_cancelled_body
+            if host is not None and not host.done():
+                keeper_cancelled_body = True
+                host.cancel(f"session {session.id} was lost: {error}")
+
+        keeper = LeaseKeeper(
+            arr, session.id, lease=rolling, renew_every=renew_every, on_lost=on_lost
+        )
+        try:
+            if in_flow:
+                session = await tasks.wait_until_ready(
+                    session.id, timeout=ready_timeout, poll_interval=poll_interval, client=arr
+                )
+            else:
+                session = await arr.wait_until_ready(
+                    session.id, timeout=ready_timeout, poll_interval=poll_interval
+                )
+            report.ready_at = arr.clock.time()
+            keeper.start(session.max_lease)
+            try:
+                yield session
+            except asyncio.CancelledError:
+                if keeper_cancelled_body and host is not None and host.uncancel() == 0:
+                    assert keeper.lost is not None
+                    raise keeper.lost from None
+                raise
+        finally:
+            await keeper.stop()
+            report.lease_renewals = keeper.renewals
+            await _stop_in_teardown(arr, session.id, report, use_task=in_flow)
+            if report.stop_error is None:
+                _emit("arr.session.stopped", session.id, flow_run_id, {"stopped_by": "finally"})
+                try:
+                    with anyio.CancelScope(shield=True), anyio.fail_after(30):
+                        final = await arr.get_session(session.id)
+                    report.final_status = final.status.value
+                except (ArrError, TimeoutError):
+                    report.final_status = None
+            logger.info(
+                "Session %s torn down (%s, %d lease renewals)",
+                session.id,
+                report.final_status or "status unknown",
+                report.lease_renewals,
+            )

@@ -1,0 +1,259 @@
+"""Prefect tasks for each step of the ARR session API: thin wrappers over the client.
+
+Every task:
+
+- is ``async`` and opens a client from ``ARR_*`` settings unless one is passed
+  (``client=``), so it drops into any flow;
+- uses ``cache_policy=NO_CACHE`` and ``persist_result=False``: Prefect 3 caches a task's
+  result by its inputs within a run, so a status check called twice would otherwise
+  return the first answer, and a token must never land in result storage;
+- leaves retrying to the client (connection errors, 5xx, 429 with ``Retry-After``). Only
+  idempotent calls (get, list, extend to a total, stop) add a Prefect retry, and only for
+  transient failures that outlasted the client's own retries; create never does, because
+  a v1 create is not idempotent.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+from typing import Any
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+from prefect.client.schemas.objects import State, TaskRun
+from prefect.exceptions import MissingContextError
+from prefect.logging import get_run_logger
+
+from remote_rendering.auth import AccessToken
+from remote_rendering.client import ArrClient, open_client
+from remote_rendering.errors import ArrTransportError, RateLimitedError, ServiceError
+from remote_rendering.models import Session, SessionSize, SessionStatus
+
+__all__ = [
+    "create_session",
+    "extend_session",
+    "get_access_token",
+    "get_session",
+    "list_sessions",
+    "stop_session",
+    "wait_until_ready",
+]
+
+
+def run_logger() -> logging.Logger | logging.LoggerAdapter[logging.Logger]:
+    """Prefect's run logger inside a run, a plain logger outside (``task.fn()`` in tests)."""
+    try:
+        return get_run_logger()
+    except MissingContextError:
+        return logging.getLogger("arr.tasks")
+
+
+def _transient(task: Any, task_run: TaskRun, state: State[Any]) -> bool:
+    """Retry a task only for failures that may pass (the service down, throttling)."""
+    try:
+        state.result()
+    except (ArrTransportError, ServiceError, RateLimitedError):
+        return True
+    except BaseException:
+        return False
+    return False
+
+
+_COMMON: dict[str, Any] = {"cache_policy": NO_CACHE, "persist_result": False}
+_IDEMPOTENT: dict[str, Any] = {
+    **_COMMON,
+    "retries": 2,
+    "retry_delay_seconds": [10, 60],
+    "retry_condition_fn": _transient,
+}
+
+
+@task(name="get-access-token", **_COMMON)
+async def get_access_token(client: ArrClient | None = None) -> AccessToken:
+    """Get an STS access token for the configured account (cached until shortly before exp).
+
+    The token is a ``SecretStr``: it never shows in logs, the UI or result storage.
+
+    Example::
+
+        @flow
+        async def check_credentials():
+            token = await get_access_token()
+            print(token.expires_at)
+    """
+    async with open_client(client) as arr:
+        token = await arr.get_access_token()
+    run_logger().info(
+        "Access token for account %s valid until %s", token.account_id, token.expires_at
+    )
+    return token
+
+
+@task(name="create-session", task_run_name="create-session-{size}", **_COMMON)
+async def create_session(
+    lease: timedelta | str | int | float = timedelta(minutes=30),
+    size: SessionSize | str = SessionSize.STANDARD,
+    models: list[str] | None = None,
+    session_id: str | None = None,
+    client: ArrClient | None = None,
+) -> Session:
+    """Create a session (status Starting) and return it; the caller must stop it.
+
+    ``lease`` is the total lease (``timedelta``, TimeSpan string like ``"1:00:00"`` or
+    minutes). Bad input raises before any request. Not retried by Prefect: v1 create is not
+    idempotent (the client reconciles a lost answer instead).
+
+    Example::
+
+        @flow
+        async def render():
+            session = await create_session(lease=timedelta(minutes=20), size="standard")
+            try:
+                session = await wait_until_ready(session.id)
+                ...
+            finally:
+                await stop_session(session.id)
+    """
+    async with open_client(client) as arr:
+        session = await arr.create_session(
+            lease=lease, size=size, models=models or (), session_id=session_id
+        )
+    run_logger().info(
+        "Created session %s (%s, lease %s)", session.id, session.size, session.max_lease
+    )
+    return session
+
+
+@task(name="wait-until-ready", task_run_name="wait-until-ready-{session_id}", **_COMMON)
+async def wait_until_ready(
+    session_id: str,
+    timeout: float | None = None,
+    poll_interval: float | None = None,
+    client: ArrClient | None = None,
+) -> Session:
+    """Poll until the session is Ready and return it, logging each status change.
+
+    Ends with ``SessionFailedError`` (Error, with the service's message),
+    ``SessionExpiredError``, ``SessionStoppedError`` or ``ReadyTimeoutError`` after
+    ``timeout`` seconds (default ``ARR_READY_TIMEOUT``). Polls every ``poll_interval``
+    seconds (default ``ARR_POLL_INTERVAL``, 5 s as the service asks) and honours 429.
+
+    Example::
+
+        @flow
+        async def render(session_id: str):
+            session = await wait_until_ready(session_id, timeout=600)
+            print(session.hostname, session.handshake_port)
+    """
+    logger = run_logger()
+    async with open_client(client) as arr:
+        started = arr.clock.time()
+
+        def on_status(previous: SessionStatus | None, session: Session) -> None:
+            waited = arr.clock.time() - started
+            if previous is None:
+                logger.info("Session %s is %s", session.id, session.status)
+            else:
+                logger.info(
+                    "Session %s: %s -> %s after %.0fs",
+                    session.id,
+                    previous,
+                    session.status,
+                    waited,
+                )
+
+        session = await arr.wait_until_ready(
+            session_id, timeout=timeout, poll_interval=poll_interval, on_status=on_status
+        )
+        logger.info(
+            "Session %s is Ready after %.0fs at %s (handshake port %s)",
+            session.id,
+            arr.clock.time() - started,
+            session.hostname,
+            session.handshake_port,
+        )
+    return session
+
+
+@task(name="extend-session", task_run_name="extend-session-{session_id}", **_IDEMPOTENT)
+async def extend_session(
+    session_id: str,
+    lease: timedelta | str | int | float | None = None,
+    extend_by: timedelta | str | int | float | None = None,
+    client: ArrClient | None = None,
+) -> Session:
+    """Extend a session's lease; give exactly one of ``lease`` or ``extend_by``.
+
+    ``lease`` is the new **total** (the API's own semantics: counted from Ready, not an
+    increment). ``extend_by`` makes the lease end that long from now, accounting for the
+    time already elapsed (it sends ``elapsed + extend_by``, or nothing if already enough).
+
+    Example::
+
+        @flow
+        async def keep_alive(session_id: str):
+            await extend_session(session_id, extend_by=timedelta(minutes=30))
+    """
+    if (lease is None) == (extend_by is None):
+        raise ValueError("give exactly one of lease (the new total) or extend_by")
+    async with open_client(client) as arr:
+        if lease is not None:
+            session = await arr.extend_session(session_id, lease)
+        else:
+            assert extend_by is not None
+            session = await arr.extend_session_by(session_id, extend_by)
+    run_logger().info(
+        "Session %s lease is now %s (elapsed %s)", session.id, session.max_lease, session.elapsed
+    )
+    return session
+
+
+@task(name="stop-session", task_run_name="stop-session-{session_id}", **_IDEMPOTENT)
+async def stop_session(session_id: str, client: ArrClient | None = None) -> bool:
+    """Stop a session. Idempotent: True if this call stopped it, False if it had already
+    ended (Stopped, Expired, Error) or is unknown.
+
+    Example::
+
+        @flow
+        async def cleanup(session_id: str):
+            await stop_session(session_id)
+    """
+    async with open_client(client) as arr:
+        stopped = await arr.stop_session(session_id)
+    if stopped:
+        run_logger().info("Stopped session %s", session_id)
+    else:
+        run_logger().info("Session %s had already ended", session_id)
+    return stopped
+
+
+@task(name="get-session", task_run_name="get-session-{session_id}", **_IDEMPOTENT)
+async def get_session(session_id: str, client: ArrClient | None = None) -> Session:
+    """The session's current properties (never cached: each call asks the service).
+
+    Example::
+
+        @flow
+        async def status(session_id: str):
+            session = await get_session(session_id)
+            print(session.status, session.remaining)
+    """
+    async with open_client(client) as arr:
+        return await arr.get_session(session_id)
+
+
+@task(name="list-sessions", **_IDEMPOTENT)
+async def list_sessions(client: ArrClient | None = None) -> list[Session]:
+    """Every active (Starting or Ready) session of the account, all pages.
+
+    Example::
+
+        @flow
+        async def report():
+            for session in await list_sessions():
+                print(session.id, session.status, session.elapsed)
+    """
+    async with open_client(client) as arr:
+        return await arr.list_sessions()
