@@ -1,0 +1,189 @@
+"""``arr-emulator``: serve the emulated ARR service (STS and both session APIs) over HTTP.
+
+On start it prints exactly one line to stdout, ``arr-emulator listening on
+http://HOST:PORT`` (the real port when ``--port 0`` asked for a free one), then serves
+until SIGINT or SIGTERM and exits 0. Logs go to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from remote_rendering.clock import ScaledClock, SystemClock
+from remote_rendering.emulator.server import base_url_of, bind_socket, run_server
+from remote_rendering.emulator.service import DEFAULT_ACCOUNT_ID, DEFAULT_ACCOUNT_KEY, Emulator
+
+__all__ = ["build_parser", "main"]
+
+
+def _probability(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"a probability must be between 0 and 1, got {text}")
+    return value
+
+
+def _non_negative(text: str) -> float:
+    value = float(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must not be negative, got {text}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="arr-emulator",
+        description="Serve an emulated Azure Remote Rendering service (STS, v1 and"
+        " 2021-01-01 session APIs, /_emulator/ admin API) on loopback.",
+    )
+    net = parser.add_argument_group("network")
+    net.add_argument("--host", default="127.0.0.1", help="address to bind (default: %(default)s)")
+    net.add_argument(
+        "--port", type=int, default=8080, help="port; 0 picks a free one (default: %(default)s)"
+    )
+    service = parser.add_argument_group("service")
+    service.add_argument(
+        "--account-id", default=DEFAULT_ACCOUNT_ID, help="account GUID (default: %(default)s)"
+    )
+    service.add_argument(
+        "--account-key", default=DEFAULT_ACCOUNT_KEY, help="account key (default: %(default)s)"
+    )
+    service.add_argument(
+        "--startup-seconds",
+        type=_non_negative,
+        default=30.0,
+        help="Starting -> Ready delay, emulated seconds (default: %(default)s)",
+    )
+    service.add_argument(
+        "--time-scale",
+        type=float,
+        default=1.0,
+        help="emulated seconds per real second; 1 is real time (default: %(default)s)",
+    )
+    service.add_argument(
+        "--region",
+        default="westus2",
+        help="region named in hostnames and messages (default: %(default)s)",
+    )
+    service.add_argument(
+        "--capacity-standard",
+        type=int,
+        default=None,
+        help="most Standard sessions active at once (default: unlimited)",
+    )
+    service.add_argument(
+        "--capacity-premium",
+        type=int,
+        default=None,
+        help="most Premium sessions active at once (default: unlimited)",
+    )
+    service.add_argument(
+        "--token-lifetime",
+        type=float,
+        default=86400.0,
+        help="access token lifetime, emulated seconds (default: %(default)s)",
+    )
+    service.add_argument(
+        "--page-size", type=int, default=20, help="2021-01-01 list page size (default: %(default)s)"
+    )
+    service.add_argument(
+        "--seed", type=int, default=None, help="seed for ids, ports and random faults"
+    )
+    faults = parser.add_argument_group("random faults (probability per request)")
+    faults.add_argument("--p-throttle", type=_probability, default=0.0, help="429 with Retry-After")
+    faults.add_argument("--p-server-error", type=_probability, default=0.0, help="500/502/503")
+    faults.add_argument(
+        "--p-slow", type=_probability, default=0.0, help="answer after --slow-seconds"
+    )
+    faults.add_argument(
+        "--slow-seconds",
+        type=_non_negative,
+        default=5.0,
+        help="delay of a slow answer (default: %(default)s)",
+    )
+    faults.add_argument(
+        "--p-drop", type=_probability, default=0.0, help="connection dropped mid-answer"
+    )
+    faults.add_argument(
+        "--p-lost-create", type=_probability, default=0.0, help="create made, answer lost"
+    )
+    faults.add_argument(
+        "--p-session-error", type=_probability, default=0.0, help="created session ends in Error"
+    )
+    faults.add_argument(
+        "--retry-after",
+        type=int,
+        default=1,
+        help="Retry-After of a 429, seconds (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--log-level",
+        default="info",
+        choices=["critical", "error", "warning", "info", "debug"],
+        help="stderr log level (default: %(default)s)",
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the emulator until SIGINT/SIGTERM; return the exit status (0)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.time_scale <= 0:
+        parser.error("--time-scale must be positive")
+    if args.page_size < 1:
+        parser.error("--page-size must be at least 1")
+    capacity = {
+        size: limit
+        for size, limit in (
+            ("standard", args.capacity_standard),
+            ("premium", args.capacity_premium),
+        )
+        if limit is not None
+    }
+    logging.basicConfig(
+        stream=sys.stderr,
+        level=args.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    emulator = Emulator(
+        {args.account_id: args.account_key},
+        clock=SystemClock() if args.time_scale == 1.0 else ScaledClock(args.time_scale),
+        startup_seconds=args.startup_seconds,
+        region=args.region,
+        capacity=capacity or None,
+        token_lifetime=args.token_lifetime,
+        page_size=args.page_size,
+        seed=args.seed,
+    )
+    try:
+        emulator.faults.set_random(
+            p_throttle=args.p_throttle,
+            p_server_error=args.p_server_error,
+            p_slow=args.p_slow,
+            p_drop=args.p_drop,
+            p_lost_create=args.p_lost_create,
+            p_session_error=args.p_session_error,
+            retry_after=args.retry_after,
+            slow_seconds=args.slow_seconds,
+            seed=args.seed,
+        )
+    except ValueError as exc:
+        parser.error(str(exc))
+    try:
+        sock = bind_socket(args.host, args.port)
+    except OSError as exc:
+        parser.exit(1, f"arr-emulator: cannot listen on {args.host}:{args.port}: {exc}\n")
+    print(f"arr-emulator listening on {base_url_of(sock)}", flush=True)
+    try:
+        run_server(emulator.app, sock, log_level=args.log_level)
+    finally:
+        sock.close()
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
