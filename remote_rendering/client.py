@@ -476,10 +476,15 @@ class ArrClient:
 
     async def get_session(self, session_id: str) -> Session:
         """The session's current properties (404: :class:`SessionNotFoundError`)."""
+        session, _ = await self._get_session(session_id)
+        return session
+
+    async def _get_session(self, session_id: str) -> tuple[Session, str | None]:
+        """The session and the answer's MS-CV, for errors raised from its status."""
         sid = validate_session_id(session_id)
         parts = (sid, "properties") if self.api_version == "v1" else (sid,)
         response = await self._call("get session", "GET", self._sessions_url(*parts), expect=(200,))
-        return self._parse(response.json())
+        return self._parse(response.json()), response.headers.get("MS-CV")
 
     async def iter_sessions(self) -> AsyncIterator[Session]:
         """Every active session of the account, following ``@nextLink`` pages."""
@@ -499,9 +504,12 @@ class ArrClient:
                 break
             seen.add(next_link)
             url = str(httpx.URL(url).join(next_link))
-            if httpx.URL(url).host != httpx.URL(self._service).host:
+            # The bearer token goes with the request: a link to another origin (or a
+            # downgrade to plain http on the same host) must not receive it.
+            link, service = httpx.URL(url), httpx.URL(self._service)
+            if (link.scheme, link.host, link.port) != (service.scheme, service.host, service.port):
                 raise ArrTransportError(
-                    f"list sessions failed: @nextLink points to another host ({url})",
+                    f"list sessions failed: @nextLink points to another origin ({url})",
                     operation="list sessions",
                     method="GET",
                     url=url,
@@ -560,8 +568,8 @@ class ArrClient:
         rounded down, so one more minute is added there to never cut the lease short.
         """
         remaining = parse_lease(duration)
-        session = await self.get_session(session_id)
-        _raise_if_ended(session, "extend session")
+        session, ms_cv = await self._get_session(session_id)
+        _raise_if_ended(session, "extend session", ms_cv)
         elapsed = session.elapsed or timedelta(0)
         if self.api_version != "v1":
             elapsed += timedelta(minutes=1)
@@ -620,7 +628,7 @@ class ArrClient:
         last: SessionStatus | None = None
         while True:
             try:
-                session = await self.get_session(sid)
+                session, ms_cv = await self._get_session(sid)
             except RateLimitedError as exc:
                 delay = exc.retry_after or interval
                 if self.clock.time() + delay > deadline:
@@ -639,20 +647,25 @@ class ArrClient:
                 last = session.status
             if session.status == SessionStatus.READY:
                 return session
-            _raise_if_ended(session, "wait for Ready")
+            _raise_if_ended(session, "wait for Ready", ms_cv)
             now = self.clock.time()
             if now >= deadline:
                 raise ReadyTimeoutError(
-                    f"session {sid} was not Ready after {timeout:.0f}s (still {session.status})",
+                    f"session {sid} was not Ready after {timeout:.0f}s (still {session.status};"
+                    f" MS-CV: {ms_cv or 'none'})",
                     session_id=sid,
                     session=session,
                 )
             await self.clock.sleep(min(interval, deadline - now))
 
 
-def _raise_if_ended(session: Session, doing: str) -> None:
-    """Raise the specific :class:`SessionEndedError` for a session that is over."""
+def _raise_if_ended(session: Session, doing: str, ms_cv: str | None = None) -> None:
+    """Raise the specific :class:`SessionEndedError` for a session that is over.
+
+    The message ends with the MS-CV of the answer that showed the status: support needs it.
+    """
     detail = f": {session.message}" if session.message else ""
+    detail += f" (MS-CV: {ms_cv or 'none'})"
     status = session.status
     if status == SessionStatus.ERROR:
         raise SessionFailedError(
