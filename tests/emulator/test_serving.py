@@ -1,0 +1,118 @@
+"""The emulator over real loopback HTTP: in a thread (emu.serve) and as the CLI process."""
+
+from __future__ import annotations
+
+import select
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from remote_rendering.clock import VirtualClock
+from remote_rendering.emulator import Emulator
+from remote_rendering.emulator.cli import build_parser
+from tests.emulator._support import ACCOUNT, KEY, START, V1_CREATE_BODY
+
+V1 = f"/v1/accounts/{ACCOUNT}/sessions"
+
+
+def v1_lifecycle(client: httpx.Client) -> str:
+    """Token, create, properties (Ready at once: start-up 0), extend, list, stop; the id."""
+    token = client.get(
+        f"/accounts/{ACCOUNT}/token", headers={"Authorization": f"Bearer {ACCOUNT}:{KEY}"}
+    )
+    assert token.status_code == 200
+    client.headers["Authorization"] = f"Bearer {token.json()['AccessToken']}"
+    created = client.post(f"{V1}/create", json=V1_CREATE_BODY)
+    assert created.status_code == 202
+    sid: str = created.json()["sessionId"]
+    assert created.headers["Location"] == f"accounts/{ACCOUNT}/sessions/{sid}"
+    assert client.get(f"{V1}/{sid}/properties").json()["sessionStatus"] == "Ready"
+    extended = client.patch(f"{V1}/{sid}", json={"maxLeaseTime": "5:0:0"})
+    assert (extended.status_code, extended.content) == (200, b"")
+    assert [s["sessionId"] for s in client.get(V1).json()["sessions"]] == [sid]
+    assert client.delete(f"{V1}/{sid}").status_code == 204
+    assert client.get(f"{V1}/{sid}/properties").json()["sessionStatus"] == "Stopped"
+    return sid
+
+
+def test_serve_in_a_thread_over_real_http() -> None:
+    """emu.serve() speaks HTTP on a free loopback port; a drop breaks the real connection."""
+    clock = VirtualClock(start=START)
+    emu = Emulator({ACCOUNT: KEY}, clock=clock, startup_seconds=0)
+    with emu.serve() as base_url:
+        assert base_url.startswith("http://127.0.0.1:")
+        with httpx.Client(base_url=base_url, timeout=5) as client:
+            sid = v1_lifecycle(client)
+            emu.faults.add(kind="drop", route="v1.list")
+            with pytest.raises(httpx.TransportError):
+                client.get(V1)
+            assert client.get(V1).status_code == 200
+    assert [e["id"] for e in emu.ledger()["sessions"]] == [sid]
+    assert emu.running() == []
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(f"{base_url}/_emulator/health", timeout=1)
+
+
+def _command() -> list[str]:
+    script = Path(sys.executable).with_name("arr-emulator")
+    return [str(script)] if script.exists() else ["arr-emulator"]
+
+
+@pytest.fixture
+def emulator_process() -> Iterator[tuple[subprocess.Popen[str], str]]:
+    process = subprocess.Popen(
+        [*_command(), "--port", "0", "--startup-seconds", "0", "--log-level", "warning"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        ready, _, _ = select.select([process.stdout], [], [], 20)
+        assert ready, "arr-emulator printed nothing within 20 s"
+        line = process.stdout.readline()
+        assert line.startswith("arr-emulator listening on http://127.0.0.1:"), line
+        yield process, line.rsplit(" ", 1)[1].strip()
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(5)
+
+
+@pytest.mark.loopback
+def test_cli_process_lifecycle_and_drop(
+    emulator_process: tuple[subprocess.Popen[str], str],
+) -> None:
+    """arr-emulator --port 0 announces its URL, serves v1 and faults, and exits 0 on SIGTERM."""
+    process, base_url = emulator_process
+    with httpx.Client(base_url=base_url, timeout=5) as client:
+        v1_lifecycle(client)
+        added = client.post("/_emulator/faults", json={"kind": "drop", "route": "v1.list"})
+        assert added.status_code == 200
+        with pytest.raises(httpx.TransportError):
+            client.get(V1)
+        ledger = client.get("/_emulator/ledger").json()
+        assert (len(ledger["sessions"]), ledger["running"]) == (1, 0)
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(10) == 0
+    assert process.stdout is not None
+    assert process.stdout.read() == ""
+
+
+def test_cli_options_parse() -> None:
+    """The CLI accepts every documented option."""
+    args = build_parser().parse_args(
+        [
+            "--host=127.0.0.1", "--port=0", f"--account-id={ACCOUNT}", "--account-key=k",
+            "--startup-seconds=5", "--time-scale=60", "--region=eastus", "--capacity-standard=2",
+            "--capacity-premium=1", "--token-lifetime=600", "--page-size=5", "--seed=3",
+            "--p-throttle=0.1", "--p-server-error=0.1", "--p-slow=0.1", "--slow-seconds=2",
+            "--p-drop=0.1", "--p-lost-create=0.1", "--p-session-error=0.1", "--retry-after=4",
+        ]
+    )  # fmt: skip
+    assert (args.port, args.time_scale, args.capacity_standard, args.retry_after) == (0, 60, 2, 4)
