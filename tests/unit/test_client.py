@@ -104,7 +104,12 @@ class FakeArr:
             self._defaults[(method, path)] = then
 
     def handler(self, request: httpx.Request) -> httpx.Response:
-        self.requests.append(request)
+        # A copy: httpx resends the same Request object after a 401, with a new header.
+        self.requests.append(
+            httpx.Request(
+                request.method, request.url, headers=request.headers.copy(), content=request.read()
+            )
+        )
         if request.url.host == "sts.test":
             if self.sts:
                 make = self.sts.pop(0)
