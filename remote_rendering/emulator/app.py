@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import math
 import re
 import secrets
@@ -62,6 +63,7 @@ __all__ = [
 ]
 
 API_VERSION_2021 = "2021-01-01"
+_log = logging.getLogger(__name__)
 _SERVER_ERROR_CODES = {
     500: "InternalServerError",
     502: "BadGateway",
@@ -603,6 +605,11 @@ def create_app(emulator: Emulator) -> Starlette:
             return await spec.handler(call)
         except ApiError as exc:
             return error_response(exc.status, exc.code, exc.message, headers=exc.headers)
+        except Exception:  # noqa: BLE001 - logged below; answered as the service would
+            # A bug in the emulator must still answer like the service (JSON body, MS-CV),
+            # so that a client under test reports it as a 500 rather than a parse error.
+            _log.exception("arr-emulator: unexpected error handling %s", route)
+            return error_response(500, "InternalServerError", "The emulator failed unexpectedly.")
 
     methods = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
     return Starlette(routes=[Route("/{path:path}", dispatch, methods=methods)])

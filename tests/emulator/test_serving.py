@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import select
+import shutil
 import signal
 import subprocess
 import sys
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
 import pytest
 
+import remote_rendering.emulator as package
 from remote_rendering.clock import VirtualClock
 from remote_rendering.emulator import Emulator
 from remote_rendering.emulator.cli import build_parser
@@ -63,10 +66,11 @@ def _command() -> list[str]:
     return [str(script)] if script.exists() else ["arr-emulator"]
 
 
-@pytest.fixture
-def emulator_process() -> Iterator[tuple[subprocess.Popen[str], str]]:
+@contextmanager
+def running_emulator(*args: str) -> Iterator[tuple[subprocess.Popen[str], str]]:
+    """Start ``arr-emulator --port 0 *args``; yield it and the URL of its first line."""
     process = subprocess.Popen(
-        [*_command(), "--port", "0", "--startup-seconds", "0", "--log-level", "warning"],
+        [*_command(), "--port", "0", "--log-level", "warning", *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -82,6 +86,12 @@ def emulator_process() -> Iterator[tuple[subprocess.Popen[str], str]]:
         if process.poll() is None:
             process.kill()
             process.wait(5)
+
+
+@pytest.fixture
+def emulator_process() -> Iterator[tuple[subprocess.Popen[str], str]]:
+    with running_emulator("--startup-seconds", "0") as started:
+        yield started
 
 
 @pytest.mark.loopback
@@ -116,3 +126,44 @@ def test_cli_options_parse() -> None:
         ]
     )  # fmt: skip
     assert (args.port, args.time_scale, args.capacity_standard, args.retry_after) == (0, 60, 2, 4)
+
+
+def _curl_session() -> str:
+    """The curl session of the package docstring (the README copies it)."""
+    doc = package.__doc__ or ""
+    lines = doc.split("``arr-emulator --port 8080 --startup-seconds 5``::", 1)[1].split("\n")
+    block: list[str] = []
+    for line in lines[2:]:
+        if line and not line.startswith("    "):
+            break
+        block.append(line[4:])
+    return "\n".join(block)
+
+
+@pytest.mark.loopback
+@pytest.mark.skipif(shutil.which("curl") is None, reason="needs curl")
+def test_docstring_curl_session_runs() -> None:
+    """The documented curl lifecycle of both API versions runs as written."""
+    script = _curl_session()
+    assert script.count("sleep 6") == 2
+    with running_emulator("--startup-seconds", "0.2") as (process, url):
+        script = script.replace("ARR=http://127.0.0.1:8080", f"ARR={url}")
+        script = script.replace("sleep 6", "sleep 0.3")  # start-up is 0.2 s here, not 5
+        result = subprocess.run(
+            ["bash", "-euo", "pipefail", "-c", script],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(10) == 0
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert '"sessionStatus":"Ready"' in out
+    assert "HTTP/1.1 200 OK" in out
+    assert out.count("HTTP/1.1 204 No Content") == 2
+    assert "HTTP/1.1 201 Created" in out
+    assert '"teraflops":8.1' in out
+    assert '"status":"Stopped"' in out
+    assert out.rstrip().endswith('"running":0}')

@@ -198,3 +198,18 @@ async def test_unknown_route_and_method(client: httpx.AsyncClient, auth: dict[st
     assert wrong.json()["error"]["code"] == "MethodNotAllowed"
     assert MS_CV.match(missing.headers["MS-CV"])
     assert MS_CV.match(wrong.headers["MS-CV"])
+
+
+async def test_emulator_bug_answers_500_like_the_service(
+    client: httpx.AsyncClient, auth: dict[str, str], emu: Emulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An unexpected error inside the emulator still answers a JSON 500 with MS-CV."""
+
+    def broken(account_id: str) -> None:
+        raise RuntimeError("bug")
+
+    monkeypatch.setattr(emu.state, "list_active", broken)
+    response = await client.get(BASE, headers=auth)
+    assert response.status_code == 500
+    assert response.json()["error"]["code"] == "InternalServerError"
+    assert MS_CV.match(response.headers["MS-CV"])
