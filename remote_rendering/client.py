@@ -360,6 +360,14 @@ class ArrClient:
     def _parse(self, body: dict[str, Any]) -> Session:
         return Session.from_v1(body) if self.api_version == "v1" else Session.from_v2021(body)
 
+    def _session_in(self, operation: str, response: httpx.Response) -> Session:
+        """The session in a success answer; one that cannot be read is an ArrHTTPError."""
+        try:
+            return self._parse(response.json())
+        except (ValueError, KeyError, TypeError, AttributeError):
+            # Not JSON (a proxy's HTML page), a missing field, an unknown status...
+            raise self._error(f"{operation} (unreadable answer)", response) from None
+
     async def create_session(
         self,
         *,
@@ -393,7 +401,7 @@ class ArrClient:
         response = await self._call(
             "create session", "PUT", self._sessions_url(sid), expect=(200, 201), json=body
         )
-        return self._parse(response.json())
+        return self._session_in("create session", response)
 
     async def _create_v1(self, lease: timedelta, size: SessionSize, models: list[str]) -> Session:
         url = self._sessions_url("create")
@@ -484,7 +492,7 @@ class ArrClient:
         sid = validate_session_id(session_id)
         parts = (sid, "properties") if self.api_version == "v1" else (sid,)
         response = await self._call("get session", "GET", self._sessions_url(*parts), expect=(200,))
-        return self._parse(response.json()), response.headers.get("MS-CV")
+        return self._session_in("get session", response), response.headers.get("MS-CV")
 
     async def iter_sessions(self) -> AsyncIterator[Session]:
         """Every active session of the account, following ``@nextLink`` pages."""
@@ -496,10 +504,14 @@ class ArrClient:
             if response.status_code != 200:
                 await response.aread()
                 raise self._error("list sessions", response)
-            body = response.json()
-            for item in body.get("sessions") or []:
-                yield self._parse(item)
-            next_link = body.get("@nextLink")
+            try:
+                body = response.json()
+                page = [self._parse(item) for item in body.get("sessions") or []]
+                next_link = body.get("@nextLink")
+            except (ValueError, KeyError, TypeError, AttributeError):
+                raise self._error("list sessions (unreadable answer)", response) from None
+            for session in page:
+                yield session
             if not next_link or next_link in seen:
                 break
             seen.add(next_link)
@@ -556,7 +568,7 @@ class ArrClient:
             ):
                 return current
             raise
-        return self._parse(response.json())
+        return self._session_in("extend session", response)
 
     async def extend_session_by(
         self, session_id: str, duration: timedelta | str | int | float
