@@ -23,6 +23,7 @@ from remote_rendering.client import ArrClient, new_session_id
 from remote_rendering.clock import VirtualClock
 from remote_rendering.errors import (
     ArrError,
+    ArrHTTPError,
     ArrTransportError,
     AuthenticationError,
     BadRequestError,
@@ -1186,3 +1187,54 @@ async def test_errors_name_the_ms_cv_and_hide_secrets(
     assert isinstance(info.value, ArrError)
     assert "CV-X.1" in str(info.value)
     assert_no_secrets(info.value, fake)
+
+
+@pytest.mark.parametrize(
+    ("api_version", "method", "path", "answer", "call"),
+    [
+        pytest.param(
+            V1, "GET", get_path(V1), reply(200, {**v1_props(), "sessionStatus": "Asleep"}, CV),
+            "get", id="v1-get-unknown-status",
+        ),
+        pytest.param(
+            V2021, "GET", get_path(V2021), reply(200, {"status": "Ready"}, CV), "get",
+            id="2021-get-no-id",
+        ),
+        pytest.param(
+            V1, "GET", get_path(V1),
+            lambda r: httpx.Response(200, text="<html>proxy</html>", headers=CV),
+            "get", id="v1-get-not-json",
+        ),
+        pytest.param(
+            V2021, "GET", sessions_path(V2021), reply(200, ["not", "an", "object"], CV), "list",
+            id="2021-list-not-an-object",
+        ),
+        pytest.param(
+            V1, "GET", sessions_path(V1), reply(200, {"sessions": [{"sessionId": SID}]}, CV),
+            "list", id="v1-list-no-status",
+        ),
+        pytest.param(
+            V2021, "PUT", sessions_path(V2021, "job-1"), reply(201, {"id": "job-1"}, CV),
+            "create", id="2021-create-no-status",
+        ),
+        pytest.param(
+            V2021, "PATCH", sessions_path(V2021, SID), reply(200, {}, CV), "extend-to",
+            id="2021-extend-empty-object",
+        ),
+    ],
+)  # fmt: skip
+async def test_unreadable_answers_are_arr_errors(
+    fake: FakeArr, api_version: str, method: str, path: str, answer: Reply, call: str
+) -> None:
+    """A success status with a body the client cannot read is an ArrHTTPError naming MS-CV."""
+    fake.on(method, path, then=answer)
+    calls: dict[str, Callable[[ArrClient], Awaitable[Any]]] = {
+        "get": lambda arr: arr.get_session(SID),
+        "list": lambda arr: arr.list_sessions(),
+        "create": lambda arr: arr.create_session(lease=15, session_id="job-1"),
+        "extend-to": lambda arr: arr.extend_session(SID, 20),
+    }
+    async with make_client(fake, api_version) as arr:
+        with pytest.raises(ArrHTTPError, match="unreadable") as info:
+            await calls[call](arr)
+    assert "CV-X.1" in str(info.value)
