@@ -23,6 +23,7 @@ from flows.session import (
     LeaseKeeper,
     SessionReport,
     owned_session_ids,
+    record_session_owner,
     rendering_session,
     stop_owned_sessions,
 )
@@ -37,6 +38,7 @@ __all__ = [
     "RenderSummary",
     "SessionReport",
     "owned_session_ids",
+    "record_session_owner",
     "render_batch",
     "rendering_session",
     "session_environment",

@@ -273,7 +273,7 @@ async def _run_deployment(name: str, session: Session, parameters: dict[str, Any
                 async with get_client() as prefect:
                     await prefect.set_flow_run_state(run.id, Cancelling(), force=True)
                 logger.warning("Cancelled job flow run %s", run.id)
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - best effort; the session stops anyway
                 logger.warning("Could not cancel job flow run %s: %s", run.id, exc)
         raise
     if run.state is None or run.state.type != StateType.COMPLETED:

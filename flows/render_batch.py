@@ -240,6 +240,6 @@ async def _publish(summary: RenderSummary) -> None:
                 key="render-batch-summary",
                 description="Session, timings and billing of this render-batch run",
             )
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - the summary must not mask the run's outcome
         run_logger().warning("Could not publish the summary artifact: %s", exc)
     run_logger().info("Summary:\n%s", summary.markdown())

@@ -51,6 +51,7 @@ __all__ = [
     "LeaseKeeper",
     "SessionReport",
     "owned_session_ids",
+    "record_session_owner",
     "rendering_session",
     "stop_owned_sessions",
 ]
@@ -80,8 +81,17 @@ def _current_flow_run_id() -> str | None:
     return None
 
 
-async def _record_owner(session_id: str, flow_run_id: str | None, api_version: str) -> None:
-    """Tie the session to the flow run: in this process, as a tag, and as an event."""
+async def record_session_owner(
+    session_id: str, flow_run_id: str | None = None, *, api_version: str | None = None
+) -> None:
+    """Tie a session to a flow run (the current one by default), before anything can fail.
+
+    Records it in this process, as the flow-run tag ``arr-session:<id>`` and as an
+    ``arr.session.created`` event, so :func:`stop_owned_sessions` (in any process) and the
+    orphan reaper can find it. Call it right after ``create_session`` when composing the
+    tasks by hand; :func:`rendering_session` does it for you.
+    """
+    flow_run_id = flow_run_id if flow_run_id is not None else _current_flow_run_id()
     if flow_run_id is None:
         return
     _owned.setdefault(flow_run_id, set()).add(session_id)
@@ -92,14 +102,14 @@ async def _record_owner(session_id: str, flow_run_id: str | None, api_version: s
             run = await prefect.read_flow_run(UUID(flow_run_id))
             if tag not in run.tags:
                 await prefect.update_flow_run(UUID(flow_run_id), tags=[*run.tags, tag])
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - recording must never lose the session
         run_logger().warning(
             "Could not tag flow run %s with %s (%s); the rolling lease still bounds the session",
             flow_run_id,
             tag,
             exc,
         )
-    _emit("arr.session.created", session_id, flow_run_id, {"api_version": api_version})
+    _emit("arr.session.created", session_id, flow_run_id, {"api_version": api_version or ""})
 
 
 def _emit(event: str, session_id: str, flow_run_id: str | None, payload: dict[str, Any]) -> None:
@@ -121,7 +131,7 @@ def _emit(event: str, session_id: str, flow_run_id: str | None, payload: dict[st
             related=related,
             payload=payload,
         )
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - events are informative, never fatal
         get_logger("arr.flows").debug("could not emit %s: %s", event, exc)
 
 
@@ -133,7 +143,7 @@ async def owned_session_ids(flow_run_id: str | UUID) -> set[str]:
         async with get_client() as prefect:
             run = await prefect.read_flow_run(UUID(key))
         ids.update(t[len(OWNER_TAG_PREFIX) :] for t in run.tags if t.startswith(OWNER_TAG_PREFIX))
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - fall back to what this process knows
         get_logger("arr.flows").warning("could not read the tags of flow run %s: %s", key, exc)
     return ids
 
@@ -333,7 +343,7 @@ async def _stop_in_teardown(
                         return
                     except ArrError:
                         raise
-                    except Exception as exc:
+                    except Exception as exc:  # noqa: BLE001 - the task machinery failed
                         run_logger().warning(
                             "stop-session task could not run (%s); stopping directly", exc
                         )
@@ -396,7 +406,7 @@ async def rendering_session(
             # 2021-01-01: we choose the ID, so record it before the create is even sent.
             prefix = f"pf-{flow_run_id}" if flow_run_id else "arr"
             session_id = new_session_id(prefix)
-            await _record_owner(session_id, flow_run_id, arr.api_version)
+            await record_session_owner(session_id, flow_run_id, api_version=arr.api_version)
         report.created_at = arr.clock.time()
         try:
             # Shielded: once the request is out, learning the session's ID matters more than
@@ -421,7 +431,7 @@ async def rendering_session(
             raise
         report.session_id = session.id
         if arr.api_version == "v1":
-            await _record_owner(session.id, flow_run_id, arr.api_version)
+            await record_session_owner(session.id, flow_run_id, api_version=arr.api_version)
 
         host = asyncio.current_task()
         keeper_cancelled_body = False

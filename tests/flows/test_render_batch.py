@@ -1,0 +1,298 @@
+"""render_batch and rendering_session: each path ends with no session left running."""
+
+from __future__ import annotations
+
+import sys
+from datetime import timedelta
+from typing import Any
+from uuid import UUID
+
+import pytest
+from prefect import flow, get_client
+from prefect.client.schemas.objects import State
+
+from flows import (
+    InvalidJobError,
+    JobFailedError,
+    JobTimeoutError,
+    RenderSummary,
+    SessionReport,
+    render_batch,
+    rendering_session,
+    stop_owned_sessions,
+)
+from flows import session as session_module
+from flows.sample_job import SampleJobError
+from remote_rendering.auth import TokenCache
+from remote_rendering.client import ArrClient, use_client_factory
+from remote_rendering.clock import VirtualClock, default_clock, use_clock
+from remote_rendering.emulator import DEFAULT_ACCOUNT_ID, Emulator
+from remote_rendering.errors import (
+    InvalidInputError,
+    InvalidLeaseError,
+    InvalidSizeError,
+    ReadyTimeoutError,
+    SessionFailedError,
+)
+from tests.flows.conftest import make_settings
+
+pytestmark = pytest.mark.usefixtures("arr")
+
+CREATE_ROUTE = {"v1": "v1.create", "2021-01-01": "v2021.create"}
+
+
+def only_session(emulator: Emulator) -> dict[str, Any]:
+    sessions: list[dict[str, Any]] = emulator.ledger()["sessions"]
+    assert len(sessions) == 1, sessions
+    return sessions[0]
+
+
+def flow_run_id(state: State[Any]) -> UUID:
+    run_id = state.state_details.flow_run_id
+    assert run_id is not None
+    return run_id
+
+
+async def test_success_renders_and_stops(emulator: Emulator, api_version: str) -> None:
+    """The sample job runs on a Ready session, which is then stopped and summarised."""
+    state = await render_batch(
+        job_parameters={"frames": 4, "seconds_per_frame": 30}, return_state=True
+    )
+    summary = await state.aresult()
+    assert isinstance(summary, RenderSummary)
+    entry = only_session(emulator)
+    assert summary.session_id == entry["id"]
+    assert summary.job_outcome == "succeeded"
+    assert summary.api_version == api_version
+    assert summary.session_final_status == "Stopped"
+    assert summary.stopped_by == "finally"
+    assert summary.time_to_ready_seconds is not None
+    assert 60 <= summary.time_to_ready_seconds <= 70
+    assert entry["status"] == "Stopped"
+    assert entry["end_reason"] == "stopped"
+    # create 60 s start-up + 2 min of frames: billed about 3 minutes.
+    assert summary.billed_minutes == 3
+    assert 170 <= entry["billed_seconds"] <= 190
+    async with get_client() as prefect:
+        run = await prefect.read_flow_run(flow_run_id(state))
+    assert f"arr-session:{entry['id']}" in run.tags
+
+
+async def test_summary_artifact_is_published(emulator: Emulator) -> None:
+    """The summary shows as a markdown artifact of the run."""
+    state = await render_batch(
+        job_parameters={"frames": 1, "seconds_per_frame": 1}, return_state=True
+    )
+    summary = await state.aresult()
+    async with get_client() as prefect:
+        from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+        artifacts = await prefect.read_artifacts(
+            artifact_filter=ArtifactFilter(
+                flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id(state)])
+            )
+        )
+    assert [a.key for a in artifacts] == ["render-batch-summary"]
+    assert summary.session_id is not None
+    assert summary.session_id in str(artifacts[0].data)
+
+
+async def test_job_failure_stops_session_and_propagates(emulator: Emulator) -> None:
+    """A failing job fails the run with its own error, and the session is stopped."""
+    with pytest.raises(SampleJobError, match="frame 2"):
+        await render_batch(
+            job_parameters={"frames": 5, "seconds_per_frame": 10, "fail_at_frame": 2}
+        )
+    assert only_session(emulator)["status"] == "Stopped"
+
+
+async def test_ready_timeout_stops_session(emulator: Emulator) -> None:
+    """A session not Ready by the deadline is stopped and the run fails with ReadyTimeoutError."""
+    emulator.state.startup_seconds = 3600
+    with pytest.raises(ReadyTimeoutError, match="not Ready after 300s"):
+        await render_batch(ready_timeout_minutes=5)
+    entry = only_session(emulator)
+    assert entry["status"] == "Stopped"
+    assert entry["ready_at"] is None
+
+
+async def test_session_ending_in_error_fails_with_service_message(
+    emulator: Emulator, api_version: str
+) -> None:
+    """A session that ends in Error fails the run with the service's message."""
+    emulator.faults.add("session_error", CREATE_ROUTE[api_version])
+    with pytest.raises(SessionFailedError, match="ended in Error: The session failed to start"):
+        await render_batch()
+    assert only_session(emulator)["status"] == "Error"
+
+
+async def test_job_outliving_many_lease_periods_is_renewed(emulator: Emulator) -> None:
+    """A 60-minute job on a 10-minute rolling lease keeps its session: renewals, no expiry."""
+    summary = await render_batch(
+        job_parameters={"frames": 12, "seconds_per_frame": 300}, lease_minutes=10
+    )
+    entry = only_session(emulator)
+    assert summary.job_outcome == "succeeded"
+    assert entry["status"] == "Stopped"
+    assert entry["end_reason"] == "stopped"
+    assert summary.lease_renewals >= 10
+    assert entry["extend_count"] >= 10
+    # The lease never ran far ahead of the work: at most one rolling lease beyond an hour.
+    assert entry["max_lease_seconds"] <= (60 + 10 + 1) * 60
+
+
+@pytest.mark.realtime_job
+async def test_command_job_gets_session_environment_not_the_key(
+    emulator: Emulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A command job sees ARR_SESSION_* and never the account key; exit 0 is success."""
+    monkeypatch.setenv("ARR_ACCOUNT_KEY", "must-not-reach-the-job")
+    script = (
+        "import os, sys; "
+        "sys.exit(0 if os.environ.get('ARR_SESSION_ID') and os.environ.get('ARR_SESSION_HOSTNAME')"
+        " and 'ARR_ACCOUNT_KEY' not in os.environ else 7)"
+    )
+    summary = await render_batch(job_command=[sys.executable, "-c", script])
+    assert summary.job_outcome == "succeeded"
+    assert only_session(emulator)["status"] == "Stopped"
+
+
+@pytest.mark.realtime_job
+async def test_command_job_exit_code_decides(emulator: Emulator) -> None:
+    """A command exiting non-zero fails the run with its exit code; the session is stopped."""
+    command = [sys.executable, "-m", "flows.sample_job", "--frames", "2",
+               "--seconds-per-frame", "0", "--fail-at-frame", "1"]  # fmt: skip
+    with pytest.raises(JobFailedError, match="exited with code 3") as info:
+        await render_batch(job_command=command)
+    assert info.value.exit_code == 3
+    assert only_session(emulator)["status"] == "Stopped"
+
+
+@pytest.mark.realtime_job
+async def test_command_job_timeout_kills_it(emulator: Emulator) -> None:
+    """A command job past its timeout is ended and the run fails; the session is stopped."""
+    command = [sys.executable, "-c", "import time; time.sleep(60)"]
+    with pytest.raises(JobTimeoutError):
+        await render_batch(job_command=command, job_timeout_minutes=0.02)
+    assert only_session(emulator)["status"] == "Stopped"
+
+
+async def test_flow_timeout_stops_session(api_version: str) -> None:
+    """The flow's own timeout cancels the job, and teardown still stops the session."""
+    clock = VirtualClock()  # no autojump: the job blocks in real time until the timeout
+    emulator = Emulator(clock=clock, startup_seconds=0)
+    settings = make_settings(api_version)
+    cache = TokenCache()
+    with (
+        use_clock(clock),
+        use_client_factory(
+            lambda: ArrClient(
+                settings, transport=emulator.transport(), clock=clock, token_cache=cache
+            )
+        ),
+    ):
+        state = await render_batch.with_options(timeout_seconds=3)(
+            job_callable="tests.flows.sample_jobs:block_forever", return_state=True
+        )
+    assert state.is_failed()
+    assert "exceeded timeout" in (state.message or "")
+    entry = only_session(emulator)
+    assert entry["status"] == "Stopped"
+    assert emulator.running() == []
+
+
+async def test_parent_flow_failing_inside_rendering_session(emulator: Emulator) -> None:
+    """A parent flow that composes rendering_session and fails inside it stops the session."""
+    report = SessionReport()
+
+    @flow
+    async def parent() -> None:
+        async with rendering_session("premium", lease=timedelta(minutes=5), report=report) as s:
+            assert s.status == "Ready"
+            raise RuntimeError("the parent's own step failed")
+
+    with pytest.raises(RuntimeError, match="parent's own step"):
+        await parent()
+    entry = only_session(emulator)
+    assert entry["status"] == "Stopped"
+    assert entry["size"] == "Premium"
+    assert report.stopped_by == "finally"
+    assert report.final_status == "Stopped"
+
+
+async def test_rendering_session_outside_a_flow(emulator: Emulator) -> None:
+    """rendering_session also works without Prefect running a flow (plain asyncio)."""
+    async with rendering_session(lease=timedelta(minutes=5)) as session:
+        assert session.status == "Ready"
+    assert only_session(emulator)["status"] == "Stopped"
+
+
+async def test_lost_session_cancels_the_body(emulator: Emulator) -> None:
+    """If the session is stopped elsewhere mid-job, the body ends with the specific error."""
+    from remote_rendering.errors import SessionStoppedError
+
+    async def job_whose_session_is_stopped_elsewhere() -> None:
+        async with rendering_session(lease=timedelta(minutes=4)) as session:
+            emulator.state.stop(DEFAULT_ACCOUNT_ID, session.id)  # someone else stops it
+            await default_clock().sleep(3600)
+
+    with pytest.raises(SessionStoppedError):
+        await job_whose_session_is_stopped_elsewhere()
+    assert only_session(emulator)["status"] == "Stopped"
+
+
+async def test_hook_stops_sessions_found_from_tags(emulator: Emulator, api_version: str) -> None:
+    """stop_owned_sessions finds a run's sessions from its tags, as in another process."""
+    from tasks import create_session
+
+    @flow
+    async def leaky() -> str:
+        session = await create_session(lease=timedelta(minutes=5))
+        await session_module.record_session_owner(session.id, api_version=api_version)
+        return session.id
+
+    state = await leaky(return_state=True)
+    session_id = await state.aresult()
+    assert [s.id for s in emulator.running()] == [session_id]
+    session_module._owned.clear()  # what another process knows: only the tags
+    async with get_client() as prefect:
+        run = await prefect.read_flow_run(flow_run_id(state))
+    await stop_owned_sessions(leaky, run, state)
+    assert emulator.running() == []
+
+
+@pytest.mark.parametrize(
+    ("parameters", "error", "match"),
+    [
+        pytest.param({"size": "huge"}, Exception, "size", id="unknown-size"),
+        pytest.param({"lease_minutes": 0}, InvalidLeaseError, "longer than zero", id="lease-zero"),
+        pytest.param({"lease_minutes": -60}, InvalidLeaseError, "longer than zero", id="lease-negative"),
+        pytest.param({"lease_minutes": 1441}, InvalidLeaseError, "at most 24 hours", id="lease-over-24h"),
+        pytest.param({"lease_minutes": 0.5}, InvalidInputError, "at least 1", id="lease-under-a-minute"),
+        pytest.param({"ready_timeout_minutes": 0}, InvalidInputError, "ready_timeout", id="ready-timeout-zero"),
+        pytest.param({"job_timeout_minutes": -1}, InvalidJobError, "job_timeout", id="job-timeout-negative"),
+        pytest.param({"job_callable": "nowhere.at.all:job"}, InvalidJobError, "cannot import", id="callable-unknown-module"),
+        pytest.param({"job_callable": "flows.sample_job:nothing"}, InvalidJobError, "has no", id="callable-unknown-name"),
+        pytest.param({"job_callable": "no-colon"}, InvalidJobError, "package.module:function", id="callable-malformed"),
+        pytest.param({"job_command": ["definitely-not-a-command-xyz"]}, InvalidJobError, "not found on PATH", id="command-missing"),
+        pytest.param({"job_deployment": "no-slash"}, InvalidJobError, "flow-name/deployment-name", id="deployment-malformed"),
+        pytest.param({"job_deployment": "nope/nothing"}, InvalidJobError, "does not exist", id="deployment-unknown"),
+        pytest.param({"job_callable": "flows.sample_job:render_frames", "job_command": ["true"]}, InvalidJobError, "at most one", id="two-jobs"),
+    ],
+)  # fmt: skip
+async def test_bad_input_fails_before_any_session(
+    emulator: Emulator, parameters: dict[str, Any], error: type[Exception], match: str
+) -> None:
+    """Bad parameters get a specific error and no session is ever created."""
+    with pytest.raises(error, match=match):
+        await render_batch(**parameters)
+    assert emulator.ledger()["sessions"] == []
+
+
+async def test_unknown_size_is_refused_by_parameter_validation(emulator: Emulator) -> None:
+    """A size outside the choices is refused by Prefect's parameter validation."""
+    from prefect.exceptions import ParameterTypeError
+
+    with pytest.raises((ParameterTypeError, InvalidSizeError)):
+        await render_batch(size="huge")  # type: ignore[call-overload]
+    assert emulator.ledger()["sessions"] == []
