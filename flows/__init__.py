@@ -5,6 +5,8 @@
   composing into your own flows.
 - :class:`LeaseKeeper`: the rolling lease on its own.
 - :func:`stop_owned_sessions`: the flow hook that stops a run's sessions from any process.
+- :func:`reap_orphaned_sessions`: the scheduled last line: stops sessions whose owning
+  flow run is over or gone.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from flows.jobs import (
     session_environment,
     session_parameters,
 )
+from flows.reaper import ReapDecision, ReapReport, reap_orphaned_sessions
 from flows.render_batch import RenderSummary, render_batch
 from flows.session import (
     OWNER_TAG_PREFIX,
@@ -35,9 +38,12 @@ __all__ = [
     "JobSpec",
     "JobTimeoutError",
     "LeaseKeeper",
+    "ReapDecision",
+    "ReapReport",
     "RenderSummary",
     "SessionReport",
     "owned_session_ids",
+    "reap_orphaned_sessions",
     "record_session_owner",
     "render_batch",
     "rendering_session",

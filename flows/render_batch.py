@@ -5,12 +5,12 @@ from __future__ import annotations
 import asyncio
 import os
 from datetime import timedelta
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import anyio
 from prefect import flow
 from prefect.artifacts import acreate_markdown_artifact
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from flows.jobs import DEFAULT_JOB, InvalidJobError, JobSpec, run_job, validate_job
 from flows.session import SessionReport, rendering_session, stop_owned_sessions
@@ -114,9 +114,9 @@ async def render_batch(
     job_command: list[str] | None = None,
     job_deployment: str | None = None,
     job_parameters: dict[str, Any] | None = None,
-    job_timeout_minutes: float = 60.0,
-    lease_minutes: float = 10.0,
-    ready_timeout_minutes: float = 15.0,
+    job_timeout_minutes: Annotated[float, Field(gt=0)] = 60.0,
+    lease_minutes: Annotated[float, Field(ge=1, le=1440)] = 10.0,
+    ready_timeout_minutes: Annotated[float, Field(gt=0, le=1440)] = 15.0,
     models: list[str] | None = None,
 ) -> RenderSummary:
     """Render a batch on a fresh ARR session, and stop the session whatever happens.

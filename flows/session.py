@@ -109,10 +109,15 @@ async def record_session_owner(
             tag,
             exc,
         )
-    _emit("arr.session.created", session_id, flow_run_id, {"api_version": api_version or ""})
+    emit_session_event(
+        "arr.session.created", session_id, flow_run_id, {"api_version": api_version or ""}
+    )
 
 
-def _emit(event: str, session_id: str, flow_run_id: str | None, payload: dict[str, Any]) -> None:
+def emit_session_event(
+    event: str, session_id: str, flow_run_id: str | None, payload: dict[str, Any]
+) -> None:
+    """Emit a Prefect event about a session, related to its flow run (never fatal)."""
     related = []
     if flow_run_id is not None:
         related.append(
@@ -180,7 +185,7 @@ async def stop_owned_sessions(flow: Flow | Any, flow_run: FlowRun, state: State[
                     state.name,
                     session_id,
                 )
-                _emit(
+                emit_session_event(
                     "arr.session.stopped",
                     session_id,
                     str(flow_run.id),
@@ -468,7 +473,9 @@ async def rendering_session(
             report.lease_renewals = keeper.renewals
             await _stop_in_teardown(arr, session.id, report, use_task=in_flow)
             if report.stop_error is None:
-                _emit("arr.session.stopped", session.id, flow_run_id, {"stopped_by": "finally"})
+                emit_session_event(
+                    "arr.session.stopped", session.id, flow_run_id, {"stopped_by": "finally"}
+                )
                 try:
                     with anyio.CancelScope(shield=True), anyio.fail_after(30):
                         final = await arr.get_session(session.id)

@@ -1,0 +1,208 @@
+"""The orphan reaper: the last line of teardown.
+
+Sessions are tied to the flow run that created them by the run's ``arr-session:<id>`` tag
+(and, with the 2021-01-01 API, by the ``pf-<flow run id>-`` prefix of the ID the flow
+chose). The reaper lists the account's active sessions and stops those whose owning flow
+run is over (Completed, Failed, Cancelled, Crashed) or no longer exists, once a grace
+period has passed. It never stops a session it cannot tie to one of our flow runs, unless
+told to with an age threshold (``stop_untracked_older_than_minutes``). ``dry_run`` only
+reports. What it stopped (or would stop) is published as a table artifact and an
+``arr.reaper.stopped`` event per session.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Literal
+from uuid import UUID
+
+from prefect import flow, get_client
+from prefect.artifacts import acreate_table_artifact
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterTags
+from prefect.client.schemas.objects import FlowRun
+from prefect.exceptions import ObjectNotFound
+from pydantic import BaseModel, Field
+
+from flows.session import OWNER_TAG_PREFIX, emit_session_event
+from remote_rendering.client import open_client
+from remote_rendering.errors import ArrError
+from remote_rendering.models import Session
+from tasks.sessions import run_logger
+
+__all__ = ["ReapDecision", "ReapReport", "reap_orphaned_sessions"]
+
+_PREFIXED_ID = re.compile(
+    r"^pf-(?P<run>[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})-", re.IGNORECASE
+)
+
+Action = Literal["stopped", "would stop", "kept", "stop failed"]
+
+
+class ReapDecision(BaseModel):
+    """What the reaper decided for one active session, and why."""
+
+    session_id: str
+    owner_flow_run: str | None
+    owner_state: str | None
+    action: Action
+    reason: str
+
+
+class ReapReport(BaseModel):
+    """The reaper's run: every active session it saw and what it did."""
+
+    dry_run: bool
+    decisions: list[ReapDecision]
+
+    @property
+    def stopped(self) -> list[str]:
+        return [d.session_id for d in self.decisions if d.action == "stopped"]
+
+    @property
+    def would_stop(self) -> list[str]:
+        return [d.session_id for d in self.decisions if d.action == "would stop"]
+
+
+async def _owner_of(session: Session) -> tuple[FlowRun | None, bool]:
+    """The flow run that owns ``session``, and whether the session is ours at all.
+
+    Returns ``(run, True)`` when a run owns it, ``(None, True)`` when it is ours but the
+    run no longer exists, and ``(None, False)`` when nothing ties it to our flow runs.
+    """
+    async with get_client() as prefect:
+        runs = await prefect.read_flow_runs(
+            flow_run_filter=FlowRunFilter(
+                tags=FlowRunFilterTags(all_=[f"{OWNER_TAG_PREFIX}{session.id}"])
+            ),
+            limit=1,
+        )
+        if runs:
+            return runs[0], True
+        match = _PREFIXED_ID.match(session.id)
+        if match is None:
+            return None, False
+        try:
+            return await prefect.read_flow_run(UUID(match["run"])), True
+        except ObjectNotFound:
+            return None, True
+
+
+def _session_age(session: Session, now: datetime) -> timedelta | None:
+    if session.created_at is not None:
+        return now - session.created_at
+    return session.elapsed  # v1 reports only the time since Ready: a lower bound
+
+
+def _decide(
+    session: Session,
+    owner: FlowRun | None,
+    ours: bool,
+    *,
+    now: datetime,
+    grace: timedelta,
+    untracked_age: timedelta | None,
+) -> tuple[bool, str]:
+    """Whether to stop the session, and the reason either way."""
+    if owner is not None:
+        state = owner.state
+        if state is None or not state.is_final():
+            return False, f"owner is {state.name if state else 'without a state'}"
+        ended = owner.end_time or state.timestamp
+        since = now - ended if ended is not None else grace
+        if since < grace:
+            return False, f"owner ended {state.name} {since.total_seconds():.0f}s ago (grace)"
+        return True, f"owner ended {state.name} {since.total_seconds():.0f}s ago"
+    age = _session_age(session, now)
+    if ours:
+        if age is not None and age < grace:
+            return False, "owner flow run not found, session within the grace period"
+        return True, "owner flow run no longer exists"
+    if untracked_age is None:
+        return False, "not tied to any of our flow runs (not ours to stop)"
+    if age is None or age < untracked_age:
+        return False, "untracked, younger than the age threshold"
+    return True, f"untracked and older than {untracked_age.total_seconds() / 60:.0f} min"
+
+
+@flow(name="reap-orphaned-sessions", log_prints=True)
+async def reap_orphaned_sessions(
+    grace_minutes: Annotated[float, Field(ge=0)] = 10.0,
+    dry_run: bool = False,
+    stop_untracked_older_than_minutes: Annotated[float | None, Field(gt=0)] = None,
+) -> ReapReport:
+    """Stop sessions whose owning flow run is over or gone; report what was stopped.
+
+    Args:
+        grace_minutes: Leave a session alone until its owner has been over this long
+            (teardown and hooks get the first chance).
+        dry_run: Only report what would be stopped.
+        stop_untracked_older_than_minutes: Also stop sessions that no flow run of ours
+            owns once they are this old. Off by default: the reaper never stops what it
+            cannot tie to one of our runs unless told to.
+    """
+    logger = run_logger()
+    grace = timedelta(minutes=grace_minutes)
+    untracked_age = (
+        None
+        if stop_untracked_older_than_minutes is None
+        else timedelta(minutes=stop_untracked_older_than_minutes)
+    )
+    decisions: list[ReapDecision] = []
+    async with open_client() as arr:
+        sessions = await arr.list_sessions()
+        now = datetime.fromtimestamp(arr.clock.time(), tz=UTC)
+        prefect_now = datetime.now(UTC)
+        for session in sessions:
+            owner, ours = await _owner_of(session)
+            stop, reason = _decide(
+                session,
+                owner,
+                ours,
+                now=prefect_now if owner is not None else now,
+                grace=grace,
+                untracked_age=untracked_age,
+            )
+            action: Action = "kept"
+            if stop and dry_run:
+                action = "would stop"
+            elif stop:
+                try:
+                    await arr.stop_session(session.id)
+                    action = "stopped"
+                except ArrError as exc:
+                    action, reason = "stop failed", f"{reason}; stop failed: {exc}"
+            decision = ReapDecision(
+                session_id=session.id,
+                owner_flow_run=str(owner.id) if owner is not None else None,
+                owner_state=owner.state.name if owner is not None and owner.state else None,
+                action=action,
+                reason=reason,
+            )
+            decisions.append(decision)
+            logger.info("Session %s: %s (%s)", session.id, action, reason)
+            if action in ("stopped", "would stop"):
+                emit_session_event(
+                    "arr.reaper.stopped" if action == "stopped" else "arr.reaper.would-stop",
+                    session.id,
+                    decision.owner_flow_run,
+                    {"reason": reason, "dry_run": dry_run},
+                )
+    report = ReapReport(dry_run=dry_run, decisions=decisions)
+    acted = [d for d in decisions if d.action != "kept"]
+    await acreate_table_artifact(
+        table=[d.model_dump() for d in acted] or [{"result": "no orphaned sessions"}],
+        key="reaped-sessions",
+        description=(
+            f"{'Dry run: ' if dry_run else ''}{len(acted)} of {len(decisions)} active"
+            " sessions acted on"
+        ),
+    )
+    logger.info(
+        "Reaper: %d active sessions, %d stopped, %d would stop, %d kept",
+        len(decisions),
+        len(report.stopped),
+        len(report.would_stop),
+        sum(d.action == "kept" for d in decisions),
+    )
+    return report
