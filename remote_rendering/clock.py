@@ -10,6 +10,12 @@ token cache, the lease keeper, the emulator's state machine) takes a :class:`Clo
   ``autojump=True``, jumps straight to the next sleeper's deadline whenever every sleeper
   is waiting on it. Tests share one between the emulator and the client, so hours of lease
   run in milliseconds and in a fixed order.
+
+The process default (:func:`default_clock`) is real time unless ``ARR_TIME_SCALE`` is set
+in the environment: then it is a :class:`ScaledClock` of that scale, so a process started
+by someone else (a Prefect worker's flow run) keeps time with an ``arr-emulator
+--time-scale`` of the same scale. It is opt-in, for emulators only: a real service runs in
+real time.
 """
 
 from __future__ import annotations
@@ -18,11 +24,24 @@ import asyncio
 import contextlib
 import heapq
 import itertools
+import os
 import time
 from collections.abc import Iterator
 from typing import Protocol, runtime_checkable
 
-__all__ = ["Clock", "ScaledClock", "SystemClock", "VirtualClock", "default_clock", "use_clock"]
+__all__ = [
+    "TIME_SCALE_ENV",
+    "Clock",
+    "ScaledClock",
+    "SystemClock",
+    "VirtualClock",
+    "clock_from_environment",
+    "default_clock",
+    "use_clock",
+]
+
+TIME_SCALE_ENV = "ARR_TIME_SCALE"
+"""Environment variable: emulated seconds per real second of the process default clock."""
 
 
 @runtime_checkable
@@ -142,11 +161,31 @@ class VirtualClock:
         return f"VirtualClock(time={self._now}, autojump={self.autojump})"
 
 
-_default_clock: Clock = SystemClock()
+def clock_from_environment() -> Clock:
+    """Real time, or a :class:`ScaledClock` when ``ARR_TIME_SCALE`` is set to a scale
+    other than 1 (raises ``ValueError`` if it is not a positive number)."""
+    raw = os.environ.get(TIME_SCALE_ENV, "").strip()
+    if not raw:
+        return SystemClock()
+    try:
+        scale = float(raw)
+    except ValueError:
+        raise ValueError(f"{TIME_SCALE_ENV} must be a positive number, got {raw!r}") from None
+    if not scale > 0 or scale == float("inf"):
+        raise ValueError(f"{TIME_SCALE_ENV} must be a positive number, got {raw!r}")
+    return SystemClock() if scale == 1.0 else ScaledClock(scale)
+
+
+# Chosen at first use, not import, so ARR_TIME_SCALE set before the first wait counts.
+_default_clock: Clock | None = None
 
 
 def default_clock() -> Clock:
-    """The clock used where none is passed (real time, unless :func:`use_clock` says)."""
+    """The clock used where none is passed: :func:`use_clock`'s, else the environment's
+    (real time unless ``ARR_TIME_SCALE`` is set)."""
+    global _default_clock
+    if _default_clock is None:
+        _default_clock = clock_from_environment()
     return _default_clock
 
 

@@ -8,6 +8,10 @@
 ``ARR_SERVICE_URL``        overrides the session API base URL (e.g. the emulator)
 ``ARR_STS_URL``            overrides the STS base URL (e.g. the emulator)
 ``ARR_API_VERSION``        ``v1`` (the seed's API, default) or ``2021-01-01``
+``ARR_TIME_SCALE``         emulators only: the process clock runs this many times
+                           faster than real time, to match ``arr-emulator
+                           --time-scale`` (default 1, real time; read from the
+                           process environment by ``clock.default_clock()``)
 =========================  =====================================================
 
 plus timeouts, retry bounds, polling and prices (see the fields). Plain ``http://`` is
@@ -113,6 +117,16 @@ class ArrSettings(BaseSettings):
     )
     token_refresh_margin: float = Field(
         default=300.0, ge=0, description="Refresh the token this many seconds before exp."
+    )
+    time_scale: float = Field(
+        default=1.0,
+        gt=0,
+        allow_inf_nan=False,
+        description=(
+            "Emulated seconds per real second of the process clock, to keep time with an"
+            " emulator run with --time-scale (1: real time). Opt-in, for emulators only; the"
+            " clock reads it from the process environment (ARR_TIME_SCALE), not from .env."
+        ),
     )
     price_standard_per_hour: float | None = Field(
         default=None, ge=0, description="Hourly price of a Standard session, for cost estimates."
