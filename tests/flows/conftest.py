@@ -40,7 +40,8 @@ def clock(request: pytest.FixtureRequest) -> VirtualClock:
 
 @pytest.fixture
 def emulator(clock: VirtualClock) -> Iterator[Emulator]:
-    emu = Emulator(clock=clock, startup_seconds=60 if clock.autojump else 0, seed=1)
+    # Unseeded: session IDs must differ across tests, which share one Prefect database.
+    emu = Emulator(clock=clock, startup_seconds=60 if clock.autojump else 0)
     yield emu
     leaked = [(s.id, s.status) for s in emu.running()]
     assert leaked == [], f"sessions left running: {leaked}"
