@@ -59,6 +59,7 @@ from remote_rendering.errors import (
     LeaseNotExtendedError,
     RateLimitedError,
     ReadyTimeoutError,
+    SessionConflictError,
     SessionExpiredError,
     SessionFailedError,
     SessionNotFoundError,
@@ -222,12 +223,14 @@ class ArrClient:
         idempotent: bool = True,
         authenticated: bool = True,
         headers: dict[str, str] | None = None,
+        on_retry: Callable[[], None] | None = None,
     ) -> httpx.Response:
         """Send with bounded retries; return the final response (error statuses included).
 
         For a non-idempotent request an answer that may hide a carried-out request (a broken
         connection after sending, a 5xx) raises :class:`_AmbiguousOutcome` instead of being
         retried; a 429 or a connection that was never made are retried as usual.
+        ``on_retry`` is told before each retry (the request is about to be sent again).
         """
         attempts = self.settings.max_attempts
         for attempt in range(1, attempts + 1):
@@ -261,6 +264,8 @@ class ArrClient:
                     attempt,
                     attempts,
                 )
+                if on_retry is not None:
+                    on_retry()
                 await self.clock.sleep(delay)
                 continue
             if response.status_code not in _RETRYABLE_STATUS:
@@ -281,6 +286,8 @@ class ArrClient:
                 attempt,
                 attempts,
             )
+            if on_retry is not None:
+                on_retry()
             await self.clock.sleep(delay)
         raise AssertionError("unreachable")  # pragma: no cover
 
@@ -318,9 +325,16 @@ class ArrClient:
         expect: Iterable[int],
         json: Any = None,
         idempotent: bool = True,
+        on_retry: Callable[[], None] | None = None,
     ) -> httpx.Response:
         response = await self._send(
-            operation, method, url, json=json, params=self._params(), idempotent=idempotent
+            operation,
+            method,
+            url,
+            json=json,
+            params=self._params(),
+            idempotent=idempotent,
+            on_retry=on_retry,
         )
         if response.status_code not in set(expect):
             await response.aread()
@@ -398,9 +412,40 @@ class ArrClient:
         }
         if models:
             body["models"] = list(models)
-        response = await self._call(
-            "create session", "PUT", self._sessions_url(sid), expect=(200, 201), json=body
-        )
+        retried = False
+
+        def note_retry() -> None:
+            nonlocal retried
+            retried = True
+
+        try:
+            response = await self._call(
+                "create session",
+                "PUT",
+                self._sessions_url(sid),
+                expect=(200, 201),
+                json=body,
+                on_retry=note_retry,
+            )
+        except SessionConflictError:
+            # A retried PUT is answered 200 while the session its lost first attempt made is
+            # active, but 409 once that session has ended (e.g. at once, for lack of
+            # capacity). Then the conflicting session is our own: return it, so the caller
+            # learns its fate (Error and the service's message) and can account for it.
+            if not retried:
+                raise
+            existing = await self.get_session(sid)
+            if existing.size != session_size or existing.max_lease != timedelta(
+                minutes=lease_minutes(max_lease)
+            ):
+                raise
+            logger.warning(
+                "create session: adopted session %s made by an attempt whose answer was lost"
+                " (now %s)",
+                sid,
+                existing.status,
+            )
+            return existing
         return self._session_in("create session", response)
 
     async def _create_v1(self, lease: timedelta, size: SessionSize, models: list[str]) -> Session:
