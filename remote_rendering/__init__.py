@@ -5,6 +5,8 @@ This package has no Prefect in it; ``tasks`` and ``flows`` build on it.
 
 from __future__ import annotations
 
+from remote_rendering.auth import AccessToken
+from remote_rendering.client import ArrClient, new_session_id, open_client, use_client_factory
 from remote_rendering.clock import Clock, ScaledClock, SystemClock, VirtualClock
 from remote_rendering.errors import (
     ArrError,
@@ -44,7 +46,9 @@ from remote_rendering.settings import ArrSettings, load_settings
 
 __all__ = [
     "MAX_LEASE",
+    "AccessToken",
     "ApiVersion",
+    "ArrClient",
     "ArrError",
     "ArrHTTPError",
     "ArrSettings",
@@ -77,6 +81,9 @@ __all__ = [
     "VirtualClock",
     "format_timespan",
     "load_settings",
+    "new_session_id",
+    "open_client",
     "parse_lease",
     "parse_timespan",
+    "use_client_factory",
 ]

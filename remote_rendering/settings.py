@@ -141,9 +141,10 @@ class ArrSettings(BaseSettings):
         if value is None:
             return None
         if not _GUID.match(value.strip()):
+            # The value is not echoed: a key pasted into the wrong variable must not leak.
             raise ValueError(
-                f"ARR_ACCOUNT_ID must be the account's GUID"
-                f" (xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx), got {value!r}"
+                "ARR_ACCOUNT_ID must be the account's GUID (xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx),"
+                f" got a {len(value)}-character value that is not one"
             )
         return value.strip().lower()
 

@@ -61,7 +61,9 @@ def _all_error_classes() -> list[type[ArrError]]:
         cls = pending.pop()
         found.append(cls)
         pending.extend(cls.__subclasses__())
-    return sorted(set(found), key=lambda c: c.__name__)
+    # Only the tree of remote_rendering.errors: other layers (flows) subclass it too.
+    mine = [c for c in set(found) if c.__module__ == errors.__name__]
+    return sorted(mine, key=lambda c: c.__name__)
 
 
 def _instance(cls: type[ArrError]) -> ArrError:
