@@ -636,8 +636,10 @@ class ArrClient:
         return await self.extend_session(session.id, target)
 
     async def stop_session(self, session_id: str) -> bool:
-        """Stop the session. True if this call stopped it; False if it had already ended
-        (Stopped, Expired, Error) or is unknown. Transient failures are retried."""
+        """Stop the session; idempotent. True when the service accepted the stop (the
+        emulator, like the service, also answers 204 for a session already over); False
+        when it answered that the session is unknown (404) or already over. Transient
+        failures are retried."""
         sid = validate_session_id(session_id)
         if self.api_version == "v1":
             method, url = "DELETE", self._sessions_url(sid)

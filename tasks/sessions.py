@@ -49,13 +49,13 @@ def run_logger() -> logging.Logger | logging.LoggerAdapter[logging.Logger]:
         return logging.getLogger("arr.tasks")
 
 
-def _transient(task: Any, task_run: TaskRun, state: State[Any]) -> bool:
+async def _transient(task: Any, task_run: TaskRun, state: State[Any]) -> bool:
     """Retry a task only for failures that may pass (the service down, throttling)."""
     try:
-        state.result()
+        await state.aresult()
     except (ArrTransportError, ServiceError, RateLimitedError):
         return True
-    except BaseException:
+    except BaseException:  # noqa: BLE001 - anything else is not worth a retry
         return False
     return False
 
@@ -211,8 +211,9 @@ async def extend_session(
 
 @task(name="stop-session", task_run_name="stop-session-{session_id}", **_IDEMPOTENT)
 async def stop_session(session_id: str, client: ArrClient | None = None) -> bool:
-    """Stop a session. Idempotent: True if this call stopped it, False if it had already
-    ended (Stopped, Expired, Error) or is unknown.
+    """Stop a session. Idempotent: stopping a session already over (Stopped, Expired,
+    Error) or unknown is success. True when the service accepted the stop, False when it
+    answered that the session is unknown or already over.
 
     Example::
 
@@ -225,7 +226,7 @@ async def stop_session(session_id: str, client: ArrClient | None = None) -> bool
     if stopped:
         run_logger().info("Stopped session %s", session_id)
     else:
-        run_logger().info("Session %s had already ended", session_id)
+        run_logger().info("Session %s was already over or unknown", session_id)
     return stopped
 
 

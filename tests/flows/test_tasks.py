@@ -1,0 +1,157 @@
+"""The Prefect tasks: thin wrappers over the client, tested through .fn and in flows."""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+
+import pytest
+from prefect import flow
+from prefect.cache_policies import NO_CACHE
+
+import tasks
+from remote_rendering.clock import VirtualClock
+from remote_rendering.emulator import Emulator
+from remote_rendering.errors import (
+    ReadyTimeoutError,
+    ServiceError,
+    SessionFailedError,
+    SessionStoppedError,
+)
+from remote_rendering.models import SessionStatus
+
+pytestmark = pytest.mark.usefixtures("arr")
+
+ALL_TASKS = [
+    tasks.get_access_token,
+    tasks.create_session,
+    tasks.wait_until_ready,
+    tasks.extend_session,
+    tasks.stop_session,
+    tasks.get_session,
+    tasks.list_sessions,
+]
+
+
+@pytest.mark.parametrize("task", [pytest.param(t, id=t.name) for t in ALL_TASKS])
+def test_task_options(task: object) -> None:
+    """Every task is async, never cached, never persisted, and documented with an example."""
+    assert getattr(task, "cache_policy", None) is NO_CACHE
+    assert getattr(task, "persist_result", None) is False
+    assert getattr(task, "isasync", False)
+    assert "Example::" in (getattr(task, "fn", None).__doc__ or "")  # type: ignore[union-attr]
+
+
+def test_only_idempotent_tasks_retry() -> None:
+    """Create, token and wait are never retried by Prefect; the idempotent calls may be."""
+    assert tasks.create_session.retries == 0
+    assert tasks.get_access_token.retries == 0
+    assert tasks.wait_until_ready.retries == 0
+    for task in (tasks.stop_session, tasks.get_session, tasks.list_sessions, tasks.extend_session):
+        assert task.retries > 0
+
+
+async def test_lifecycle_through_task_functions(emulator: Emulator, api_version: str) -> None:
+    """token → create → wait → get → list → extend → stop, each through .fn."""
+    token = await tasks.get_access_token.fn()
+    assert token.token.get_secret_value() not in repr(token)
+    session = await tasks.create_session.fn(lease="0:30:00", size="premium")
+    assert session.status == SessionStatus.STARTING
+    ready = await tasks.wait_until_ready.fn(session.id)
+    assert ready.status == SessionStatus.READY
+    assert ready.hostname
+    assert (await tasks.get_session.fn(session.id)).status == SessionStatus.READY
+    assert [s.id for s in await tasks.list_sessions.fn()] == [session.id]
+    longer = await tasks.extend_session.fn(session.id, lease=timedelta(hours=1))
+    assert longer.max_lease is not None
+    assert longer.max_lease >= timedelta(hours=1)
+    by = await tasks.extend_session.fn(session.id, extend_by=timedelta(hours=2))
+    assert by.max_lease is not None
+    assert by.max_lease >= timedelta(hours=2)
+    assert await tasks.stop_session.fn(session.id) is True
+    await tasks.stop_session.fn(session.id)  # idempotent: no error the second time
+    assert await tasks.stop_session.fn("never-existed") is False
+    assert emulator.running() == []
+
+
+async def test_extend_needs_exactly_one_of_lease_and_extend_by(emulator: Emulator) -> None:
+    """extend_session refuses both or neither of lease and extend_by, before any request."""
+    with pytest.raises(ValueError, match="exactly one"):
+        await tasks.extend_session.fn("some-session")
+    with pytest.raises(ValueError, match="exactly one"):
+        await tasks.extend_session.fn("some-session", lease=10, extend_by=10)
+    assert emulator.request_counts() == {}
+
+
+async def test_wait_logs_status_changes_only(
+    emulator: Emulator, caplog: pytest.LogCaptureFixture
+) -> None:
+    """wait_until_ready logs each status change once, not every poll."""
+    session = await tasks.create_session.fn(lease=30)
+    with caplog.at_level(logging.INFO, logger="arr.tasks"):
+        await tasks.wait_until_ready.fn(session.id, poll_interval=5)
+    messages = [r.getMessage() for r in caplog.records if r.name == "arr.tasks"]
+    assert sum("is Starting" in m for m in messages) == 1
+    assert sum("Starting -> Ready" in m for m in messages) == 1
+    assert emulator.request_count("v1.get") + emulator.request_count("v2021.get") >= 12
+    await tasks.stop_session.fn(session.id)
+
+
+@pytest.mark.parametrize(
+    ("setup", "error", "match"),
+    [
+        pytest.param("session_error", SessionFailedError, "failed to start", id="error"),
+        pytest.param("stopped", SessionStoppedError, "was stopped", id="stopped"),
+        pytest.param("slow", ReadyTimeoutError, "not Ready after 120s", id="timeout"),
+    ],
+)
+async def test_wait_ends_with_specific_error(
+    emulator: Emulator, api_version: str, setup: str, error: type[Exception], match: str
+) -> None:
+    """wait_until_ready ends with a specific error carrying the service's message."""
+    if setup == "session_error":
+        emulator.faults.add("session_error", "v1.create" if api_version == "v1" else "v2021.create")
+    if setup == "slow":
+        emulator.state.startup_seconds = 3600
+    session = await tasks.create_session.fn(lease=30)
+    if setup == "stopped":
+        await tasks.stop_session.fn(session.id)
+    with pytest.raises(error, match=match):
+        await tasks.wait_until_ready.fn(session.id, timeout=120)
+    await tasks.stop_session.fn(session.id)
+
+
+async def test_prefect_retries_stop_on_transient_failures(
+    emulator: Emulator, clock: VirtualClock
+) -> None:
+    """stop_session's Prefect retry kicks in only after the client's retries ran out."""
+    session = await tasks.create_session.fn(lease=30)
+    route = "v1.stop" if emulator.request_count("v1.create") else "v2021.stop"
+    emulator.faults.add("server_error", route, times=6)  # one full client round of attempts
+
+    @flow
+    async def stop_it() -> bool:
+        return await tasks.stop_session.with_options(retry_delay_seconds=0)(session.id)
+
+    assert await stop_it() is True
+    assert emulator.request_count(route) == 7
+    assert emulator.running() == []
+
+
+async def test_prefect_does_not_retry_permanent_failures(emulator: Emulator) -> None:
+    """A 404 on get_session fails at once: retrying cannot help."""
+    from remote_rendering.errors import SessionNotFoundError
+
+    @flow
+    async def get_missing() -> None:
+        await tasks.get_session.with_options(retry_delay_seconds=0)("no-such-session")
+
+    with pytest.raises(SessionNotFoundError):
+        await get_missing()
+    route = "v1.get" if emulator.request_count("v1.get") else "v2021.get"
+    assert emulator.request_count(route) == 1
+
+
+def test_service_error_is_transient() -> None:
+    """The retry condition treats 5xx as transient (the class it checks exists)."""
+    assert issubclass(ServiceError, Exception)
