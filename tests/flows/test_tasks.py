@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import logging
 from datetime import timedelta
+from typing import Any
 
 import pytest
-from prefect import flow
+from prefect import Task, flow
 from prefect.cache_policies import NO_CACHE
 
 import tasks
@@ -22,7 +23,7 @@ from remote_rendering.models import SessionStatus
 
 pytestmark = pytest.mark.usefixtures("arr")
 
-ALL_TASKS = [
+ALL_TASKS: list[Task[..., Any]] = [
     tasks.get_access_token,
     tasks.create_session,
     tasks.wait_until_ready,
@@ -34,12 +35,12 @@ ALL_TASKS = [
 
 
 @pytest.mark.parametrize("task", [pytest.param(t, id=t.name) for t in ALL_TASKS])
-def test_task_options(task: object) -> None:
+def test_task_options(task: Task[..., Any]) -> None:
     """Every task is async, never cached, never persisted, and documented with an example."""
-    assert getattr(task, "cache_policy", None) is NO_CACHE
-    assert getattr(task, "persist_result", None) is False
-    assert getattr(task, "isasync", False)
-    assert "Example::" in (getattr(task, "fn", None).__doc__ or "")  # type: ignore[union-attr]
+    assert task.cache_policy is NO_CACHE
+    assert task.persist_result is False
+    assert task.isasync
+    assert "Example::" in (task.fn.__doc__ or "")
 
 
 def test_only_idempotent_tasks_retry() -> None:
