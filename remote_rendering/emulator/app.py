@@ -160,6 +160,39 @@ def v2021_properties(record: SessionRecord, now: float) -> dict[str, Any]:
     return body
 
 
+_LENIENT_TOKEN = re.compile(
+    r"""\s*(?:(?P<dq>"(?:[^"\\]|\\.)*")|(?P<sq>'(?:[^'\\]|\\.)*')|(?P<other>[^\s"']+))""",
+    re.DOTALL,
+)
+
+
+def parse_lenient_json(raw: bytes) -> Any:
+    """Parse a body as the service did: JSON, and also JSON with single-quoted strings.
+
+    The service's JSON reader (Json.NET) accepted ``{ 'maxLeaseTime': '4:0:0' }``, and the
+    seed's own PowerShell examples send exactly that, so the emulator accepts it too.
+    """
+    text = raw.decode("utf-8-sig")
+    try:
+        return json.loads(text)
+    except ValueError:
+        if "'" not in text:
+            raise
+    pieces: list[str] = []
+    position = 0
+    while position < len(text):
+        match = _LENIENT_TOKEN.match(text, position)
+        if match is None or match.end() == position:
+            break
+        if match["sq"] is not None:
+            inner = match["sq"][1:-1].replace("\\'", "'")
+            pieces.append(json.dumps(json.loads(f'"{inner.replace(chr(34), chr(92) + chr(34))}"')))
+        else:
+            pieces.append(match.group(0))
+        position = match.end()
+    return json.loads("".join(pieces) + text[position:])
+
+
 @dataclass
 class _Call:
     """One request being handled."""
@@ -177,7 +210,7 @@ class _Call:
     async def json_object(self) -> dict[str, Any]:
         raw = await self.request.body()
         try:
-            body = json.loads(raw) if raw.strip() else None
+            body = parse_lenient_json(raw) if raw.strip() else None
         except ValueError:
             raise ApiError(400, "BadRequest", "The request body is not valid JSON.") from None
         if not isinstance(body, dict):

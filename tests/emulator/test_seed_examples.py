@@ -1,0 +1,60 @@
+"""The seed's own PowerShell examples, sent as they are written, work on the emulator."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from remote_rendering.clock import VirtualClock
+from remote_rendering.emulator.app import parse_lenient_json
+from tests.emulator._support import ACCOUNT
+
+
+async def test_seed_create_and_update_bodies_with_single_quotes(
+    client: httpx.AsyncClient, auth: dict[str, str], clock: VirtualClock
+) -> None:
+    """The seed sends `{ 'maxLeaseTime': '4:0:0', ... }` (Json.NET accepted it): so do we."""
+    headers = {**auth, "Content-Type": "application/json"}
+    created = await client.post(
+        f"/v1/Accounts/{ACCOUNT}/sessions/Create",
+        content="{ 'maxLeaseTime': '4:0:0', 'models': [], 'size': 'standard' }",
+        headers=headers,
+    )
+    assert created.status_code == 202, created.text
+    session_id = created.json()["sessionId"]
+    clock.advance(60)
+    updated = await client.patch(
+        f"/v1/accounts/{ACCOUNT}/sessions/{session_id}",
+        content="{ 'maxLeaseTime': '5:0:0' }",
+        headers=headers,
+    )
+    assert updated.status_code == 200
+    assert updated.content == b""
+    properties = await client.get(
+        f"/v1/accounts/{ACCOUNT}/sessions/{session_id}/properties", headers=auth
+    )
+    assert properties.json()["sessionMaxLeaseTime"] == "05:00:00"
+    stopped = await client.delete(f"/v1/accounts/{ACCOUNT}/sessions/{session_id}", headers=auth)
+    assert stopped.status_code == 204
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        pytest.param(b'{"a": "b"}', {"a": "b"}, id="json"),
+        pytest.param(b"{'a': 'b', 'n': 1, 't': true, 'z': null}", {"a": "b", "n": 1, "t": True, "z": None}, id="single-quotes"),
+        pytest.param(b"{'a': 'it\\'s'}", {"a": "it's"}, id="escaped-quote"),
+        pytest.param(b"{'a': 'say \"hi\"'}", {"a": 'say "hi"'}, id="double-inside-single"),
+        pytest.param(b"\xef\xbb\xbf{'a': []}", {"a": []}, id="utf8-bom"),
+    ],
+)  # fmt: skip
+def test_lenient_json_accepts(raw: bytes, expected: object) -> None:
+    """Bodies Json.NET accepted parse to the same object."""
+    assert parse_lenient_json(raw) == expected
+
+
+@pytest.mark.parametrize("raw", [b"{'a': }", b"{'a'", b"'x", b"{a: 1}", b"not json"])
+def test_lenient_json_still_refuses_garbage(raw: bytes) -> None:
+    """Anything else is still a 400-worthy ValueError."""
+    with pytest.raises(ValueError):  # noqa: PT011 - json's own error, message varies
+        parse_lenient_json(raw)
