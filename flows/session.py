@@ -435,8 +435,6 @@ async def rendering_session(
                 await _stop_in_teardown(arr, session_id, report, use_task=False)
             raise
         report.session_id = session.id
-        if arr.api_version == "v1":
-            await record_session_owner(session.id, flow_run_id, api_version=arr.api_version)
 
         host = asyncio.current_task()
         keeper_cancelled_body = False
@@ -451,6 +449,10 @@ async def rendering_session(
             arr, session.id, lease=rolling, renew_every=renew_every, on_lost=on_lost
         )
         try:
+            if arr.api_version == "v1":
+                # Inside the try: a cancel arriving while the tag is written still stops it.
+                with anyio.CancelScope(shield=True), anyio.move_on_after(30):
+                    await record_session_owner(session.id, flow_run_id, api_version=arr.api_version)
             if in_flow:
                 session = await tasks.wait_until_ready(
                     session.id, timeout=ready_timeout, poll_interval=poll_interval, client=arr
