@@ -410,7 +410,7 @@ async def rendering_session(
         if arr.api_version != "v1":
             # 2021-01-01: we choose the ID, so record it before the create is even sent.
             prefix = f"pf-{flow_run_id}" if flow_run_id else "arr"
-            session_id = new_session_id(prefix)
+            session_id = report.session_id = new_session_id(prefix)
             await record_session_owner(session_id, flow_run_id, api_version=arr.api_version)
         report.created_at = arr.clock.time()
         try:

@@ -140,6 +140,8 @@ class ArrSettings(BaseSettings):
     def _account_id_is_guid(cls, value: str | None) -> str | None:
         if value is None:
             return None
+        if not value.strip():
+            raise ValueError("ARR_ACCOUNT_ID is empty: set it to the account's GUID")
         if not _GUID.match(value.strip()):
             # The value is not echoed: a key pasted into the wrong variable must not leak.
             raise ValueError(
