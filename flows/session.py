@@ -12,12 +12,18 @@ Teardown in depth (DESIGN.md), the layers this module provides:
 3. A rolling lease (:class:`LeaseKeeper`): the session is created with a short lease and
    renewed ahead of expiry while the work runs, so if everything else dies the service
    itself ends the session within one renewal period.
+4. A worker watchdog: a flow-run process whose Prefect worker was killed lives on as an
+   orphan that nobody can cancel (Prefect delivers a cancel through the worker) while its
+   keeper goes on renewing the lease. When the process that started the flow run is gone,
+   the work is stopped and the session with it (:class:`WorkerLostError`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import math
+import os
+import stat
 import weakref
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -50,6 +56,7 @@ __all__ = [
     "OWNER_TAG_PREFIX",
     "LeaseKeeper",
     "SessionReport",
+    "WorkerLostError",
     "owned_session_ids",
     "record_session_owner",
     "rendering_session",
@@ -65,6 +72,25 @@ STOP_TIMEOUT_SECONDS = 120.0
 # A v1 create may spend a while reconciling a lost answer; it is shielded from
 # cancellation (so the session's ID is always learnt) for at most this long.
 CREATE_SHIELD_SECONDS = 300.0
+
+# How often a flow run started by a worker checks that the worker is still there.
+WORKER_CHECK_SECONDS = 1.0
+
+
+def _starting_worker_pid() -> int | None:
+    """The PID of the Prefect worker (or runner) that started this flow-run process.
+
+    A worker starts each flow run as its own child with ``PREFECT__FLOW_RUN_ID`` in the
+    environment; read at import, which happens as the run loads its flow. None when the
+    process was not started that way (in-process runs, tests, a container's PID 1).
+    """
+    if not os.environ.get("PREFECT__FLOW_RUN_ID"):
+        return None
+    parent = os.getppid()
+    return parent if parent > 1 else None
+
+
+_WORKER_PID = _starting_worker_pid()
 
 _owned: dict[str, set[str]] = {}
 _tag_locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = (
@@ -191,6 +217,47 @@ async def stop_owned_sessions(flow: Flow | Any, flow_run: FlowRun, state: State[
                     str(flow_run.id),
                     {"stopped_by": f"hook:{state.name}"},
                 )
+
+
+class WorkerLostError(RuntimeError):
+    """The Prefect worker that started this flow run is gone: the run can no longer be
+    cancelled or watched, so its job is stopped and its session with it."""
+
+
+def _silence_orphaned_output() -> None:
+    """Point stdout/stderr at /dev/null if they are pipes: their reader, the worker, is dead.
+
+    Otherwise the next log line hits a broken pipe, and Prefect's (rich) console handler
+    answers that with ``SystemExit(1)`` wherever the line was logged, teardown included.
+    """
+    with open(os.devnull, "wb") as devnull:
+        for fd in (1, 2):
+            try:
+                if stat.S_ISFIFO(os.fstat(fd).st_mode):
+                    os.dup2(devnull.fileno(), fd)
+            except OSError:
+                continue
+
+
+async def _watch_worker(worker_pid: int, on_lost: Callable[[WorkerLostError], None]) -> None:
+    """Call ``on_lost`` once this process's parent is no longer ``worker_pid``.
+
+    An orphan is re-parented (to init or a subreaper), so a changed parent PID means the
+    worker died. Real time, not the session clock: it watches a local process.
+    """
+    while True:
+        parent = os.getppid()
+        if parent != worker_pid:
+            _silence_orphaned_output()
+            on_lost(
+                WorkerLostError(
+                    f"the Prefect worker (pid {worker_pid}) that started this flow run is"
+                    f" gone (parent is now pid {parent}); nobody can cancel this run any"
+                    " more, so its job and session are stopped"
+                )
+            )
+            return
+        await asyncio.sleep(WORKER_CHECK_SECONDS)
 
 
 @dataclass
@@ -437,17 +504,18 @@ async def rendering_session(
         report.session_id = session.id
 
         host = asyncio.current_task()
-        keeper_cancelled_body = False
+        body_lost: SessionEndedError | WorkerLostError | None = None
 
-        def on_lost(error: SessionEndedError) -> None:
-            nonlocal keeper_cancelled_body
-            if host is not None and not host.done():
-                keeper_cancelled_body = True
-                host.cancel(f"session {session.id} was lost: {error}")
+        def on_lost(error: SessionEndedError | WorkerLostError) -> None:
+            nonlocal body_lost
+            if host is not None and not host.done() and body_lost is None:
+                body_lost = error
+                host.cancel(f"session {session.id}: {error}")
 
         keeper = LeaseKeeper(
             arr, session.id, lease=rolling, renew_every=renew_every, on_lost=on_lost
         )
+        watchdog: asyncio.Task[None] | None = None
         try:
             if arr.api_version == "v1":
                 # Inside the try: a cancel arriving while the tag is written still stops it.
@@ -463,14 +531,21 @@ async def rendering_session(
                 )
             report.ready_at = arr.clock.time()
             keeper.start(session.max_lease)
+            if _WORKER_PID is not None:
+                watchdog = asyncio.get_running_loop().create_task(
+                    _watch_worker(_WORKER_PID, on_lost), name=f"worker-watchdog-{session.id}"
+                )
             try:
                 yield session
             except asyncio.CancelledError:
-                if keeper_cancelled_body and host is not None and host.uncancel() == 0:
-                    assert keeper.lost is not None
-                    raise keeper.lost from None
+                if body_lost is not None and host is not None and host.uncancel() == 0:
+                    if isinstance(body_lost, WorkerLostError):
+                        logger.error("%s", body_lost)
+                    raise body_lost from None
                 raise
         finally:
+            if watchdog is not None:
+                watchdog.cancel()
             await keeper.stop()
             report.lease_renewals = keeper.renewals
             await _stop_in_teardown(arr, session.id, report, use_task=in_flow)

@@ -1,0 +1,71 @@
+"""rendering_session in a flow run started by a worker that then dies: the orphaned run
+stops its job and its session instead of renewing the lease until the job ends."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from datetime import timedelta
+
+import pytest
+
+from flows import rendering_session
+from flows import session as session_module
+from flows.session import WorkerLostError
+from remote_rendering.emulator import Emulator
+
+pytestmark = pytest.mark.usefixtures("arr")
+
+
+@pytest.mark.realtime_job
+async def test_lost_worker_stops_the_job_and_the_session(
+    emulator: Emulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """When the worker that started the run is gone, the body ends with WorkerLostError."""
+    monkeypatch.setattr(session_module, "_WORKER_PID", os.getppid() + 1)  # not our parent
+    monkeypatch.setattr(session_module, "WORKER_CHECK_SECONDS", 0.01)
+    # Keep pytest's own output: an orphan points its stdout/stderr pipes at /dev/null.
+    silenced: list[bool] = []
+    monkeypatch.setattr(session_module, "_silence_orphaned_output", lambda: silenced.append(True))
+    with pytest.raises(WorkerLostError, match="nobody can cancel this run"):
+        async with rendering_session(lease=timedelta(minutes=4)):
+            await asyncio.sleep(30)
+    [entry] = emulator.ledger()["sessions"]
+    assert (entry["status"], entry["end_reason"]) == ("Stopped", "stopped")
+    assert silenced == [True]
+
+
+@pytest.mark.realtime_job
+async def test_live_worker_leaves_the_job_alone(
+    emulator: Emulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While the worker that started the run lives, the watchdog does nothing."""
+    monkeypatch.setattr(session_module, "_WORKER_PID", os.getppid())
+    monkeypatch.setattr(session_module, "WORKER_CHECK_SECONDS", 0.01)
+    async with rendering_session(lease=timedelta(minutes=4)) as session:
+        await asyncio.sleep(0.2)
+        assert session.status == "Ready"
+    [entry] = emulator.ledger()["sessions"]
+    assert entry["status"] == "Stopped"
+
+
+@pytest.mark.parametrize(
+    ("flow_run_id", "expected"),
+    [
+        pytest.param(None, None, id="not-started-by-a-worker"),
+        pytest.param(
+            "6f1c1c8e-2b0e-4f55-9d4c-0c7f3f1f0a11",
+            os.getppid() if os.getppid() > 1 else None,  # PID 1's children have no worker
+            id="started-by-a-worker",
+        ),
+    ],
+)
+def test_worker_pid_only_when_started_by_a_worker(
+    monkeypatch: pytest.MonkeyPatch, flow_run_id: str | None, expected: int | None
+) -> None:
+    """Only a process a worker started for a flow run (PREFECT__FLOW_RUN_ID) is watched."""
+    if flow_run_id is None:
+        monkeypatch.delenv("PREFECT__FLOW_RUN_ID", raising=False)
+    else:
+        monkeypatch.setenv("PREFECT__FLOW_RUN_ID", flow_run_id)
+    assert session_module._starting_worker_pid() == expected
