@@ -1,0 +1,103 @@
+"""End-to-end fixtures: one loopback stack (Prefect server, process pool and worker, the
+project's deployments, arr-emulator) shared by every scenario, and the results table.
+
+The stack is started once per session and only when an e2e test runs; every process is
+killed at the end, also when a test fails. The table of results is printed in pytest's
+terminal summary (so it shows under capture too) and written next to the stack's logs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.e2e._stack import LEASE_MINUTES, TIME_SCALE, Stack, running_stack
+
+
+@dataclass(frozen=True)
+class ScenarioResult:
+    """One row of the table: how a scenario's session ended and what it cost."""
+
+    scenario: str
+    stopped_by: str
+    seconds_to_stop: float
+    overrun_seconds: float
+    """Emulated seconds billed after the trigger."""
+    run_state: str
+
+
+_results: list[ScenarioResult] = []
+_table_file: list[Path] = []
+
+
+def record(result: ScenarioResult) -> None:
+    """Add a scenario's row to the table."""
+    _results.append(result)
+
+
+def render_table(results: list[ScenarioResult]) -> str:
+    """The results as a fixed-width text table."""
+    lease = LEASE_MINUTES * 60
+    header = ("scenario", "stopped by", "seconds to stop", "billed overrun", "flow run")
+    rows = [
+        (
+            r.scenario,
+            r.stopped_by,
+            f"{r.seconds_to_stop:.1f} s",
+            # Clamped for display: a stop within the measurement's few milliseconds can
+            # read as a hair before the trigger.
+            f"{max(0.0, r.overrun_seconds):.0f} s ({max(0.0, r.overrun_seconds) / lease:.0%} of lease)",
+            r.run_state,
+        )
+        for r in results
+    ]
+    widths = [max(len(str(c)) for c in column) for column in zip(header, *rows, strict=True)]
+
+    def line(cells: tuple[str, ...]) -> str:
+        return "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)) + " |"
+
+    rule = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
+    title = (
+        f"Session teardown, end to end (emulated time x{TIME_SCALE:g}; rolling lease"
+        f" {LEASE_MINUTES:g} min = {lease:.0f} s emulated, {lease / TIME_SCALE:.0f} s real;"
+        " seconds to stop are real, overrun is billed emulated time after the trigger)"
+    )
+    return "\n".join([title, line(header), rule, *(line(r) for r in rows)])
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """The running loopback stack; every process is ended at the end of the session."""
+    workdir = tmp_path_factory.mktemp("e2e")
+    try:
+        with running_stack(workdir) as running:
+            yield running
+    finally:
+        if _results:
+            table = workdir / "teardown-table.txt"
+            table.write_text(render_table(_results) + "\n")
+            _table_file.append(table)
+
+
+@pytest.fixture
+def live_worker(stack: Stack) -> Stack:
+    """The stack with a live worker (restarted if a scenario killed it)."""
+    worker = stack.processes["worker"]
+    if not worker.alive():
+        worker.stop()
+        stack.start_worker()
+        stack.wait_for_worker()
+    return stack
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Print the scenario table at the end of the run, whatever pytest captured."""
+    if not _results:
+        return
+    terminalreporter.section("e2e session teardown")
+    terminalreporter.write_line(render_table(_results))
+    for path in _table_file:
+        terminalreporter.write_line(f"(also written to {path})")

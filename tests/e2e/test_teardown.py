@@ -1,0 +1,349 @@
+"""A render-batch run's session is stopped whatever ends the run, end to end.
+
+For each scenario a ``render-batch`` deployment run is started on the real worker with a
+long job, the test waits until the job is in progress (the session Ready and its rolling
+lease renewed at least once), triggers the scenario, and reads the emulator's ledger until
+the session has ended. It then checks who ended it (ledger, flow-run state and the
+``arr.session.stopped`` / ``arr.reaper.stopped`` events) and that the session was billed
+at most one rolling lease past the trigger.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+from uuid import UUID
+
+import pytest
+from prefect.client.orchestration import PrefectClient
+from prefect.client.schemas.objects import FlowRun
+from prefect.events.filters import EventFilter, EventNameFilter, EventResourceFilter
+from prefect.states import Cancelling
+
+from flows.session import OWNER_TAG_PREFIX
+from tests.e2e._stack import (
+    LEASE_MINUTES,
+    TIME_SCALE,
+    Stack,
+    StackError,
+    parse_time,
+    session_entry,
+    tail,
+)
+from tests.e2e.conftest import ScenarioResult, record
+
+pytestmark = pytest.mark.e2e
+
+T = TypeVar("T")
+
+LEASE_SECONDS = LEASE_MINUTES * 60
+"""The rolling lease in emulated seconds: the most a scenario may bill past its trigger."""
+REAL_LEASE = LEASE_SECONDS / TIME_SCALE
+ACTIVE = ("Starting", "Ready")
+# How long code (finally, hooks) may take to stop the session, in real seconds. The lease
+# would end it after REAL_LEASE anyway: code that stops it must beat the lease.
+CODE_STOP_WITHIN = REAL_LEASE
+# Billed at most one rolling lease past the trigger. The keeper sets the lease to the
+# service's own elapsed time (whole seconds, rounded down) plus the rolling lease, so it
+# never ends later than lease after a renewal that began before the trigger. The only
+# slack is measurement: the trigger's emulated instant is read from the ledger (millisecond
+# timestamps, half a loopback request apart) and a renewal read in flight at the trigger is
+# answered a few milliseconds after it; 2 emulated seconds (0.1 s real) bound both.
+OVERRUN_TOLERANCE = 2.0
+JOB = {"frames": 1000, "seconds_per_frame": 60.0}
+"""The sample job: 1000 emulated minutes, far longer than any scenario."""
+FLOW_TIMEOUT_SECONDS = 12.0
+"""Real seconds: the flow's timeout in scenario (f), past Ready and a lease renewal."""
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    trigger: str
+    stopped_by_code: bool
+    """True: finally or a hook must stop the session; False: the reaper or lease may."""
+    final_states: tuple[str, ...]
+    """Acceptable final states of the render-batch run."""
+
+
+SCENARIOS = [
+    pytest.param(
+        Scenario("(a) cancel via API", "cancel", True, ("Cancelled",)), id="a-cancel-via-api"
+    ),
+    pytest.param(
+        Scenario("(b) SIGTERM flow run", "sigterm", True, ("Crashed",)), id="b-sigterm-flow-run"
+    ),
+    pytest.param(
+        Scenario("(c) SIGKILL flow run", "sigkill", False, ("Crashed",)), id="c-sigkill-flow-run"
+    ),
+    pytest.param(Scenario("(e) job fails", "job-fails", True, ("Failed",)), id="e-job-fails"),
+    pytest.param(Scenario("(f) flow timeout", "timeout", True, ("TimedOut",)), id="f-flow-timeout"),
+    # Last: it kills the worker (the next test's live_worker fixture would restart it).
+    pytest.param(
+        # The orphaned run sees its worker gone, stops its job: WorkerLostError.
+        Scenario("(d) SIGKILL worker", "kill-worker", False, ("Failed",)),
+        id="d-sigkill-worker",
+    ),
+]
+
+
+async def until(
+    probe: Callable[[], Awaitable[T | None]],
+    *,
+    timeout: float,
+    what: str,
+    describe: Callable[[], Awaitable[str]],
+    step: float = 0.1,
+) -> T:
+    """Await ``probe`` until it gives a value, or fail after ``timeout`` real seconds with
+    what was awaited and the last state seen."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = await probe()
+        if result is not None:
+            return result
+        if time.monotonic() >= deadline:
+            raise StackError(
+                f"timed out after {timeout:.0f}s waiting for {what}; {await describe()}"
+            )
+        await asyncio.sleep(step)
+
+
+class Scene:
+    """One scenario's run: the stack, the Prefect client, and what was seen so far."""
+
+    def __init__(self, stack: Stack, prefect: PrefectClient, scenario: Scenario) -> None:
+        self.stack = stack
+        self.prefect = prefect
+        self.scenario = scenario
+        self.run_id: UUID | None = None
+        self.session_id: str | None = None
+        self.pid: int | None = None
+        self.trigger_file = stack.workdir / f"fail-{scenario.trigger}-{time.monotonic_ns()}"
+        self.reaper_run: UUID | None = None
+
+    async def describe(self) -> str:
+        """The last flow-run state, session ledger entry and worker log, for failures."""
+        parts = []
+        if self.run_id is not None:
+            run = await self.prefect.read_flow_run(self.run_id)
+            state = run.state
+            parts.append(
+                f"flow run {run.name} {state.name if state else None}"
+                f" ({state.message if state else ''}), pid {run.infrastructure_pid},"
+                f" tags {run.tags}"
+            )
+        if self.session_id is not None:
+            parts.append(f"ledger entry {session_entry(self.stack.ledger(), self.session_id)}")
+        else:
+            parts.append(f"ledger {self.stack.ledger()}")
+        parts.append(f"worker log:\n{tail(self.stack.processes['worker'].log, 25)}")
+        return "; ".join(parts)
+
+    async def start(self) -> None:
+        """Start a render-batch deployment run with a long job (or a failing one)."""
+        deployment = await self.prefect.read_deployment_by_name("render-batch/render-batch")
+        parameters: dict[str, Any] = {
+            "lease_minutes": LEASE_MINUTES,
+            "job_timeout_minutes": 24 * 60,
+            "ready_timeout_minutes": 10,
+        }
+        job_variables: dict[str, Any] = {}
+        if self.scenario.trigger == "job-fails":
+            # A command job that renders until told to fail: the failure's instant is known.
+            parameters["job_command"] = [
+                "sh",
+                "-c",
+                f'while [ ! -e "{self.trigger_file}" ]; do sleep 0.05; done;'
+                ' echo "renderer crashed" >&2; exit 3',
+            ]
+        else:
+            parameters["job_parameters"] = JOB
+        if self.scenario.trigger == "timeout":
+            job_variables["env"] = {"ARR_RENDER_BATCH_TIMEOUT_SECONDS": f"{FLOW_TIMEOUT_SECONDS:g}"}
+        run = await self.prefect.create_flow_run_from_deployment(
+            deployment.id,
+            parameters=parameters,
+            job_variables=job_variables or None,
+            tags=["e2e", self.scenario.trigger],
+        )
+        self.run_id = run.id
+
+    async def wait_job_in_progress(self) -> None:
+        """Until the run owns a Ready session whose lease was renewed, and has a pid."""
+
+        async def in_progress() -> bool | None:
+            assert self.run_id is not None
+            run = await self.prefect.read_flow_run(self.run_id)
+            if run.state is not None and run.state.is_final():
+                raise StackError(f"the run ended before its job was in progress: {run.state}")
+            owned = [
+                t.removeprefix(OWNER_TAG_PREFIX) for t in run.tags if t.startswith(OWNER_TAG_PREFIX)
+            ]
+            if not owned or not run.infrastructure_pid:
+                return None
+            self.session_id = owned[0]
+            self.pid = int(str(run.infrastructure_pid).rsplit(":", 1)[-1])
+            self.stack.flow_run_pids.add(self.pid)
+            entry = session_entry(self.stack.ledger(), self.session_id)
+            if entry is None or entry["status"] != "Ready" or entry["extend_count"] < 1:
+                return None
+            return True
+
+        await until(
+            in_progress,
+            timeout=90,
+            what="the job to be in progress (Ready session, lease renewed)",
+            describe=self.describe,
+        )
+
+    async def trigger(self) -> float:
+        """Make the scenario happen; return its instant in emulated time."""
+        emulated, wall = self.stack.emulated_now()
+        assert self.run_id is not None
+        assert self.pid is not None
+        action = self.scenario.trigger
+        if action == "timeout":
+            run = await self.prefect.read_flow_run(self.run_id)
+            assert run.start_time is not None
+            # The engine arms the timeout just after the run is Running: a slightly early
+            # estimate of the trigger, so the overrun measured can only be overstated.
+            at = run.start_time.timestamp() + FLOW_TIMEOUT_SECONDS
+            return emulated + (at - wall) * TIME_SCALE
+        at = time.time()
+        if action == "cancel":
+            # What the UI's Cancel button sends.
+            await self.prefect.set_flow_run_state(self.run_id, Cancelling(), force=True)
+        elif action == "sigterm":
+            os.kill(self.pid, signal.SIGTERM)
+        elif action == "sigkill":
+            os.kill(self.pid, signal.SIGKILL)
+        elif action == "kill-worker":
+            os.kill(self.stack.processes["worker"].pid, signal.SIGKILL)
+        elif action == "job-fails":
+            self.trigger_file.touch()
+        else:  # pragma: no cover - a typo in SCENARIOS
+            raise AssertionError(f"unknown trigger {action!r}")
+        return emulated + (at - wall) * TIME_SCALE
+
+    async def read_run(self) -> FlowRun:
+        assert self.run_id is not None
+        return await self.prefect.read_flow_run(self.run_id)
+
+    async def wait_session_ended(self) -> dict[str, Any]:
+        """Until the ledger shows the session over. If the run is over and nothing stopped
+        the session, the reaper deployment is run once (grace 0), as its schedule would."""
+        assert self.session_id is not None
+        session_id = self.session_id
+
+        async def ended() -> dict[str, Any] | None:
+            entry = session_entry(self.stack.ledger(), session_id)
+            assert entry is not None
+            if entry["status"] not in ACTIVE:
+                return entry
+            if not self.scenario.stopped_by_code and self.reaper_run is None:
+                run = await self.read_run()
+                if run.state is not None and run.state.is_final():
+                    await self.start_reaper()
+            return None
+
+        return await until(
+            ended,
+            timeout=REAL_LEASE + 30,
+            what=f"session {session_id} to end",
+            describe=self.describe,
+            step=0.05,
+        )
+
+    async def start_reaper(self) -> None:
+        deployment = await self.prefect.read_deployment_by_name(
+            "reap-orphaned-sessions/reap-orphaned-sessions"
+        )
+        run = await self.prefect.create_flow_run_from_deployment(
+            deployment.id, parameters={"grace_minutes": 0}, tags=["e2e", "reaper"]
+        )
+        self.reaper_run = run.id
+
+    async def wait_run_final(self) -> FlowRun:
+        async def final() -> FlowRun | None:
+            run = await self.read_run()
+            return run if run.state is not None and run.state.is_final() else None
+
+        return await until(
+            final, timeout=60, what="the render-batch run to end", describe=self.describe, step=0.25
+        )
+
+    async def stop_events(self) -> list[tuple[float, str]]:
+        """(occurred, who) of every event saying who stopped the session, oldest first."""
+        page = await self.prefect.read_events(
+            filter=EventFilter(
+                event=EventNameFilter(name=["arr.session.stopped", "arr.reaper.stopped"]),
+                resource=EventResourceFilter(id=[f"arr.session.{self.session_id}"]),
+            ),
+            limit=50,
+        )
+        found = []
+        for event in page.events:
+            who = (
+                "reaper"
+                if event.event == "arr.reaper.stopped"
+                else str(event.payload.get("stopped_by", "?"))
+            )
+            found.append((event.occurred.timestamp(), who))
+        return sorted(found)
+
+    async def who_stopped(self, entry: dict[str, Any]) -> str:
+        """The ledger says stopped or expired; for a stop, Prefect's events say by whom
+        (the earliest: a later hook stopping an already stopped session is a no-op)."""
+        if entry["end_reason"] == "expired":
+            return "rolling lease (expired)"
+        if entry["end_reason"] != "stopped":
+            return f"? ({entry['end_reason']})"
+
+        async def events() -> list[tuple[float, str]] | None:
+            return (await self.stop_events()) or None
+
+        found = await until(
+            events,
+            timeout=20,
+            what=f"an event saying who stopped session {self.session_id}",
+            describe=self.describe,
+            step=0.5,
+        )
+        return found[0][1]
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS)
+async def test_session_is_stopped_within_one_lease(live_worker: Stack, scenario: Scenario) -> None:
+    """Whatever ends the run, its session ends, billed at most one rolling lease past it."""
+    stack = live_worker
+    async with PrefectClient(stack.api_url) as prefect:
+        scene = Scene(stack, prefect, scenario)
+        await scene.start()
+        await scene.wait_job_in_progress()
+        triggered_real = time.monotonic()
+        triggered = await scene.trigger()
+        entry = await scene.wait_session_ended()
+        observed_real = time.monotonic() - triggered_real
+        assert entry["ended_at"] is not None
+        overrun = parse_time(entry["ended_at"]) - triggered
+        run = await scene.wait_run_final()
+        who = await scene.who_stopped(entry)
+        state = (run.state.name if run.state else None) or "?"
+        seconds_to_stop = max(0.0, overrun / TIME_SCALE)
+        record(ScenarioResult(scenario.name, who, seconds_to_stop, overrun, state))
+        context = f"{scenario.name}: stopped by {who}, run {state}, entry {entry}"
+
+        assert overrun <= LEASE_SECONDS + OVERRUN_TOLERANCE, context
+        assert observed_real <= REAL_LEASE + 30, context
+        if scenario.stopped_by_code:
+            assert entry["end_reason"] == "stopped", context
+            assert who == "finally" or who.startswith("hook:"), context
+            assert seconds_to_stop <= CODE_STOP_WITHIN, context
+        assert state in scenario.final_states, context
+        assert stack.ledger()["running"] == 0, f"sessions left running: {stack.ledger()}"
