@@ -388,17 +388,32 @@ class Stack:
             step=0.5,
         )
 
+    def _flow_run_pids_from_server(self) -> set[int]:
+        """The infrastructure PIDs of every flow run the server knows (best effort)."""
+        if not self.api_url:
+            return set()
+        try:
+            response = httpx.post(f"{self.api_url}/flow_runs/filter", json={}, timeout=5)
+            response.raise_for_status()
+        except httpx.HTTPError:
+            return set()
+        pids = set()
+        for run in response.json():
+            pid = str(run.get("infrastructure_pid") or "").rsplit(":", 1)[-1]
+            if pid.isdigit():
+                pids.add(int(pid))
+        return pids
+
     def stop(self) -> None:
-        """End every process group the stack started, flow runs first (bounded)."""
-        for pid in sorted(self.flow_run_pids):
+        """End every process group the stack started, flow runs first (bounded): a run
+        orphaned by a killed worker, or left behind by a failed test, outlives its worker."""
+        for pid in sorted(self.flow_run_pids | self._flow_run_pids_from_server()):
             if _is_alive(pid):
                 kill_process_group(pid)
         for name in ("worker", *sorted(self.processes)):
             process = self.processes.get(name)
-            if process is not None and process.alive():
-                process.stop()
-            elif process is not None:
-                process.stop()  # reap, close pipes
+            if process is not None:
+                process.stop()  # ends the group (a dead worker's hook runners too), reaps
 
     # --- the emulator's accounting view ---------------------------------------------
 

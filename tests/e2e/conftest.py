@@ -8,6 +8,7 @@ terminal summary (so it shows under capture too) and written next to the stack's
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +30,9 @@ class ScenarioResult:
     run_state: str
 
 
+NOT_MEASURED = (math.nan, math.nan, "-")
+"""seconds_to_stop, overrun_seconds and run_state of a scenario that failed early."""
+
 _results: list[ScenarioResult] = []
 _table_file: list[Path] = []
 
@@ -42,14 +46,21 @@ def render_table(results: list[ScenarioResult]) -> str:
     """The results as a fixed-width text table."""
     lease = LEASE_MINUTES * 60
     header = ("scenario", "stopped by", "seconds to stop", "billed overrun", "flow run")
+
+    def overrun(seconds: float) -> str:
+        if math.isnan(seconds):
+            return "-"
+        # Clamped: a stop within the measurement's few milliseconds can read as a hair
+        # before the trigger.
+        seconds = max(0.0, seconds)
+        return f"{seconds:.0f} s ({seconds / lease:.0%} of lease)"
+
     rows = [
         (
             r.scenario,
             r.stopped_by,
-            f"{r.seconds_to_stop:.1f} s",
-            # Clamped for display: a stop within the measurement's few milliseconds can
-            # read as a hair before the trigger.
-            f"{max(0.0, r.overrun_seconds):.0f} s ({max(0.0, r.overrun_seconds) / lease:.0%} of lease)",
+            "-" if math.isnan(r.seconds_to_stop) else f"{r.seconds_to_stop:.1f} s",
+            overrun(r.overrun_seconds),
             r.run_state,
         )
         for r in results

@@ -35,7 +35,7 @@ from tests.e2e._stack import (
     session_entry,
     tail,
 )
-from tests.e2e.conftest import ScenarioResult, record
+from tests.e2e.conftest import NOT_MEASURED, ScenarioResult, record
 
 pytestmark = pytest.mark.e2e
 
@@ -156,11 +156,12 @@ class Scene:
         job_variables: dict[str, Any] = {}
         if self.scenario.trigger == "job-fails":
             # A command job that renders until told to fail: the failure's instant is known.
+            # Bounded (60 s) so it cannot outlive a failed test by much.
             parameters["job_command"] = [
                 "sh",
                 "-c",
-                f'while [ ! -e "{self.trigger_file}" ]; do sleep 0.05; done;'
-                ' echo "renderer crashed" >&2; exit 3',
+                f'i=0; while [ ! -e "{self.trigger_file}" ] && [ $i -lt 1200 ];'
+                ' do sleep 0.05; i=$((i+1)); done; echo "renderer crashed" >&2; exit 3',
             ]
         else:
             parameters["job_parameters"] = JOB
@@ -269,14 +270,21 @@ class Scene:
         )
         self.reaper_run = run.id
 
-    async def wait_run_final(self) -> FlowRun:
+    async def wait_final(self, run_id: UUID, what: str) -> FlowRun:
         async def final() -> FlowRun | None:
-            run = await self.read_run()
+            run = await self.prefect.read_flow_run(run_id)
             return run if run.state is not None and run.state.is_final() else None
 
-        return await until(
-            final, timeout=60, what="the render-batch run to end", describe=self.describe, step=0.25
-        )
+        return await until(final, timeout=60, what=what, describe=self.describe, step=0.25)
+
+    async def wait_run_final(self) -> FlowRun:
+        """Until the render-batch run is over (and the reaper's, if one was started, so
+        that it cannot act during the next scenario)."""
+        assert self.run_id is not None
+        run = await self.wait_final(self.run_id, "the render-batch run to end")
+        if self.reaper_run is not None:
+            await self.wait_final(self.reaper_run, "the reaper run to end")
+        return run
 
     async def stop_events(self) -> list[tuple[float, str]]:
         """(occurred, who) of every event saying who stopped the session, oldest first."""
@@ -318,32 +326,56 @@ class Scene:
         return found[0][1]
 
 
+@dataclass(frozen=True)
+class Observed:
+    """What a scenario measured."""
+
+    entry: dict[str, Any]
+    """The session's final ledger entry."""
+    overrun: float
+    """Emulated seconds billed after the trigger."""
+    observed_real: float
+    """Real seconds from the trigger until the test saw the session over."""
+    who: str
+    state: str
+
+
+async def observe(scene: Scene) -> Observed:
+    """Start the run, wait for its job, trigger the scenario, and watch the session end."""
+    await scene.start()
+    await scene.wait_job_in_progress()
+    triggered_real = time.monotonic()
+    triggered = await scene.trigger()
+    entry = await scene.wait_session_ended()
+    observed_real = time.monotonic() - triggered_real
+    assert entry["ended_at"] is not None
+    overrun = parse_time(entry["ended_at"]) - triggered
+    run = await scene.wait_run_final()
+    who = await scene.who_stopped(entry)
+    state = (run.state.name if run.state else None) or "?"
+    return Observed(entry, overrun, observed_real, who, state)
+
+
 @pytest.mark.parametrize("scenario", SCENARIOS)
 async def test_session_is_stopped_within_one_lease(live_worker: Stack, scenario: Scenario) -> None:
     """Whatever ends the run, its session ends, billed at most one rolling lease past it."""
     stack = live_worker
     async with PrefectClient(stack.api_url) as prefect:
-        scene = Scene(stack, prefect, scenario)
-        await scene.start()
-        await scene.wait_job_in_progress()
-        triggered_real = time.monotonic()
-        triggered = await scene.trigger()
-        entry = await scene.wait_session_ended()
-        observed_real = time.monotonic() - triggered_real
-        assert entry["ended_at"] is not None
-        overrun = parse_time(entry["ended_at"]) - triggered
-        run = await scene.wait_run_final()
-        who = await scene.who_stopped(entry)
-        state = (run.state.name if run.state else None) or "?"
-        seconds_to_stop = max(0.0, overrun / TIME_SCALE)
-        record(ScenarioResult(scenario.name, who, seconds_to_stop, overrun, state))
-        context = f"{scenario.name}: stopped by {who}, run {state}, entry {entry}"
+        try:
+            seen = await observe(Scene(stack, prefect, scenario))
+        except BaseException as exc:
+            record(ScenarioResult(scenario.name, f"FAILED: {type(exc).__name__}", *NOT_MEASURED))
+            raise
+    seconds_to_stop = max(0.0, seen.overrun / TIME_SCALE)
+    record(ScenarioResult(scenario.name, seen.who, seconds_to_stop, seen.overrun, seen.state))
+    context = f"{scenario.name}: stopped by {seen.who}, run {seen.state}, entry {seen.entry}"
 
-        assert overrun <= LEASE_SECONDS + OVERRUN_TOLERANCE, context
-        assert observed_real <= REAL_LEASE + 30, context
-        if scenario.stopped_by_code:
-            assert entry["end_reason"] == "stopped", context
-            assert who == "finally" or who.startswith("hook:"), context
-            assert seconds_to_stop <= CODE_STOP_WITHIN, context
-        assert state in scenario.final_states, context
-        assert stack.ledger()["running"] == 0, f"sessions left running: {stack.ledger()}"
+    assert seen.overrun <= LEASE_SECONDS + OVERRUN_TOLERANCE, context
+    assert seen.observed_real <= REAL_LEASE + 30, context
+    if scenario.stopped_by_code:
+        assert seen.entry["end_reason"] == "stopped", context
+        assert seen.who == "finally" or seen.who.startswith("hook:"), context
+        assert seconds_to_stop <= CODE_STOP_WITHIN, context
+    assert seen.state in scenario.final_states, context
+    ledger = stack.ledger()
+    assert ledger["running"] == 0, f"sessions left running: {ledger}"
