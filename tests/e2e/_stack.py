@@ -343,7 +343,7 @@ class Stack:
 
     def start_worker(self) -> None:
         """``prefect worker start`` from a directory that is *not* the checkout, so the
-        flow runs find the code through prefect.yaml's pull step alone."""
+        flow runs find the code through prefect.yaml's pull step (ARR_PROJECT_DIR) alone."""
         self.worker_starts += 1
         name = f"worker-{self.worker_starts}"
         cwd = self.workdir / name
@@ -365,6 +365,12 @@ class Stack:
             cwd=cwd,
         )
         self.processes["worker"] = self.processes[name]
+
+    def replace_worker(self) -> None:
+        """End the current worker (if still alive) and start another one."""
+        self.processes["worker"].stop()
+        self.start_worker()
+        self.wait_for_worker()
 
     def wait_for_worker(self) -> None:
         """Until the current worker has announced itself to the server (it polls then)."""

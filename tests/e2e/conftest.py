@@ -59,7 +59,7 @@ def render_table(results: list[ScenarioResult]) -> str:
         (
             r.scenario,
             r.stopped_by,
-            "-" if math.isnan(r.seconds_to_stop) else f"{r.seconds_to_stop:.1f} s",
+            "-" if math.isnan(r.seconds_to_stop) else f"{r.seconds_to_stop:.2f} s",
             overrun(r.overrun_seconds),
             r.run_state,
         )
@@ -96,11 +96,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 @pytest.fixture
 def live_worker(stack: Stack) -> Stack:
     """The stack with a live worker (restarted if a scenario killed it)."""
-    worker = stack.processes["worker"]
-    if not worker.alive():
-        worker.stop()
-        stack.start_worker()
-        stack.wait_for_worker()
+    if not stack.processes["worker"].alive():
+        stack.replace_worker()
     return stack
 
 

@@ -63,10 +63,13 @@ FLOW_TIMEOUT_SECONDS = 12.0
 
 @dataclass(frozen=True)
 class Scenario:
+    """Something that ends a render-batch run while its job is in progress."""
+
     name: str
     trigger: str
     stopped_by_code: bool
-    """True: finally or a hook must stop the session; False: the reaper or lease may."""
+    """True: finally or a hook must stop the session, before its lease ends it. False:
+    the reaper or the rolling lease may end it."""
     final_states: tuple[str, ...]
     """Acceptable final states of the render-batch run."""
 
@@ -83,11 +86,10 @@ SCENARIOS = [
     ),
     pytest.param(Scenario("(e) job fails", "job-fails", True, ("Failed",)), id="e-job-fails"),
     pytest.param(Scenario("(f) flow timeout", "timeout", True, ("TimedOut",)), id="f-flow-timeout"),
-    # Last: it kills the worker (the next test's live_worker fixture would restart it).
+    # Last: it kills the worker (the next test starts another). The orphaned run sees its
+    # worker gone and stops its job (WorkerLostError): its finally stops the session.
     pytest.param(
-        # The orphaned run sees its worker gone, stops its job: WorkerLostError.
-        Scenario("(d) SIGKILL worker", "kill-worker", False, ("Failed",)),
-        id="d-sigkill-worker",
+        Scenario("(d) SIGKILL worker", "kill-worker", True, ("Failed",)), id="d-sigkill-worker"
     ),
 ]
 
@@ -379,3 +381,32 @@ async def test_session_is_stopped_within_one_lease(live_worker: Stack, scenario:
     assert seen.state in scenario.final_states, context
     ledger = stack.ledger()
     assert ledger["running"] == 0, f"sessions left running: {ledger}"
+
+
+async def test_replacement_worker_runs_a_batch_to_completion(live_worker: Stack) -> None:
+    """A worker (a new one, once (d) killed the first) runs a batch through; its session stops."""
+    stack = live_worker
+    async with PrefectClient(stack.api_url) as prefect:
+        deployment = await prefect.read_deployment_by_name("render-batch/render-batch")
+        created = await prefect.create_flow_run_from_deployment(
+            deployment.id,
+            parameters={
+                "lease_minutes": LEASE_MINUTES,
+                # 3 emulated minutes of frames: 9 real seconds, a few lease renewals.
+                "job_parameters": {"frames": 3, "seconds_per_frame": 60.0},
+            },
+            tags=["e2e", "success"],
+        )
+        scene = Scene(stack, prefect, Scenario("success", "none", True, ("Completed",)))
+        scene.run_id = created.id
+        run = await scene.wait_final(created.id, "the render-batch run to complete")
+        assert run.state is not None
+        assert run.state.name == "Completed", await scene.describe()
+    [session_id] = [
+        t.removeprefix(OWNER_TAG_PREFIX) for t in run.tags if t.startswith(OWNER_TAG_PREFIX)
+    ]
+    entry = session_entry(stack.ledger(), session_id)
+    assert entry is not None
+    assert (entry["status"], entry["end_reason"]) == ("Stopped", "stopped"), entry
+    assert entry["extend_count"] >= 1, entry
+    assert stack.ledger()["running"] == 0
