@@ -194,7 +194,13 @@ async def stop_owned_sessions(flow: Flow | Any, flow_run: FlowRun, state: State[
     async with open_client() as arr:
         for session_id in sorted(ids):
             try:
+                # Look first: a stop of a session already over is also answered 204, and
+                # the event below must say who really stopped it.
+                if not (await arr.get_session(session_id)).status.is_active:
+                    continue
                 stopped = await arr.stop_session(session_id)
+            except SessionNotFoundError:
+                continue
             except ArrError as exc:
                 logger.error(
                     "Flow run %s (%s): could not stop session %s: %s",
@@ -531,7 +537,7 @@ async def rendering_session(
                 )
             report.ready_at = arr.clock.time()
             keeper.start(session.max_lease)
-            if _WORKER_PID is not None:
+            if _WORKER_PID is not None and arr.settings.stop_on_worker_loss:
                 watchdog = asyncio.get_running_loop().create_task(
                     _watch_worker(_WORKER_PID, on_lost), name=f"worker-watchdog-{session.id}"
                 )

@@ -128,6 +128,14 @@ class ArrSettings(BaseSettings):
             " clock reads it from the process environment (ARR_TIME_SCALE), not from .env."
         ),
     )
+    stop_on_worker_loss: bool = Field(
+        default=True,
+        description=(
+            "Stop the job and its session when the Prefect worker that started the flow run"
+            " dies: the orphaned run could no longer be cancelled, and would keep renewing"
+            " its lease until the job ends. Set false to let such runs finish."
+        ),
+    )
     price_standard_per_hour: float | None = Field(
         default=None, ge=0, description="Hourly price of a Standard session, for cost estimates."
     )

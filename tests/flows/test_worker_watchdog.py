@@ -49,6 +49,29 @@ async def test_live_worker_leaves_the_job_alone(
     assert entry["status"] == "Stopped"
 
 
+@pytest.mark.realtime_job
+async def test_watchdog_can_be_turned_off(
+    emulator: Emulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With stop_on_worker_loss off, a run whose worker is gone carries on to the end."""
+    from remote_rendering.auth import TokenCache
+    from remote_rendering.client import ArrClient
+    from tests.flows.conftest import make_settings
+
+    monkeypatch.setattr(session_module, "_WORKER_PID", os.getppid() + 1)  # "gone"
+    monkeypatch.setattr(session_module, "WORKER_CHECK_SECONDS", 0.01)
+    client = ArrClient(
+        make_settings("v1", stop_on_worker_loss=False),
+        transport=emulator.transport(),
+        clock=emulator.clock,
+        token_cache=TokenCache(),
+    )
+    async with client, rendering_session(lease=timedelta(minutes=4), client=client):
+        await asyncio.sleep(0.2)  # the watchdog would have fired many times by now
+    [entry] = emulator.ledger()["sessions"]
+    assert (entry["status"], entry["end_reason"]) == ("Stopped", "stopped")
+
+
 @pytest.mark.parametrize(
     ("flow_run_id", "expected"),
     [
