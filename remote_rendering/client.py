@@ -606,11 +606,10 @@ class ArrClient:
             )
         except LeaseNotExtendedError:
             # A retried PATCH whose first attempt was applied is answered 422: fine if the
-            # lease is now what was asked.
+            # lease is now exactly what was asked. Asking for less than the current lease
+            # stays an error: the service cannot shorten a lease.
             current = await self.get_session(sid)
-            if current.max_lease is not None and current.max_lease >= timedelta(
-                minutes=lease_minutes(lease)
-            ):
+            if current.max_lease == timedelta(minutes=lease_minutes(lease)):
                 return current
             raise
         return self._session_in("extend session", response)
