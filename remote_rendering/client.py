@@ -108,9 +108,11 @@ def new_session_id(prefix: str = "arr") -> str:
 class _AmbiguousOutcome(Exception):
     """A non-idempotent request may or may not have been carried out."""
 
-    def __init__(self, reason: str) -> None:
+    def __init__(self, reason: str, *, may_still_happen: bool = False) -> None:
         super().__init__(reason)
         self.reason = reason
+        # A timed-out request may still be carried out after we look for its effect.
+        self.may_still_happen = may_still_happen
 
 
 def _never_sent(exc: httpx.TransportError) -> bool:
@@ -245,7 +247,10 @@ class ArrClient:
                 )
             except httpx.TransportError as exc:
                 if not idempotent and not _never_sent(exc):
-                    raise _AmbiguousOutcome(f"{type(exc).__name__}: {exc}") from exc
+                    raise _AmbiguousOutcome(
+                        f"{type(exc).__name__}: {exc}",
+                        may_still_happen=isinstance(exc, httpx.TimeoutException),
+                    ) from exc
                 if attempt == attempts:
                     raise ArrTransportError(
                         f"{operation} failed: no answer from the service after {attempts}"
@@ -480,13 +485,20 @@ class ArrClient:
                     "create session: the answer was lost (%s); looking for the session it made",
                     ambiguous.reason,
                 )
-                found = await self._find_v1_created(attempt_lease, size)
+                found, certain = await self._find_v1_created(attempt_lease, size)
                 if found is not None:
                     logger.warning(
                         "create session: adopted session %s made by the lost request", found.id
                     )
                     return found
-                continue
+                if certain and not ambiguous.may_still_happen:
+                    continue  # the service provably made nothing: posting again is safe
+                raise self._outcome_unknown(
+                    attempt_lease,
+                    "the session list could not be read to check"
+                    if not certain
+                    else "the request timed out and may still be carried out",
+                ) from None
             if (
                 response.status_code != 202
                 and response.status_code != 200
@@ -500,19 +512,35 @@ class ArrClient:
             return Session(
                 id=sid, status=SessionStatus.STARTING, size=size, max_lease=attempt_lease
             )
-        raise CreateOutcomeUnknownError(
-            f"create session failed: the service's answer was lost {_V1_CREATE_ROUNDS} times and"
-            " no session made by those requests could be found; not re-posting again, to avoid"
-            " a duplicate billed session (the orphan reaper stops any that appears later)"
+        raise self._outcome_unknown(
+            attempt_lease, f"the answer was lost {_V1_CREATE_ROUNDS} times; not posting again"
         )
 
-    async def _find_v1_created(self, lease: timedelta, size: SessionSize) -> Session | None:
-        """Find the active session whose lease carries this attempt's fingerprint."""
+    def _outcome_unknown(self, lease: timedelta, why: str) -> CreateOutcomeUnknownError:
+        error = CreateOutcomeUnknownError(
+            f"create session failed: the service's answer was lost and {why}. Not posting again,"
+            " to avoid a duplicate billed session. If the request did make a session, it is the"
+            f" one whose maxLeaseTime is {format_timespan(lease)}, and the service ends it when"
+            " that lease runs out"
+        )
+        error.lease_fingerprint = format_timespan(lease)
+        return error
+
+    async def _find_v1_created(
+        self, lease: timedelta, size: SessionSize
+    ) -> tuple[Session | None, bool]:
+        """Find the active session whose lease carries this attempt's fingerprint.
+
+        Returns the session (or None) and whether every look succeeded: "not found" only
+        proves nothing was made when the list could actually be read.
+        """
+        certain = True
         for attempt in range(1, _V1_RECONCILE_LISTS + 1):
             try:
                 sessions = await self.list_sessions()
             except (ArrHTTPError, ArrTransportError) as exc:
                 logger.warning("create session: listing sessions to reconcile failed: %s", exc)
+                certain = False
                 sessions = []
             matches = [
                 s for s in sessions if s.max_lease == lease and (s.size is None or s.size == size)
@@ -522,10 +550,10 @@ class ArrClient:
                 for duplicate in duplicates:
                     logger.warning("create session: stopping duplicate session %s", duplicate.id)
                     await self.stop_session(duplicate.id)
-                return adopted
+                return adopted, True
             if attempt < _V1_RECONCILE_LISTS:
                 await self.clock.sleep(self._backoff(attempt))
-        return None
+        return None, certain
 
     async def get_session(self, session_id: str) -> Session:
         """The session's current properties (404: :class:`SessionNotFoundError`)."""

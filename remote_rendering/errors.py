@@ -205,7 +205,11 @@ class CreateOutcomeUnknownError(ArrError):
 
     v1 create is not idempotent, so the client does not re-post blindly; when it cannot
     tell whether a session was made, it raises this rather than risk a second one.
+    ``lease_fingerprint`` is the exact ``maxLeaseTime`` the lost request carried: the
+    session it may have made is the one with that lease.
     """
+
+    lease_fingerprint: str | None = None
 
 
 class SessionEndedError(ArrError):

@@ -745,14 +745,27 @@ async def test_v1_create_outcome_unknown_after_three_lost_rounds(fake: FakeArr) 
     assert len(fake.api("GET")) == 9
 
 
-async def test_v1_create_listing_failure_counts_as_nothing_found(fake: FakeArr) -> None:
-    """When the reconcile list itself fails, the client still never re-posts blindly."""
+async def test_v1_create_listing_failure_never_reposts(fake: FakeArr) -> None:
+    """When the reconcile list itself fails, "not found" proves nothing: no second POST."""
     fake.on("POST", sessions_path(V1, "create"), then=drop(httpx.ReadError))
     fake.on("GET", sessions_path(V1), then=reply(403, {"error": {"code": "F", "message": "no"}}))
     async with make_client(fake) as arr:
-        with pytest.raises(CreateOutcomeUnknownError):
+        with pytest.raises(CreateOutcomeUnknownError, match="could not be read") as info:
             await arr.create_session(lease=60)
-    assert len(fake.api("POST")) == 3
+    assert len(fake.api("POST")) == 1
+    posted = json.loads(fake.api("POST")[0].content)["maxLeaseTime"]
+    assert info.value.lease_fingerprint == posted
+    assert posted in str(info.value)
+
+
+async def test_v1_create_timeout_never_reposts(fake: FakeArr) -> None:
+    """A timed-out create may still be carried out later: no second POST even if not listed."""
+    fake.on("POST", sessions_path(V1, "create"), then=drop(httpx.ReadTimeout))
+    fake.on("GET", sessions_path(V1), then=reply(200, {"sessions": []}))
+    async with make_client(fake) as arr:
+        with pytest.raises(CreateOutcomeUnknownError, match="may still be carried out"):
+            await arr.create_session(lease=60)
+    assert len(fake.api("POST")) == 1
 
 
 async def test_v1_create_duplicates_are_stopped(fake: FakeArr) -> None:
