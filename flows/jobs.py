@@ -9,7 +9,8 @@ Three kinds, each given the session's connection details:
   ``size``) merged into its parameters; its final state decides success;
 - a **command**, run with ``ARR_SESSION_ID``, ``ARR_SESSION_HOSTNAME``,
   ``ARR_SESSION_HANDSHAKE_PORT``, ``ARR_SESSION_ARR_INSPECTOR_PORT`` and
-  ``ARR_SESSION_SIZE`` in its environment (and never ``ARR_ACCOUNT_KEY``); its exit code
+  ``ARR_SESSION_SIZE`` in its environment (and none of our ``ARR_*`` settings, the key
+  least of all); its exit code
   decides success, and a timeout ends it.
 
 :func:`validate_job` checks a job before any session is created, so a typo costs nothing.
@@ -54,8 +55,20 @@ __all__ = [
 DEFAULT_JOB = "flows.sample_job:render_frames"
 """The sample job that ships for the demo."""
 
-# Secrets of ours a job never needs: it gets the session's details, not the account.
-_WITHHELD_ENV = ("ARR_ACCOUNT_KEY",)
+
+def job_environment(session: Session, base: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment a command job runs with: ours, minus every ``ARR_*`` setting, plus
+    the session's ``ARR_SESSION_*`` details.
+
+    A job needs the session, never the account: the key and the rest of our settings are
+    withheld, matched case-insensitively as pydantic-settings reads them.
+    """
+    source = os.environ if base is None else base
+    env = {k: v for k, v in source.items() if not k.upper().startswith("ARR_")}
+    env.update(session_environment(session))
+    return env
+
+
 _KILL_GRACE_SECONDS = 10.0
 
 
@@ -209,8 +222,7 @@ async def _run_callable(
 
 async def _run_command(command: list[str], session: Session) -> int:
     logger = run_logger()
-    env = {k: v for k, v in os.environ.items() if k not in _WITHHELD_ENV}
-    env.update(session_environment(session))
+    env = job_environment(session)
     process = await asyncio.create_subprocess_exec(
         *command,
         env=env,

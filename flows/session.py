@@ -25,11 +25,11 @@ import math
 import os
 import stat
 import weakref
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any
+from typing import Any, TypeVar
 from uuid import UUID
 
 import anyio
@@ -42,8 +42,6 @@ import tasks
 from remote_rendering.client import ArrClient, new_session_id, open_client
 from remote_rendering.errors import (
     ArrError,
-    ArrHTTPError,
-    ArrTransportError,
     InvalidLeaseError,
     SessionEndedError,
     SessionExpiredError,
@@ -195,12 +193,16 @@ async def stop_owned_sessions(flow: Flow | Any, flow_run: FlowRun, state: State[
         for session_id in sorted(ids):
             try:
                 # Look first: a stop of a session already over is also answered 204, and
-                # the event below must say who really stopped it.
-                if not (await arr.get_session(session_id)).status.is_active:
+                # the event below must say who really stopped it. If the look fails, stop
+                # anyway: stopping is idempotent, and this may be the only layer left.
+                try:
+                    if not (await arr.get_session(session_id)).status.is_active:
+                        continue
+                except SessionNotFoundError:
                     continue
+                except ArrError as exc:
+                    logger.warning("Could not read session %s (%s); stopping it", session_id, exc)
                 stopped = await arr.stop_session(session_id)
-            except SessionNotFoundError:
-                continue
             except ArrError as exc:
                 logger.error(
                     "Flow run %s (%s): could not stop session %s: %s",
@@ -264,6 +266,32 @@ async def _watch_worker(worker_pid: int, on_lost: Callable[[WorkerLostError], No
             )
             return
         await asyncio.sleep(WORKER_CHECK_SECONDS)
+
+
+T = TypeVar("T")
+
+
+async def finish_despite_cancel(
+    awaitable: Awaitable[T], cancels_seen: list[BaseException] | None = None
+) -> T:
+    """Await ``awaitable`` to completion even if the caller is cancelled meanwhile.
+
+    Teardown must not be cut short: an anyio shield stops anyio cancel scopes (Prefect's
+    flow timeout) but not a plain ``task.cancel()`` (Ctrl-C, a TaskGroup, a pipeline's own
+    cancel). The work runs as its own task; cancels that reach the caller while it runs are
+    recorded in ``cancels_seen`` for the caller to re-raise once teardown is done.
+    """
+    task = asyncio.ensure_future(awaitable)
+    with anyio.CancelScope(shield=True):
+        while True:
+            try:
+                return await asyncio.shield(task)
+            except asyncio.CancelledError as exc:
+                if task.done():
+                    raise
+                if cancels_seen is not None:
+                    cancels_seen.append(exc)
+    raise AssertionError("unreachable")  # pragma: no cover - the loop only returns or raises
 
 
 @dataclass
@@ -348,10 +376,13 @@ class LeaseKeeper:
     async def stop(self) -> None:
         """Stop renewing (the session itself is left alone)."""
         task, self._task = self._task, None
-        if task is not None and not task.done():
+        if task is None:
+            return
+        if not task.done():
             task.cancel()
-            with anyio.CancelScope(shield=True):
-                await asyncio.gather(task, return_exceptions=True)
+            await finish_despite_cancel(asyncio.gather(task, return_exceptions=True))
+        elif not task.cancelled() and task.exception() is not None:
+            run_logger().error("Lease keeper had died: %r", task.exception())
 
     async def renew(self) -> Session:
         """Renew once: make the lease end ``lease`` from now (nothing sent if it already does)."""
@@ -388,7 +419,7 @@ class LeaseKeeper:
                 if self.on_lost is not None:
                     self.on_lost(lost)
                 return
-            except (ArrTransportError, ArrHTTPError) as exc:
+            except Exception as exc:  # noqa: BLE001 - a keeper that dies lets the lease run out
                 self.failures += 1
                 delay = max(1.0, self.renew_every.total_seconds() / 4)
                 logger.warning(
@@ -408,35 +439,43 @@ class LeaseKeeper:
 
 
 async def _stop_in_teardown(
-    arr: ArrClient, session_id: str, report: SessionReport, use_task: bool
+    arr: ArrClient,
+    session_id: str,
+    report: SessionReport,
+    use_task: bool,
+    cancels_seen: list[BaseException] | None = None,
 ) -> None:
-    """Stop the session, shielded from cancellation and bounded in time."""
-    with anyio.CancelScope(shield=True):
-        try:
-            with anyio.fail_after(STOP_TIMEOUT_SECONDS):
-                if use_task:
-                    try:
-                        await tasks.stop_session(session_id, client=arr)
-                        report.stopped_by = "finally"
-                        return
-                    except ArrError:
-                        raise
-                    except Exception as exc:  # noqa: BLE001 - the task machinery failed
-                        run_logger().warning(
-                            "stop-session task could not run (%s); stopping directly", exc
-                        )
-                await arr.stop_session(session_id)
-                report.stopped_by = "finally"
-        except (ArrError, TimeoutError) as exc:
-            report.stop_error = str(exc) or type(exc).__name__
-            run_logger().error(
-                "Could not stop session %s: %s. It stays tagged on the flow run; its lease"
-                " and the orphan reaper will end it",
-                session_id,
-                report.stop_error,
-            )
-        finally:
-            report.stopped_at = arr.clock.time()
+    """Stop the session: to completion despite cancellation, bounded in time."""
+
+    async def stop() -> None:
+        with anyio.fail_after(STOP_TIMEOUT_SECONDS):
+            if use_task:
+                try:
+                    # No Prefect retries here: the client's own retries fit in the bound,
+                    # and a Prefect retry delay would spend it waiting.
+                    await tasks.stop_session.with_options(retries=0)(session_id, client=arr)
+                    return
+                except ArrError:
+                    raise
+                except Exception as exc:  # noqa: BLE001 - the task machinery failed
+                    run_logger().warning(
+                        "stop-session task could not run (%s); stopping directly", exc
+                    )
+            await arr.stop_session(session_id)
+
+    try:
+        await finish_despite_cancel(stop(), cancels_seen)
+        report.stopped_by = "finally"
+    except (ArrError, TimeoutError) as exc:
+        report.stop_error = str(exc) or type(exc).__name__
+        run_logger().error(
+            "Could not stop session %s: %s. It stays tagged on the flow run; its lease"
+            " and the orphan reaper will end it",
+            session_id,
+            report.stop_error,
+        )
+    finally:
+        report.stopped_at = arr.clock.time()
 
 
 @asynccontextmanager
@@ -486,22 +525,26 @@ async def rendering_session(
             session_id = report.session_id = new_session_id(prefix)
             await record_session_owner(session_id, flow_run_id, api_version=arr.api_version)
         report.created_at = arr.clock.time()
-        try:
-            # Shielded: once the request is out, learning the session's ID matters more than
-            # reacting to a cancel a few seconds sooner.
-            with anyio.CancelScope(shield=True), anyio.fail_after(CREATE_SHIELD_SECONDS):
+        cancels_seen: list[BaseException] = []
+
+        async def create() -> Session:
+            with anyio.fail_after(CREATE_SHIELD_SECONDS):
                 if in_flow:
-                    session = await tasks.create_session(
+                    return await tasks.create_session(
                         lease=rolling,
                         size=session_size,
                         models=models,
                         session_id=session_id,
                         client=arr,
                     )
-                else:
-                    session = await arr.create_session(
-                        lease=rolling, size=session_size, models=models or (), session_id=session_id
-                    )
+                return await arr.create_session(
+                    lease=rolling, size=session_size, models=models or (), session_id=session_id
+                )
+
+        try:
+            # Once the request is out, learning the session's ID matters more than reacting
+            # to a cancel a few seconds sooner: the cancel is held until the ID is known.
+            session = await finish_despite_cancel(create(), cancels_seen)
         except BaseException:
             if session_id is not None:
                 # The PUT may have reached the service: stopping an unknown ID is harmless.
@@ -523,6 +566,8 @@ async def rendering_session(
         )
         watchdog: asyncio.Task[None] | None = None
         try:
+            if cancels_seen:
+                raise asyncio.CancelledError  # held back during the create; now stop it
             if arr.api_version == "v1":
                 # Inside the try: a cancel arriving while the tag is written still stops it.
                 with anyio.CancelScope(shield=True), anyio.move_on_after(30):
@@ -554,7 +599,8 @@ async def rendering_session(
                 watchdog.cancel()
             await keeper.stop()
             report.lease_renewals = keeper.renewals
-            await _stop_in_teardown(arr, session.id, report, use_task=in_flow)
+            held = len(cancels_seen)
+            await _stop_in_teardown(arr, session.id, report, in_flow, cancels_seen)
             if report.stop_error is None:
                 emit_session_event(
                     "arr.session.stopped", session.id, flow_run_id, {"stopped_by": "finally"}
@@ -571,3 +617,6 @@ async def rendering_session(
                 report.final_status or "status unknown",
                 report.lease_renewals,
             )
+            if len(cancels_seen) > held:
+                # A cancel arrived while the stop ran: deliver it now that the session is down.
+                raise asyncio.CancelledError

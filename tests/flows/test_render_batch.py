@@ -145,10 +145,12 @@ async def test_command_job_gets_session_environment_not_the_key(
 ) -> None:
     """A command job sees ARR_SESSION_* and never the account key; exit 0 is success."""
     monkeypatch.setenv("ARR_ACCOUNT_KEY", "must-not-reach-the-job")
+    monkeypatch.setenv("arr_account_key", "must-not-reach-the-job-either")
     script = (
         "import os, sys; "
         "sys.exit(0 if os.environ.get('ARR_SESSION_ID') and os.environ.get('ARR_SESSION_HOSTNAME')"
-        " and 'ARR_ACCOUNT_KEY' not in os.environ else 7)"
+        " and not [k for k in os.environ if k.upper().startswith('ARR_')"
+        " and not k.startswith('ARR_SESSION_')] else 7)"
     )
     summary = await render_batch(job_command=[sys.executable, "-c", script])
     assert summary.job_outcome == "succeeded"
@@ -287,3 +289,54 @@ async def test_bad_input_fails_before_any_session(
     with pytest.raises(error, match=match):
         await render_batch(**parameters)
     assert emulator.ledger()["sessions"] == []
+
+
+def test_job_environment_withholds_every_arr_setting() -> None:
+    """A command job gets the session's details and none of our settings, in any case."""
+    from flows.jobs import job_environment
+    from remote_rendering.models import Session
+
+    session = Session(id="s-1", status="Ready", hostname="h.example", handshake_port=50000)
+    base = {
+        "PATH": "/bin",
+        "ARR_ACCOUNT_KEY": "k1",
+        "arr_account_key": "k2",
+        "Arr_Account_Id": "id",
+        "ARR_SERVICE_URL": "https://x",
+    }
+    assert job_environment(session, base) == {
+        "PATH": "/bin",
+        "ARR_SESSION_ID": "s-1",
+        "ARR_SESSION_HOSTNAME": "h.example",
+        "ARR_SESSION_HANDSHAKE_PORT": "50000",
+    }
+
+
+async def test_cancel_during_teardown_does_not_cut_the_stop_short(
+    emulator: Emulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A plain task.cancel() that lands while the stop is in flight waits for the stop."""
+    import asyncio
+
+    started, release = asyncio.Event(), asyncio.Event()
+    original = ArrClient.stop_session
+
+    async def slow_stop(self: ArrClient, session_id: str) -> bool:
+        started.set()
+        await release.wait()
+        return await original(self, session_id)
+
+    monkeypatch.setattr(ArrClient, "stop_session", slow_stop)
+
+    async def failing_job() -> None:
+        async with rendering_session(lease=timedelta(minutes=5)):
+            raise RuntimeError("the job failed")
+
+    task = asyncio.create_task(failing_job())
+    await started.wait()
+    task.cancel()  # e.g. Ctrl-C or a pipeline's TaskGroup, mid-teardown
+    await asyncio.sleep(0)
+    release.set()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert only_session(emulator)["status"] == "Stopped"
