@@ -35,7 +35,8 @@ from typing import TYPE_CHECKING, Any
 import httpx
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse as _StarletteJSONResponse
+from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
@@ -53,6 +54,13 @@ from remote_rendering.models import (
 
 if TYPE_CHECKING:
     from remote_rendering.emulator.service import Emulator
+
+
+class JSONResponse(_StarletteJSONResponse):
+    """JSON with the service's exact Content-Type, ``application/json; charset=utf-8``."""
+
+    media_type = "application/json; charset=utf-8"
+
 
 __all__ = [
     "API_VERSION_2021",
@@ -253,6 +261,9 @@ def _parse_minutes(body: dict[str, Any]) -> int:
     value = body.get("maxLeaseTimeMinutes")
     if value is None:
         raise ApiError(400, "BadRequest", "The maxLeaseTimeMinutes field is required.")
+    # Json.NET read a whole-number float (15.0) into an int field; so does the emulator.
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
     if isinstance(value, bool) or not isinstance(value, int):
         raise ApiError(
             400, "BadRequest", "The maxLeaseTimeMinutes value must be an integer number of minutes."

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
@@ -49,7 +50,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--account-id", default=DEFAULT_ACCOUNT_ID, help="account GUID (default: %(default)s)"
     )
     service.add_argument(
-        "--account-key", default=DEFAULT_ACCOUNT_KEY, help="account key (default: %(default)s)"
+        "--account-key",
+        default=os.environ.get("ARR_EMULATOR_ACCOUNT_KEY", DEFAULT_ACCOUNT_KEY),
+        help="account key; ARR_EMULATOR_ACCOUNT_KEY keeps it out of the process list"
+        " (default: the emulator's fixture key)",
     )
     service.add_argument(
         "--startup-seconds",

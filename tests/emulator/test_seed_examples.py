@@ -58,3 +58,29 @@ def test_lenient_json_still_refuses_garbage(raw: bytes) -> None:
     """Anything else is still a 400-worthy ValueError."""
     with pytest.raises(ValueError):  # noqa: PT011 - json's own error, message varies
         parse_lenient_json(raw)
+
+
+async def test_json_answers_carry_the_services_content_type(
+    client: httpx.AsyncClient, auth: dict[str, str]
+) -> None:
+    """Answers say `application/json; charset=utf-8`, as the seed's captured responses do."""
+    response = await client.get(f"/v1/accounts/{ACCOUNT}/sessions", headers=auth)
+    assert response.headers["content-type"] == "application/json; charset=utf-8"
+
+
+async def test_whole_number_float_minutes_are_accepted(
+    client: httpx.AsyncClient, auth: dict[str, str]
+) -> None:
+    """`maxLeaseTimeMinutes: 15.0` is 15 minutes (Json.NET read it so); 15.5 is refused."""
+    path = f"/accounts/{ACCOUNT}/sessions/float-minutes"
+    params = {"api-version": "2021-01-01"}
+    created = await client.put(
+        path, params=params, json={"maxLeaseTimeMinutes": 15.0, "size": "Standard"}, headers=auth
+    )
+    assert created.status_code == 201, created.text
+    assert created.json()["maxLeaseTimeMinutes"] == 15
+    refused = await client.patch(
+        path, params=params, json={"maxLeaseTimeMinutes": 20.5}, headers=auth
+    )
+    assert refused.status_code == 400
+    await client.post(f"{path}/:stop", params=params, headers=auth)
