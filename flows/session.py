@@ -347,9 +347,7 @@ class LeaseKeeper:
         self.client = client
         self.session_id = session_id
         self.lease = parse_lease(lease)
-        self.renew_every = renew_every if renew_every is not None else self.lease / 2
-        if not timedelta(0) < self.renew_every < self.lease:
-            raise InvalidLeaseError("renew_every must be positive and shorter than the lease")
+        self.renew_every = self.renewal_period(self.lease, renew_every)
         self.on_lost = on_lost
         self.renewals = 0
         self.failures = 0
@@ -364,6 +362,15 @@ class LeaseKeeper:
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.stop()
+
+    @staticmethod
+    def renewal_period(lease: timedelta, renew_every: timedelta | None = None) -> timedelta:
+        """How often to renew: ``renew_every``, or half the lease; checked to be positive
+        and shorter than the lease."""
+        period = renew_every if renew_every is not None else lease / 2
+        if not timedelta(0) < period < lease:
+            raise InvalidLeaseError("renew_every must be positive and shorter than the lease")
+        return period
 
     def start(self, current_lease: timedelta | None = None) -> None:
         """Start renewing in the background (``current_lease``: the lease the session has)."""
@@ -509,8 +516,7 @@ async def rendering_session(
     report = report if report is not None else SessionReport()
     rolling = parse_lease(lease)
     session_size = SessionSize.parse(size)
-    if renew_every is not None and not timedelta(0) < renew_every < rolling:
-        raise InvalidLeaseError("renew_every must be positive and shorter than the lease")
+    LeaseKeeper.renewal_period(rolling, renew_every)  # refuse a bad period before creating
     flow_run_id = _current_flow_run_id()
     in_flow = flow_run_id is not None
     logger = run_logger()

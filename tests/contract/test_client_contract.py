@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
 from datetime import timedelta
+from typing import Any
 
 import httpx
 import pytest
@@ -16,7 +17,7 @@ from remote_rendering.auth import TokenCache
 from remote_rendering.clock import ScaledClock, VirtualClock
 from remote_rendering.emulator import DEFAULT_ACCOUNT_ID, DEFAULT_ACCOUNT_KEY, Emulator
 from remote_rendering.errors import LeaseNotExtendedError, SessionNotFoundError
-from remote_rendering.settings import load_settings
+from remote_rendering.settings import ArrSettings, load_settings
 from tests.emulator.test_serving import running_emulator
 
 CREATE = {"v1": "v1.create", "2021-01-01": "v2021.create"}
@@ -40,18 +41,26 @@ def emulator(clock: VirtualClock) -> Iterator[Emulator]:
     assert emu.running() == [], "a session was left running"
 
 
+def emulator_settings(
+    api_version: str, url: str = "http://127.0.0.1:9", **overrides: Any
+) -> ArrSettings:
+    """Settings for the emulator's default account (the URL is not dialled in-process)."""
+    return load_settings(
+        _env_file=None,
+        account_id=DEFAULT_ACCOUNT_ID,
+        account_key=DEFAULT_ACCOUNT_KEY,
+        service_url=url,
+        sts_url=url,
+        api_version=api_version,
+        **overrides,
+    )
+
+
 @pytest.fixture
 async def arr(
     emulator: Emulator, clock: VirtualClock, api_version: str
 ) -> AsyncIterator[ArrClient]:
-    settings = load_settings(
-        _env_file=None,
-        account_id=DEFAULT_ACCOUNT_ID,
-        account_key=DEFAULT_ACCOUNT_KEY,
-        service_url="http://127.0.0.1:9",
-        sts_url="http://127.0.0.1:9",
-        api_version=api_version,
-    )
+    settings = emulator_settings(api_version)
     async with ArrClient(
         settings, transport=emulator.transport(), clock=clock, token_cache=TokenCache()
     ) as client:
@@ -144,14 +153,7 @@ async def test_token_expiry_mid_run_is_refreshed(arr: ArrClient, emulator: Emula
 
 async def test_2021_lease_must_grow(emulator: Emulator, clock: VirtualClock) -> None:
     """2021-01-01 refuses a lease not above the current one with 422, as the client reports."""
-    settings = load_settings(
-        _env_file=None,
-        account_id=DEFAULT_ACCOUNT_ID,
-        account_key=DEFAULT_ACCOUNT_KEY,
-        service_url="http://127.0.0.1:9",
-        sts_url="http://127.0.0.1:9",
-        api_version="2021-01-01",
-    )
+    settings = emulator_settings("2021-01-01")
     async with ArrClient(
         settings, transport=emulator.transport(), clock=clock, token_cache=TokenCache()
     ) as arr:
@@ -166,15 +168,7 @@ async def test_2021_lease_must_grow(emulator: Emulator, clock: VirtualClock) -> 
 async def test_lifecycle_over_loopback_against_the_cli(api_version: str) -> None:
     """The client drives a whole lifecycle against `arr-emulator` over real HTTP."""
     with running_emulator("--startup-seconds", "30", "--time-scale", "60") as (process, url):
-        settings = load_settings(
-            _env_file=None,
-            account_id=DEFAULT_ACCOUNT_ID,
-            account_key=DEFAULT_ACCOUNT_KEY,
-            service_url=url,
-            sts_url=url,
-            api_version=api_version,
-            poll_interval=5,
-        )
+        settings = emulator_settings(api_version, url, poll_interval=5)
         async with ArrClient(settings, clock=ScaledClock(60), token_cache=TokenCache()) as arr:
             session = await arr.create_session(lease=20)
             ready = await arr.wait_until_ready(session.id, timeout=600)
