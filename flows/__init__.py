@@ -11,7 +11,7 @@
 
 from __future__ import annotations
 
-from flows.jobs import (
+from arr_prefect.flows.jobs import (
     InvalidJobError,
     JobFailedError,
     JobSpec,
@@ -19,9 +19,9 @@ from flows.jobs import (
     session_environment,
     session_parameters,
 )
-from flows.reaper import ReapDecision, ReapReport, reap_orphaned_sessions
-from flows.render_batch import RenderSummary, render_batch
-from flows.session import (
+from arr_prefect.flows.reaper import ReapDecision, ReapReport, reap_orphaned_sessions
+from arr_prefect.flows.render_batch import RenderSummary, render_batch
+from arr_prefect.flows.session import (
     OWNER_TAG_PREFIX,
     LeaseKeeper,
     SessionReport,

@@ -1,4 +1,4 @@
-"""The main job, end to end: ``python -m flows.demo`` (what ``./scripts/demo`` runs).
+"""The main job, end to end: ``python -m arr_prefect.flows.demo`` (what ``./scripts/demo`` runs).
 
 With no ARR account configured (no ``ARR_ACCOUNT_ID``/``ARR_ACCOUNT_KEY``), it starts the
 built-in emulator on loopback with time running 60 times faster (a minute of session time
@@ -17,9 +17,9 @@ import os
 import sys
 from typing import Any
 
-from flows.render_batch import RenderSummary, render_batch
-from remote_rendering.clock import ScaledClock, use_clock
-from remote_rendering.settings import load_settings
+from arr_prefect.clock import ScaledClock, use_clock
+from arr_prefect.flows.render_batch import RenderSummary, render_batch
+from arr_prefect.settings import load_settings
 
 __all__ = ["main"]
 
@@ -54,7 +54,7 @@ def _run(args: argparse.Namespace) -> RenderSummary:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m flows.demo", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m arr_prefect.flows.demo", description=__doc__)
     parser.add_argument("--size", choices=["standard", "premium"], default="standard")
     parser.add_argument("--frames", type=int, default=10, help="frames the sample job renders")
     parser.add_argument(
@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
         _print_summary(_run(args))
         return 0
 
-    from remote_rendering.emulator import DEFAULT_ACCOUNT_ID, DEFAULT_ACCOUNT_KEY, Emulator
+    from arr_prefect.emulator import DEFAULT_ACCOUNT_ID, DEFAULT_ACCOUNT_KEY, Emulator
 
     clock = ScaledClock(DEMO_TIME_SCALE)
     emulator = Emulator(clock=clock, startup_seconds=args.startup_seconds)

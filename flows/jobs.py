@@ -35,9 +35,9 @@ from prefect.exceptions import ObjectNotFound
 from prefect.states import Cancelling
 from pydantic import BaseModel, ConfigDict
 
-from remote_rendering.errors import InvalidInputError
-from remote_rendering.models import Session
-from tasks.sessions import run_logger
+from arr_prefect.errors import InvalidInputError
+from arr_prefect.models import Session
+from arr_prefect.tasks.sessions import run_logger
 
 __all__ = [
     "DEFAULT_JOB",
@@ -52,7 +52,7 @@ __all__ = [
     "validate_job",
 ]
 
-DEFAULT_JOB = "flows.sample_job:render_frames"
+DEFAULT_JOB = "arr_prefect.flows.sample_job:render_frames"
 """The sample job that ships for the demo."""
 
 

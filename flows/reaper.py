@@ -24,11 +24,11 @@ from prefect.client.schemas.objects import FlowRun
 from prefect.exceptions import ObjectNotFound
 from pydantic import BaseModel, Field
 
-from flows.session import OWNER_TAG_PREFIX, emit_session_event
-from remote_rendering.client import open_client
-from remote_rendering.errors import ArrError
-from remote_rendering.models import Session
-from tasks.sessions import run_logger
+from arr_prefect.client import open_client
+from arr_prefect.errors import ArrError
+from arr_prefect.flows.session import OWNER_TAG_PREFIX, emit_session_event
+from arr_prefect.models import Session
+from arr_prefect.tasks.sessions import run_logger
 
 __all__ = ["ReapDecision", "ReapReport", "reap_orphaned_sessions"]
 

@@ -12,12 +12,12 @@ from prefect import flow
 from prefect.artifacts import acreate_markdown_artifact
 from pydantic import BaseModel, Field
 
-from flows.jobs import DEFAULT_JOB, InvalidJobError, JobSpec, run_job, validate_job
-from flows.session import SessionReport, rendering_session, stop_owned_sessions
-from remote_rendering.errors import InvalidInputError
-from remote_rendering.models import SessionSize, parse_lease
-from remote_rendering.settings import load_settings
-from tasks.sessions import run_logger
+from arr_prefect.errors import InvalidInputError
+from arr_prefect.flows.jobs import DEFAULT_JOB, InvalidJobError, JobSpec, run_job, validate_job
+from arr_prefect.flows.session import SessionReport, rendering_session, stop_owned_sessions
+from arr_prefect.models import SessionSize, parse_lease
+from arr_prefect.settings import load_settings
+from arr_prefect.tasks.sessions import run_logger
 
 __all__ = ["RenderSummary", "render_batch"]
 
@@ -129,7 +129,7 @@ async def render_batch(
         size: VM size of the session: "standard" or "premium" (priced differently).
         job_callable: Python job as "package.module:function", called with the Ready
             session and the job parameters. Default (no job given): the sample job
-            "flows.sample_job:render_frames".
+            "arr_prefect.flows.sample_job:render_frames".
         job_command: Job as a command (list of arguments), run with ARR_SESSION_ID,
             ARR_SESSION_HOSTNAME, ARR_SESSION_HANDSHAKE_PORT in its environment; exit
             code 0 means success.

@@ -4,9 +4,9 @@ It stands in for a real renderer: it "connects" to the session's host and handsh
 and renders ``frames`` frames of ``seconds_per_frame`` each, logging progress. It can fail
 on purpose (``fail_at_frame``) to show teardown on job failure.
 
-As a callable job: ``flows.sample_job:render_frames``. As a command job::
+As a callable job: ``arr_prefect.flows.sample_job:render_frames``. As a command job::
 
-    python -m flows.sample_job --frames 12 --seconds-per-frame 5
+    python -m arr_prefect.flows.sample_job --frames 12 --seconds-per-frame 5
 
 which reads ``ARR_SESSION_ID`` / ``ARR_SESSION_HOSTNAME`` / ``ARR_SESSION_HANDSHAKE_PORT``
 from its environment and exits 0 on success, 3 when told to fail.
@@ -24,9 +24,9 @@ import sys
 
 from pydantic import BaseModel
 
-from remote_rendering.clock import SystemClock, default_clock
-from remote_rendering.models import Session
-from tasks.sessions import run_logger
+from arr_prefect.clock import SystemClock, default_clock
+from arr_prefect.models import Session
+from arr_prefect.tasks.sessions import run_logger
 
 __all__ = ["RenderResult", "SampleJobError", "render_frames"]
 
@@ -73,7 +73,9 @@ async def render_frames(
 
 def main(argv: list[str] | None = None) -> int:
     """Command-line form: read the session from ``ARR_SESSION_*`` and render."""
-    parser = argparse.ArgumentParser(prog="python -m flows.sample_job", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m arr_prefect.flows.sample_job", description=__doc__
+    )
     parser.add_argument("--frames", type=int, default=12)
     parser.add_argument("--seconds-per-frame", type=float, default=5.0)
     parser.add_argument("--fail-at-frame", type=int, default=None)
@@ -103,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     # As a separate process it runs in real time.
-    from remote_rendering.clock import use_clock
+    from arr_prefect.clock import use_clock
 
     with use_clock(SystemClock()):
         sys.exit(main())

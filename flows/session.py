@@ -38,17 +38,17 @@ from prefect.client.schemas.objects import Flow, FlowRun, State
 from prefect.events import emit_event
 from prefect.logging import get_logger
 
-import tasks
-from remote_rendering.client import ArrClient, new_session_id, open_client
-from remote_rendering.errors import (
+from arr_prefect import tasks
+from arr_prefect.client import ArrClient, new_session_id, open_client
+from arr_prefect.errors import (
     ArrError,
     InvalidLeaseError,
     SessionEndedError,
     SessionExpiredError,
     SessionNotFoundError,
 )
-from remote_rendering.models import MAX_LEASE, Session, SessionSize, parse_lease
-from tasks.sessions import run_logger
+from arr_prefect.models import MAX_LEASE, Session, SessionSize, parse_lease
+from arr_prefect.tasks.sessions import run_logger
 
 __all__ = [
     "OWNER_TAG_PREFIX",

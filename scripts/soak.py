@@ -59,20 +59,20 @@ if __package__ in (None, ""):
 
 from prefect.settings import PREFECT_API_KEY, PREFECT_API_URL, temporary_settings
 
-from flows.session import SessionReport, rendering_session
-from remote_rendering.auth import TokenCache
-from remote_rendering.client import ArrClient
-from remote_rendering.clock import Clock, ScaledClock, VirtualClock
-from remote_rendering.emulator import DEFAULT_ACCOUNT_ID, DEFAULT_ACCOUNT_KEY, Emulator
-from remote_rendering.errors import (
+from arr_prefect.auth import TokenCache
+from arr_prefect.client import ArrClient
+from arr_prefect.clock import Clock, ScaledClock, VirtualClock
+from arr_prefect.emulator import DEFAULT_ACCOUNT_ID, DEFAULT_ACCOUNT_KEY, Emulator
+from arr_prefect.errors import (
     CreateOutcomeUnknownError,
     ReadyTimeoutError,
     SessionExpiredError,
     SessionFailedError,
     SessionStoppedError,
 )
-from remote_rendering.models import ApiVersion, SessionSize
-from remote_rendering.settings import ArrSettings, load_settings
+from arr_prefect.flows.session import SessionReport, rendering_session
+from arr_prefect.models import ApiVersion, SessionSize
+from arr_prefect.settings import ArrSettings, load_settings
 
 __all__ = [
     "LifecyclePlan",
@@ -132,7 +132,7 @@ TOKEN_EXPIRY_EVERY = 7 * 60.0
 SHORT_READY_TIMEOUT = 45.0
 """The ready timeout of the lifecycles meant to time out (start-up takes 90 s)."""
 
-_QUIET_LOGGERS = ("remote_rendering", "arr", "flows", "tasks", "httpx")
+_QUIET_LOGGERS = ("arr_prefect", "arr", "flows", "tasks", "httpx")
 
 
 class JobError(RuntimeError):

@@ -4,7 +4,7 @@ Drop them into any flow::
 
     from datetime import timedelta
     from prefect import flow
-    from tasks import create_session, stop_session, wait_until_ready
+    from arr_prefect.tasks import create_session, stop_session, wait_until_ready
 
     @flow
     async def my_render():
@@ -16,12 +16,12 @@ Drop them into any flow::
             await stop_session(session.id)
 
 For create → wait → job → stop with teardown guaranteed (and a rolling lease), use
-``flows.rendering_session`` instead of composing these by hand.
+``arr_prefect.flows.rendering_session`` instead of composing these by hand.
 """
 
 from __future__ import annotations
 
-from tasks.sessions import (
+from arr_prefect.tasks.sessions import (
     create_session,
     extend_session,
     get_access_token,

@@ -25,10 +25,10 @@ from prefect.client.schemas.objects import State, TaskRun
 from prefect.exceptions import MissingContextError
 from prefect.logging import get_run_logger
 
-from remote_rendering.auth import AccessToken
-from remote_rendering.client import ArrClient, open_client
-from remote_rendering.errors import ArrTransportError, RateLimitedError, ServiceError
-from remote_rendering.models import Session, SessionSize, SessionStatus
+from arr_prefect.auth import AccessToken
+from arr_prefect.client import ArrClient, open_client
+from arr_prefect.errors import ArrTransportError, RateLimitedError, ServiceError
+from arr_prefect.models import Session, SessionSize, SessionStatus
 
 __all__ = [
     "create_session",

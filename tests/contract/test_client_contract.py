@@ -12,12 +12,12 @@ from typing import Any
 import httpx
 import pytest
 
-from remote_rendering import ArrClient, SessionStatus
-from remote_rendering.auth import TokenCache
-from remote_rendering.clock import ScaledClock, VirtualClock
-from remote_rendering.emulator import DEFAULT_ACCOUNT_ID, DEFAULT_ACCOUNT_KEY, Emulator
-from remote_rendering.errors import LeaseNotExtendedError, SessionNotFoundError
-from remote_rendering.settings import ArrSettings, load_settings
+from arr_prefect import ArrClient, SessionStatus
+from arr_prefect.auth import TokenCache
+from arr_prefect.clock import ScaledClock, VirtualClock
+from arr_prefect.emulator import DEFAULT_ACCOUNT_ID, DEFAULT_ACCOUNT_KEY, Emulator
+from arr_prefect.errors import LeaseNotExtendedError, SessionNotFoundError
+from arr_prefect.settings import ArrSettings, load_settings
 from tests.emulator.test_serving import running_emulator
 
 CREATE = {"v1": "v1.create", "2021-01-01": "v2021.create"}

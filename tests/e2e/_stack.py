@@ -26,7 +26,7 @@ from typing import Any, TypeVar
 
 import httpx
 
-from remote_rendering.emulator import DEFAULT_ACCOUNT_ID, DEFAULT_ACCOUNT_KEY
+from arr_prefect.emulator import DEFAULT_ACCOUNT_ID, DEFAULT_ACCOUNT_KEY
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 BIN_DIR = Path(sys.executable).parent

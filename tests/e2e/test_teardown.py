@@ -25,7 +25,7 @@ from prefect.client.schemas.objects import FlowRun
 from prefect.events.filters import EventFilter, EventNameFilter, EventResourceFilter
 from prefect.states import Cancelling
 
-from flows.session import OWNER_TAG_PREFIX
+from arr_prefect.flows.session import OWNER_TAG_PREFIX
 from tests.e2e._stack import (
     LEASE_MINUTES,
     TIME_SCALE,

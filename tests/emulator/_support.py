@@ -6,7 +6,7 @@ import re
 
 import httpx
 
-from remote_rendering.emulator import DEFAULT_ACCOUNT_ID, DEFAULT_ACCOUNT_KEY
+from arr_prefect.emulator import DEFAULT_ACCOUNT_ID, DEFAULT_ACCOUNT_KEY
 
 ACCOUNT = DEFAULT_ACCOUNT_ID
 KEY = DEFAULT_ACCOUNT_KEY

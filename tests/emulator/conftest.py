@@ -7,8 +7,8 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 
-from remote_rendering.clock import VirtualClock
-from remote_rendering.emulator import Emulator
+from arr_prefect.clock import VirtualClock
+from arr_prefect.emulator import Emulator
 from tests.emulator._support import ACCOUNT, KEY, OTHER_ACCOUNT, OTHER_KEY, START, bearer
 
 

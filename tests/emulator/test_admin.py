@@ -7,9 +7,9 @@ import importlib
 import httpx
 import pytest
 
-import remote_rendering.emulator as package
-from remote_rendering.clock import SystemClock, VirtualClock
-from remote_rendering.emulator import Emulator
+import arr_prefect.emulator as package
+from arr_prefect.clock import SystemClock, VirtualClock
+from arr_prefect.emulator import Emulator
 from tests.emulator._support import ACCOUNT, KEY, MS_CV, START, v1_create
 
 V1 = f"/v1/accounts/{ACCOUNT}/sessions"
@@ -122,7 +122,7 @@ def _isort_key(name: str) -> tuple[int, str]:
 @pytest.mark.parametrize(
     "module",
     [
-        pytest.param(f"remote_rendering.emulator{suffix}", id=suffix or "package")
+        pytest.param(f"arr_prefect.emulator{suffix}", id=suffix or "package")
         for suffix in ("", ".app", ".cli", ".faults", ".server", ".service", ".state")
     ],
 )

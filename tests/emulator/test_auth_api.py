@@ -8,8 +8,8 @@ import json
 import httpx
 import pytest
 
-from remote_rendering.clock import VirtualClock
-from remote_rendering.emulator import Emulator
+from arr_prefect.clock import VirtualClock
+from arr_prefect.emulator import Emulator
 from tests.emulator._support import ACCOUNT, KEY, MS_CV, OTHER_ACCOUNT, OTHER_KEY, V2021, bearer
 
 SESSIONS_V1 = f"/v1/accounts/{ACCOUNT}/sessions"

@@ -5,9 +5,9 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from remote_rendering.clock import VirtualClock
-from remote_rendering.emulator import EmulatedConnectionDrop, Emulator
-from remote_rendering.emulator.faults import FaultController
+from arr_prefect.clock import VirtualClock
+from arr_prefect.emulator import EmulatedConnectionDrop, Emulator
+from arr_prefect.emulator.faults import FaultController
 from tests.emulator._support import (
     ACCOUNT,
     KEY,

@@ -5,8 +5,8 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from remote_rendering.clock import VirtualClock
-from remote_rendering.emulator.app import parse_lenient_json
+from arr_prefect.clock import VirtualClock
+from arr_prefect.emulator.app import parse_lenient_json
 from tests.emulator._support import ACCOUNT
 
 

@@ -14,10 +14,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-import remote_rendering.emulator as package
-from remote_rendering.clock import VirtualClock
-from remote_rendering.emulator import Emulator
-from remote_rendering.emulator.cli import build_parser
+import arr_prefect.emulator as package
+from arr_prefect.clock import VirtualClock
+from arr_prefect.emulator import Emulator
+from arr_prefect.emulator.cli import build_parser
 from tests.emulator._support import ACCOUNT, KEY, START, V1_CREATE_BODY
 
 V1 = f"/v1/accounts/{ACCOUNT}/sessions"

@@ -6,9 +6,9 @@ from datetime import timedelta
 
 import pytest
 
-from remote_rendering.clock import VirtualClock
-from remote_rendering.emulator import ApiError, EmulatorState
-from remote_rendering.models import SessionSize, SessionStatus
+from arr_prefect.clock import VirtualClock
+from arr_prefect.emulator import ApiError, EmulatorState
+from arr_prefect.models import SessionSize, SessionStatus
 from tests.emulator._support import ACCOUNT, KEY, OTHER_ACCOUNT, OTHER_KEY, START
 
 HOUR = timedelta(hours=1)

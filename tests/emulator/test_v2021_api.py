@@ -5,8 +5,8 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from remote_rendering.clock import VirtualClock
-from remote_rendering.emulator import Emulator
+from arr_prefect.clock import VirtualClock
+from arr_prefect.emulator import Emulator
 from tests.emulator._support import ACCOUNT, KEY, MS_CV, V2021, bearer, v2021_put
 
 BASE = f"/accounts/{ACCOUNT}/sessions"

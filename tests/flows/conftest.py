@@ -10,11 +10,11 @@ from typing import Any
 
 import pytest
 
-from remote_rendering.auth import TokenCache
-from remote_rendering.client import ArrClient, use_client_factory
-from remote_rendering.clock import VirtualClock, use_clock
-from remote_rendering.emulator import DEFAULT_ACCOUNT_ID, DEFAULT_ACCOUNT_KEY, Emulator
-from remote_rendering.settings import ArrSettings, load_settings
+from arr_prefect.auth import TokenCache
+from arr_prefect.client import ArrClient, use_client_factory
+from arr_prefect.clock import VirtualClock, use_clock
+from arr_prefect.emulator import DEFAULT_ACCOUNT_ID, DEFAULT_ACCOUNT_KEY, Emulator
+from arr_prefect.settings import ArrSettings, load_settings
 
 
 @pytest.fixture(autouse=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from remote_rendering.models import Session
+from arr_prefect.models import Session
 
 
 async def block_forever(session: Session) -> None:

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from remote_rendering.emulator import Emulator
+from arr_prefect.emulator import Emulator
 
 README = (Path(__file__).resolve().parents[2] / "README.md").read_text()
 EXAMPLES = re.findall(r"```python\n(.*?)```", README, flags=re.DOTALL)

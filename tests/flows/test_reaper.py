@@ -9,11 +9,11 @@ import pytest
 from prefect import flow, get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
-from flows import reap_orphaned_sessions, record_session_owner
-from remote_rendering.client import open_client
-from remote_rendering.clock import VirtualClock
-from remote_rendering.emulator import Emulator
-from tasks import create_session
+from arr_prefect.client import open_client
+from arr_prefect.clock import VirtualClock
+from arr_prefect.emulator import Emulator
+from arr_prefect.flows import reap_orphaned_sessions, record_session_owner
+from arr_prefect.tasks import create_session
 
 pytestmark = pytest.mark.usefixtures("arr")
 

@@ -12,7 +12,15 @@ from prefect import flow, get_client
 from prefect.client.schemas.objects import State
 from prefect.exceptions import ParameterTypeError
 
-from flows import (
+from arr_prefect.auth import TokenCache
+from arr_prefect.client import ArrClient, use_client_factory
+from arr_prefect.clock import VirtualClock, default_clock, use_clock
+from arr_prefect.emulator import DEFAULT_ACCOUNT_ID, Emulator
+from arr_prefect.errors import (
+    ReadyTimeoutError,
+    SessionFailedError,
+)
+from arr_prefect.flows import (
     InvalidJobError,
     JobFailedError,
     JobTimeoutError,
@@ -22,16 +30,8 @@ from flows import (
     rendering_session,
     stop_owned_sessions,
 )
-from flows import session as session_module
-from flows.sample_job import SampleJobError
-from remote_rendering.auth import TokenCache
-from remote_rendering.client import ArrClient, use_client_factory
-from remote_rendering.clock import VirtualClock, default_clock, use_clock
-from remote_rendering.emulator import DEFAULT_ACCOUNT_ID, Emulator
-from remote_rendering.errors import (
-    ReadyTimeoutError,
-    SessionFailedError,
-)
+from arr_prefect.flows import session as session_module
+from arr_prefect.flows.sample_job import SampleJobError
 from tests.flows.conftest import make_settings
 
 pytestmark = pytest.mark.usefixtures("arr")
@@ -160,7 +160,7 @@ async def test_command_job_gets_session_environment_not_the_key(
 @pytest.mark.realtime_job
 async def test_command_job_exit_code_decides(emulator: Emulator) -> None:
     """A command exiting non-zero fails the run with its exit code; the session is stopped."""
-    command = [sys.executable, "-m", "flows.sample_job", "--frames", "2",
+    command = [sys.executable, "-m", "arr_prefect.flows.sample_job", "--frames", "2",
                "--seconds-per-frame", "0", "--fail-at-frame", "1"]  # fmt: skip
     with pytest.raises(JobFailedError, match="exited with code 3") as info:
         await render_batch(job_command=command)
@@ -229,7 +229,7 @@ async def test_rendering_session_outside_a_flow(emulator: Emulator) -> None:
 
 async def test_lost_session_cancels_the_body(emulator: Emulator) -> None:
     """If the session is stopped elsewhere mid-job, the body ends with the specific error."""
-    from remote_rendering.errors import SessionStoppedError
+    from arr_prefect.errors import SessionStoppedError
 
     async def job_whose_session_is_stopped_elsewhere() -> None:
         async with rendering_session(lease=timedelta(minutes=4)) as session:
@@ -243,7 +243,7 @@ async def test_lost_session_cancels_the_body(emulator: Emulator) -> None:
 
 async def test_hook_stops_sessions_found_from_tags(emulator: Emulator, api_version: str) -> None:
     """stop_owned_sessions finds a run's sessions from its tags, as in another process."""
-    from tasks import create_session
+    from arr_prefect.tasks import create_session
 
     @flow
     async def leaky() -> str:
@@ -274,12 +274,12 @@ async def test_hook_stops_sessions_found_from_tags(emulator: Emulator, api_versi
         pytest.param({"job_timeout_minutes": -1}, ParameterTypeError, "greater than 0", id="job-timeout-negative"),
         pytest.param({"job_command": "echo hi"}, ParameterTypeError, "job_command", id="command-not-a-list"),
         pytest.param({"job_callable": "nowhere.at.all:job"}, InvalidJobError, "cannot import", id="callable-unknown-module"),
-        pytest.param({"job_callable": "flows.sample_job:nothing"}, InvalidJobError, "has no", id="callable-unknown-name"),
+        pytest.param({"job_callable": "arr_prefect.flows.sample_job:nothing"}, InvalidJobError, "has no", id="callable-unknown-name"),
         pytest.param({"job_callable": "no-colon"}, InvalidJobError, "package.module:function", id="callable-malformed"),
         pytest.param({"job_command": ["definitely-not-a-command-xyz"]}, InvalidJobError, "not found on PATH", id="command-missing"),
         pytest.param({"job_deployment": "no-slash"}, InvalidJobError, "flow-name/deployment-name", id="deployment-malformed"),
         pytest.param({"job_deployment": "nope/nothing"}, InvalidJobError, "does not exist", id="deployment-unknown"),
-        pytest.param({"job_callable": "flows.sample_job:render_frames", "job_command": ["true"]}, InvalidJobError, "at most one", id="two-jobs"),
+        pytest.param({"job_callable": "arr_prefect.flows.sample_job:render_frames", "job_command": ["true"]}, InvalidJobError, "at most one", id="two-jobs"),
     ],
 )  # fmt: skip
 async def test_bad_input_fails_before_any_session(
@@ -293,8 +293,8 @@ async def test_bad_input_fails_before_any_session(
 
 def test_job_environment_withholds_every_arr_setting() -> None:
     """A command job gets the session's details and none of our settings, in any case."""
-    from flows.jobs import job_environment
-    from remote_rendering.models import Session
+    from arr_prefect.flows.jobs import job_environment
+    from arr_prefect.models import Session
 
     session = Session(id="s-1", status="Ready", hostname="h.example", handshake_port=50000)
     base = {

@@ -10,16 +10,16 @@ import pytest
 from prefect import Task, flow
 from prefect.cache_policies import NO_CACHE
 
-import tasks
-from remote_rendering.clock import VirtualClock
-from remote_rendering.emulator import Emulator
-from remote_rendering.errors import (
+from arr_prefect import tasks
+from arr_prefect.clock import VirtualClock
+from arr_prefect.emulator import Emulator
+from arr_prefect.errors import (
     ReadyTimeoutError,
     ServiceError,
     SessionFailedError,
     SessionStoppedError,
 )
-from remote_rendering.models import SessionStatus
+from arr_prefect.models import SessionStatus
 
 pytestmark = pytest.mark.usefixtures("arr")
 
@@ -141,7 +141,7 @@ async def test_prefect_retries_stop_on_transient_failures(
 
 async def test_prefect_does_not_retry_permanent_failures(emulator: Emulator) -> None:
     """A 404 on get_session fails at once: retrying cannot help."""
-    from remote_rendering.errors import SessionNotFoundError
+    from arr_prefect.errors import SessionNotFoundError
 
     @flow
     async def get_missing() -> None:

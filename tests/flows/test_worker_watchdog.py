@@ -9,10 +9,10 @@ from datetime import timedelta
 
 import pytest
 
-from flows import rendering_session
-from flows import session as session_module
-from flows.session import WorkerLostError
-from remote_rendering.emulator import Emulator
+from arr_prefect.emulator import Emulator
+from arr_prefect.flows import rendering_session
+from arr_prefect.flows import session as session_module
+from arr_prefect.flows.session import WorkerLostError
 
 pytestmark = pytest.mark.usefixtures("arr")
 
@@ -54,8 +54,8 @@ async def test_watchdog_can_be_turned_off(
     emulator: Emulator, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """With stop_on_worker_loss off, a run whose worker is gone carries on to the end."""
-    from remote_rendering.auth import TokenCache
-    from remote_rendering.client import ArrClient
+    from arr_prefect.auth import TokenCache
+    from arr_prefect.client import ArrClient
     from tests.flows.conftest import make_settings
 
     monkeypatch.setattr(session_module, "_WORKER_PID", os.getppid() + 1)  # "gone"

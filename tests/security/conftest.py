@@ -8,11 +8,11 @@ from typing import Any
 import httpx
 import pytest
 
-from remote_rendering.auth import TokenCache
-from remote_rendering.client import ArrClient
-from remote_rendering.clock import VirtualClock
-from remote_rendering.emulator import Emulator
-from remote_rendering.settings import ArrSettings, load_settings
+from arr_prefect.auth import TokenCache
+from arr_prefect.client import ArrClient
+from arr_prefect.clock import VirtualClock
+from arr_prefect.emulator import Emulator
+from arr_prefect.settings import ArrSettings, load_settings
 
 ACCOUNT_ID = "0a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d"
 ACCOUNT_KEY = "K3y-7f3a9c51-must-never-be-seen-Zq"

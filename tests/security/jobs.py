@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from remote_rendering.emulator import Emulator
-from remote_rendering.models import Session
+from arr_prefect.emulator import Emulator
+from arr_prefect.models import Session
 
 EMULATOR: list[Emulator] = []
 """The emulator of the running test (set by the test): jobs reach it here."""

@@ -10,19 +10,19 @@ from typing import Any
 import pytest
 from prefect.exceptions import ParameterTypeError
 
-import tasks
-from flows import render_batch, rendering_session
-from remote_rendering.auth import TokenCache
-from remote_rendering.client import ArrClient
-from remote_rendering.clock import VirtualClock
-from remote_rendering.emulator import Emulator
-from remote_rendering.errors import (
+from arr_prefect import tasks
+from arr_prefect.auth import TokenCache
+from arr_prefect.client import ArrClient
+from arr_prefect.clock import VirtualClock
+from arr_prefect.emulator import Emulator
+from arr_prefect.errors import (
     ArrTransportError,
     ConfigurationError,
     InvalidLeaseError,
     InvalidSizeError,
 )
-from remote_rendering.settings import load_settings
+from arr_prefect.flows import render_batch, rendering_session
+from arr_prefect.settings import load_settings
 from tests.security.conftest import ACCOUNT_ID, ACCOUNT_KEY, make_settings
 
 BAD_LEASES = [

@@ -5,11 +5,11 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from remote_rendering.auth import AccessToken, TokenCache
-from remote_rendering.client import ArrClient
-from remote_rendering.clock import VirtualClock
-from remote_rendering.emulator import Emulator
-from remote_rendering.errors import AuthenticationError
+from arr_prefect.auth import AccessToken, TokenCache
+from arr_prefect.client import ArrClient
+from arr_prefect.clock import VirtualClock
+from arr_prefect.emulator import Emulator
+from arr_prefect.errors import AuthenticationError
 from tests.security.conftest import (
     ACCOUNT_ID,
     ACCOUNT_KEY,

@@ -8,9 +8,9 @@ from datetime import timedelta
 import httpx
 import pytest
 
-from remote_rendering.client import ArrClient
-from remote_rendering.clock import VirtualClock
-from remote_rendering.errors import ConfigurationError, InvalidSessionIdError
+from arr_prefect.client import ArrClient
+from arr_prefect.clock import VirtualClock
+from arr_prefect.errors import ConfigurationError, InvalidSessionIdError
 from tests.security.conftest import make_client, make_settings
 
 HOSTILE_IDS = [

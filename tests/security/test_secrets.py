@@ -26,11 +26,11 @@ from prefect.client.schemas.filters import (
 )
 from prefect.logging.handlers import APILogHandler
 
-from flows import render_batch
-from remote_rendering.auth import AccessToken, TokenCache
-from remote_rendering.client import ArrClient, use_client_factory
-from remote_rendering.clock import VirtualClock, use_clock
-from remote_rendering.emulator import Emulator
+from arr_prefect.auth import AccessToken, TokenCache
+from arr_prefect.client import ArrClient, use_client_factory
+from arr_prefect.clock import VirtualClock, use_clock
+from arr_prefect.emulator import Emulator
+from arr_prefect.flows import render_batch
 from tests.security import jobs
 from tests.security.conftest import ACCOUNT_KEY, RecordingTransport, make_settings
 

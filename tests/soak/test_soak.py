@@ -15,12 +15,12 @@ from typing import Any
 
 import pytest
 
-from flows.session import SessionReport, rendering_session
-from remote_rendering.auth import TokenCache
-from remote_rendering.client import ArrClient
-from remote_rendering.clock import VirtualClock
-from remote_rendering.emulator import Emulator
-from remote_rendering.errors import SessionFailedError
+from arr_prefect.auth import TokenCache
+from arr_prefect.client import ArrClient
+from arr_prefect.clock import VirtualClock
+from arr_prefect.emulator import Emulator
+from arr_prefect.errors import SessionFailedError
+from arr_prefect.flows.session import SessionReport, rendering_session
 from tests.flows.conftest import make_settings
 
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "soak.py"

@@ -13,9 +13,9 @@ import httpx
 import pytest
 from pydantic import SecretStr
 
-from remote_rendering.auth import AccessToken, TokenCache, jwt_expiry
-from remote_rendering.clock import VirtualClock
-from remote_rendering.errors import ArrHTTPError, ArrTransportError, AuthenticationError
+from arr_prefect.auth import AccessToken, TokenCache, jwt_expiry
+from arr_prefect.clock import VirtualClock
+from arr_prefect.errors import ArrHTTPError, ArrTransportError, AuthenticationError
 from tests.unit.test_client import (
     ACCOUNT_ID,
     ACCOUNT_KEY,

@@ -18,10 +18,10 @@ from typing import Any
 import httpx
 import pytest
 
-from remote_rendering.auth import TokenCache
-from remote_rendering.client import ArrClient, new_session_id
-from remote_rendering.clock import VirtualClock
-from remote_rendering.errors import (
+from arr_prefect.auth import TokenCache
+from arr_prefect.client import ArrClient, new_session_id
+from arr_prefect.clock import VirtualClock
+from arr_prefect.errors import (
     ArrError,
     ArrHTTPError,
     ArrTransportError,
@@ -39,8 +39,8 @@ from remote_rendering.errors import (
     SessionNotFoundError,
     SessionStoppedError,
 )
-from remote_rendering.models import Session, SessionSize, SessionStatus, parse_timespan
-from remote_rendering.settings import load_settings
+from arr_prefect.models import Session, SessionSize, SessionStatus, parse_timespan
+from arr_prefect.settings import load_settings
 
 ACCOUNT_ID = "7c8a4b7e-1f53-4c2e-9a8d-0f1e2d3c4b5a"
 ACCOUNT_KEY = "acct-key-SECRET-0123456789"

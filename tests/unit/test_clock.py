@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from remote_rendering import clock as clock_module
-from remote_rendering.clock import (
+from arr_prefect import clock as clock_module
+from arr_prefect.clock import (
     ScaledClock,
     SystemClock,
     VirtualClock,
@@ -13,7 +13,7 @@ from remote_rendering.clock import (
     default_clock,
     use_clock,
 )
-from remote_rendering.settings import load_settings
+from arr_prefect.settings import load_settings
 
 
 @pytest.fixture
@@ -107,7 +107,7 @@ class TestTimeScaleSetting:
     )
     def test_refuses_non_positive(self, monkeypatch: pytest.MonkeyPatch, raw: str) -> None:
         """A bad scale is a configuration error naming the field."""
-        from remote_rendering.errors import ConfigurationError
+        from arr_prefect.errors import ConfigurationError
 
         monkeypatch.setenv("ARR_TIME_SCALE", raw)
         with pytest.raises(ConfigurationError, match="time_scale"):

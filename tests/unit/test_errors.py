@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from remote_rendering import errors
-from remote_rendering.errors import (
+from arr_prefect import errors
+from arr_prefect.errors import (
     ArrError,
     ArrHTTPError,
     ArrTransportError,
@@ -33,7 +33,7 @@ from remote_rendering.errors import (
     TimeSpanFormatError,
     error_for_status,
 )
-from remote_rendering.models import Session, SessionStatus
+from arr_prefect.models import Session, SessionStatus
 
 HTTP_KWARGS: dict[str, Any] = {
     "operation": "get session",
@@ -61,7 +61,7 @@ def _all_error_classes() -> list[type[ArrError]]:
         cls = pending.pop()
         found.append(cls)
         pending.extend(cls.__subclasses__())
-    # Only the tree of remote_rendering.errors: other layers (flows) subclass it too.
+    # Only the tree of arr_prefect.errors: other layers (flows) subclass it too.
     mine = [c for c in set(found) if c.__module__ == errors.__name__]
     return sorted(mine, key=lambda c: c.__name__)
 

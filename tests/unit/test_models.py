@@ -10,14 +10,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from remote_rendering.errors import (
+from arr_prefect.errors import (
     InvalidInputError,
     InvalidLeaseError,
     InvalidSessionIdError,
     InvalidSizeError,
     TimeSpanFormatError,
 )
-from remote_rendering.models import (
+from arr_prefect.models import (
     MAX_LEASE,
     Session,
     SessionSize,

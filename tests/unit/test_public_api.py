@@ -6,7 +6,7 @@ import importlib
 
 import pytest
 
-import remote_rendering
+import arr_prefect
 
 
 def _isort_key(name: str) -> tuple[int, str]:
@@ -19,22 +19,22 @@ def _isort_key(name: str) -> tuple[int, str]:
 
 
 MODULES = [
-    "remote_rendering",
-    "remote_rendering.auth",
-    "remote_rendering.client",
-    "remote_rendering.clock",
-    "remote_rendering.errors",
-    "remote_rendering.models",
-    "remote_rendering.settings",
+    "arr_prefect",
+    "arr_prefect.auth",
+    "arr_prefect.client",
+    "arr_prefect.clock",
+    "arr_prefect.errors",
+    "arr_prefect.models",
+    "arr_prefect.settings",
 ]
 
 
-@pytest.mark.parametrize("name", [pytest.param(n, id=n) for n in remote_rendering.__all__])
+@pytest.mark.parametrize("name", [pytest.param(n, id=n) for n in arr_prefect.__all__])
 def test_package_name_is_importable(name: str) -> None:
-    """Every name in remote_rendering.__all__ can be imported from the package."""
+    """Every name in arr_prefect.__all__ can be imported from the package."""
     namespace: dict[str, object] = {}
-    exec(f"from remote_rendering import {name}", namespace)  # noqa: S102  # the import is the test
-    assert namespace[name] is getattr(remote_rendering, name)
+    exec(f"from arr_prefect import {name}", namespace)  # noqa: S102  # the import is the test
+    assert namespace[name] is getattr(arr_prefect, name)
 
 
 @pytest.mark.parametrize("module", [pytest.param(m, id=m) for m in MODULES])
@@ -55,7 +55,7 @@ def test_all_names_exist(module: str) -> None:
 
 def test_client_names() -> None:
     """The client module exports the client, its factory helpers and new_session_id."""
-    from remote_rendering import client
+    from arr_prefect import client
 
     assert set(client.__all__) >= {"ArrClient", "new_session_id", "open_client"}
     assert callable(client.ArrClient)
@@ -63,7 +63,7 @@ def test_client_names() -> None:
 
 def test_errors_are_all_exported_from_the_package() -> None:
     """Every exception the package defines is importable from the package itself."""
-    from remote_rendering import errors
+    from arr_prefect import errors
 
     exceptions = {
         name
@@ -71,4 +71,4 @@ def test_errors_are_all_exported_from_the_package() -> None:
         if isinstance(getattr(errors, name), type)
         and issubclass(getattr(errors, name), BaseException)
     }
-    assert exceptions <= set(remote_rendering.__all__)
+    assert exceptions <= set(arr_prefect.__all__)

@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from remote_rendering.errors import ConfigurationError
-from remote_rendering.settings import ArrSettings, is_loopback_url, load_settings
+from arr_prefect.errors import ConfigurationError
+from arr_prefect.settings import ArrSettings, is_loopback_url, load_settings
 
 ACCOUNT_ID = "7c8a4b7e-1f53-4c2e-9a8d-0f1e2d3c4b5a"
 ACCOUNT_KEY = "k3y-that-must-never-show"

@@ -40,11 +40,11 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from remote_rendering.clock import VirtualClock
-from remote_rendering.emulator.faults import FaultAction
-from remote_rendering.emulator.state import ApiError, SessionRecord, isoformat
-from remote_rendering.errors import InvalidSessionIdError, InvalidSizeError, TimeSpanFormatError
-from remote_rendering.models import (
+from arr_prefect.clock import VirtualClock
+from arr_prefect.emulator.faults import FaultAction
+from arr_prefect.emulator.state import ApiError, SessionRecord, isoformat
+from arr_prefect.errors import InvalidSessionIdError, InvalidSizeError, TimeSpanFormatError
+from arr_prefect.models import (
     SessionSize,
     format_timespan,
     lease_minutes,
@@ -53,7 +53,7 @@ from remote_rendering.models import (
 )
 
 if TYPE_CHECKING:
-    from remote_rendering.emulator.service import Emulator
+    from arr_prefect.emulator.service import Emulator
 
 
 class JSONResponse(_StarletteJSONResponse):

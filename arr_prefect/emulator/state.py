@@ -1,6 +1,6 @@
 """The emulator's pure state machine: sessions, leases, tokens, billing. No I/O, no asyncio.
 
-Time comes only from the injected :class:`~remote_rendering.clock.Clock`; every operation
+Time comes only from the injected :class:`~arr_prefect.clock.Clock`; every operation
 first *settles* all sessions up to ``clock.time()``, so state changes that happened while
 nobody was looking (start-up finishing, a lease running out) are applied with the exact
 instant they happened, not the instant they were noticed.
@@ -21,7 +21,7 @@ Service behaviour reproduced here (ARR_API.md §3-§5):
 - Billing: the VM is allocated at create, so a session bills from ``created_at`` until
   ``ended_at`` (or now). A session refused for capacity bills nothing.
 
-This module is not thread-safe: :class:`~remote_rendering.emulator.Emulator` serialises
+This module is not thread-safe: :class:`~arr_prefect.emulator.Emulator` serialises
 every call with a lock.
 """
 
@@ -41,8 +41,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
-from remote_rendering.clock import Clock
-from remote_rendering.models import (
+from arr_prefect.clock import Clock
+from arr_prefect.models import (
     MAX_LEASE,
     ApiVersion,
     SessionSize,

@@ -13,9 +13,9 @@ import os
 import sys
 from collections.abc import Sequence
 
-from remote_rendering.clock import ScaledClock, SystemClock
-from remote_rendering.emulator.server import base_url_of, bind_socket, run_server
-from remote_rendering.emulator.service import DEFAULT_ACCOUNT_ID, DEFAULT_ACCOUNT_KEY, Emulator
+from arr_prefect.clock import ScaledClock, SystemClock
+from arr_prefect.emulator.server import base_url_of, bind_socket, run_server
+from arr_prefect.emulator.service import DEFAULT_ACCOUNT_ID, DEFAULT_ACCOUNT_KEY, Emulator
 
 __all__ = ["build_parser", "main"]
 

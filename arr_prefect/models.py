@@ -20,7 +20,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from remote_rendering.errors import (
+from arr_prefect.errors import (
     InvalidLeaseError,
     InvalidSessionIdError,
     InvalidSizeError,

@@ -9,10 +9,10 @@ from typing import Any
 
 import httpx
 
-from remote_rendering.clock import Clock, SystemClock
-from remote_rendering.emulator.app import create_app
-from remote_rendering.emulator.faults import FaultController
-from remote_rendering.emulator.state import EmulatorState, RequestLog, SessionRecord
+from arr_prefect.clock import Clock, SystemClock
+from arr_prefect.emulator.app import create_app
+from arr_prefect.emulator.faults import FaultController
+from arr_prefect.emulator.state import EmulatorState, RequestLog, SessionRecord
 
 __all__ = ["DEFAULT_ACCOUNT_ID", "DEFAULT_ACCOUNT_KEY", "Emulator"]
 
@@ -26,7 +26,7 @@ DEFAULT_ACCOUNT_KEY = "arr-emulator-account-key"
 class Emulator:
     """An emulated ARR service: STS, both session APIs, faults and an accounting view.
 
-    ``clock`` defaults to real time; tests pass a :class:`~remote_rendering.VirtualClock`
+    ``clock`` defaults to real time; tests pass a :class:`~arr_prefect.VirtualClock`
     (shared with the client) so hours of lease pass in milliseconds. ``capacity`` caps the
     sessions of each size active at once (``{"standard": 2}``); a create beyond it still
     succeeds and the session goes to Error, as the service did (ARR_API.md §5).
@@ -115,11 +115,11 @@ class Emulator:
         """Serve over real HTTP in a background thread; yield ``http://host:port``.
 
         ``port=0`` picks a free port. The server stops (and the thread ends) on exit.
-        With a :class:`~remote_rendering.VirtualClock`, advance it through
+        With a :class:`~arr_prefect.VirtualClock`, advance it through
         ``POST /_emulator/clock/advance`` while serving, so that sleepers (``slow``
         faults) wake on the server's event loop.
         """
-        from remote_rendering.emulator.server import serve_in_thread
+        from arr_prefect.emulator.server import serve_in_thread
 
         with serve_in_thread(self.app, host=host, port=port) as base_url:
             yield base_url

@@ -13,8 +13,8 @@
 Retries live here and only here (never also in Prefect): connection failures, 5xx and 429
 are retried with capped, jittered exponential back-off, honouring ``Retry-After``, up to
 ``settings.max_attempts`` attempts. Everything the service can answer with is turned into
-:class:`~remote_rendering.models.Session` models or one of the exceptions of
-:mod:`remote_rendering.errors`; callers never see an ``httpx.Response``.
+:class:`~arr_prefect.models.Session` models or one of the exceptions of
+:mod:`arr_prefect.errors`; callers never see an ``httpx.Response``.
 
 API facts this module relies on (ARR_API.md):
 
@@ -43,7 +43,7 @@ from urllib.parse import quote
 
 import httpx
 
-from remote_rendering.auth import (
+from arr_prefect.auth import (
     PROCESS_TOKEN_CACHE,
     AccessToken,
     ArrAuth,
@@ -51,8 +51,8 @@ from remote_rendering.auth import (
     TokenSource,
     jwt_expiry,
 )
-from remote_rendering.clock import Clock, default_clock
-from remote_rendering.errors import (
+from arr_prefect.clock import Clock, default_clock
+from arr_prefect.errors import (
     ArrHTTPError,
     ArrTransportError,
     CreateOutcomeUnknownError,
@@ -66,7 +66,7 @@ from remote_rendering.errors import (
     SessionStoppedError,
     error_for_status,
 )
-from remote_rendering.models import (
+from arr_prefect.models import (
     MAX_LEASE,
     Session,
     SessionSize,
@@ -76,7 +76,7 @@ from remote_rendering.models import (
     parse_lease,
     validate_session_id,
 )
-from remote_rendering.settings import ArrSettings, load_settings
+from arr_prefect.settings import ArrSettings, load_settings
 
 __all__ = [
     "ArrClient",
@@ -87,7 +87,7 @@ __all__ = [
     "use_client_factory",
 ]
 
-logger = logging.getLogger("remote_rendering.client")
+logger = logging.getLogger("arr_prefect.client")
 
 API_VERSION_2021 = "2021-01-01"
 _RETRYABLE_STATUS = frozenset({429, 500, 502, 503, 504})

@@ -5,10 +5,10 @@ This package has no Prefect in it; ``tasks`` and ``flows`` build on it.
 
 from __future__ import annotations
 
-from remote_rendering.auth import AccessToken
-from remote_rendering.client import ArrClient, new_session_id, open_client, use_client_factory
-from remote_rendering.clock import Clock, ScaledClock, SystemClock, VirtualClock
-from remote_rendering.errors import (
+from arr_prefect.auth import AccessToken
+from arr_prefect.client import ArrClient, new_session_id, open_client, use_client_factory
+from arr_prefect.clock import Clock, ScaledClock, SystemClock, VirtualClock
+from arr_prefect.errors import (
     ArrError,
     ArrHTTPError,
     ArrTransportError,
@@ -32,7 +32,7 @@ from remote_rendering.errors import (
     SessionStoppedError,
     TimeSpanFormatError,
 )
-from remote_rendering.models import (
+from arr_prefect.models import (
     MAX_LEASE,
     ApiVersion,
     Session,
@@ -42,7 +42,7 @@ from remote_rendering.models import (
     parse_lease,
     parse_timespan,
 )
-from remote_rendering.settings import ArrSettings, load_settings
+from arr_prefect.settings import ArrSettings, load_settings
 
 __all__ = [
     "MAX_LEASE",

@@ -36,7 +36,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from remote_rendering.models import Session
+    from arr_prefect.models import Session
 
 __all__ = [
     "ArrError",

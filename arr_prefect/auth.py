@@ -26,7 +26,7 @@ from datetime import UTC, datetime
 import httpx
 from pydantic import BaseModel, ConfigDict, SecretStr
 
-from remote_rendering.clock import Clock
+from arr_prefect.clock import Clock
 
 __all__ = [
     "PROCESS_TOKEN_CACHE",

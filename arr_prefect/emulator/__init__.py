@@ -11,7 +11,7 @@ In-process, for tests (the client and the emulator share one virtual clock)::
     emu.faults.add(kind="throttle", route="v1.get", times=2, retry_after=3)
 
 Over real HTTP: ``with emu.serve() as base_url: ...`` (a uvicorn thread on a free loopback
-port), or the ``arr-emulator`` command (``python -m remote_rendering.emulator``), which
+port), or the ``arr-emulator`` command (``python -m arr_prefect.emulator``), which
 prints ``arr-emulator listening on http://127.0.0.1:8080`` and serves until SIGINT/SIGTERM.
 
 A whole lifecycle of each API version with curl, against
@@ -63,10 +63,10 @@ Admin API (no auth): ``GET /_emulator/ledger``, ``GET /_emulator/requests``,
 
 from __future__ import annotations
 
-from remote_rendering.emulator.app import EmulatedConnectionDrop, create_app
-from remote_rendering.emulator.faults import FaultController, FaultKind, ScriptedFault
-from remote_rendering.emulator.service import DEFAULT_ACCOUNT_ID, DEFAULT_ACCOUNT_KEY, Emulator
-from remote_rendering.emulator.state import ApiError, EmulatorState, SessionRecord
+from arr_prefect.emulator.app import EmulatedConnectionDrop, create_app
+from arr_prefect.emulator.faults import FaultController, FaultKind, ScriptedFault
+from arr_prefect.emulator.service import DEFAULT_ACCOUNT_ID, DEFAULT_ACCOUNT_KEY, Emulator
+from arr_prefect.emulator.state import ApiError, EmulatorState, SessionRecord
 
 __all__ = [
     "DEFAULT_ACCOUNT_ID",

@@ -19,7 +19,7 @@ from types import FrameType
 import uvicorn
 from starlette.types import ASGIApp
 
-from remote_rendering.emulator.app import EmulatedConnectionDrop
+from arr_prefect.emulator.app import EmulatedConnectionDrop
 
 __all__ = ["base_url_of", "bind_socket", "run_server", "serve_in_thread"]
 

@@ -28,8 +28,8 @@ from urllib.parse import urlsplit
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from remote_rendering.errors import ConfigurationError
-from remote_rendering.models import ApiVersion
+from arr_prefect.errors import ConfigurationError
+from arr_prefect.models import ApiVersion
 
 __all__ = ["REGIONS", "ArrSettings", "is_loopback_url", "load_settings"]
 
