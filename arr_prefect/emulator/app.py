@@ -295,6 +295,8 @@ async def _v1_create(call: _Call) -> Response:
     if not isinstance(models, list):
         raise ApiError(400, "BadRequest", "The models field must be a list.")
     with call.lock:
+        # Quota first: a refused create must not use up a scripted create fault.
+        call.emulator.state.check_quota(call.account)
         fault = call.emulator.faults.take_create_fault(call.route, None)
         record = call.emulator.state.create_v1(
             call.account,
@@ -371,6 +373,7 @@ async def _v2021_create(call: _Call) -> Response:
         state = call.emulator.state
         fault: FaultAction | None = None
         if not state.exists(call.account, call.session_id):
+            state.check_quota(call.account)
             fault = call.emulator.faults.take_create_fault(call.route, call.session_id)
         record, created = state.create_v2021(
             call.account,

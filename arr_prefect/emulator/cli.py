@@ -85,6 +85,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="most Premium sessions active at once (default: unlimited)",
     )
     service.add_argument(
+        "--max-sessions",
+        type=int,
+        default=None,
+        help="the account quota: most Starting or Ready sessions per account, any size; a"
+        " create beyond it is refused with 403 QuotaExceeded (default: no quota)",
+    )
+    service.add_argument(
         "--token-lifetime",
         type=float,
         default=86400.0,
@@ -140,6 +147,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--time-scale must be positive")
     if args.page_size < 1:
         parser.error("--page-size must be at least 1")
+    if args.max_sessions is not None and args.max_sessions < 1:
+        parser.error("--max-sessions must be at least 1")
     capacity = {
         size: limit
         for size, limit in (
@@ -162,6 +171,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         token_lifetime=args.token_lifetime,
         page_size=args.page_size,
         seed=args.seed,
+        max_sessions=args.max_sessions,
     )
     try:
         emulator.faults.set_random(

@@ -30,6 +30,8 @@ class Emulator:
     (shared with the client) so hours of lease pass in milliseconds. ``capacity`` caps the
     sessions of each size active at once (``{"standard": 2}``); a create beyond it still
     succeeds and the session goes to Error, as the service did (ARR_API.md §5).
+    ``max_sessions`` is the account quota: a create beyond it is refused with 403
+    ``QuotaExceeded`` and makes no session (see :mod:`arr_prefect.emulator.state`).
 
     Every touch of the state goes through :attr:`lock`, so a uvicorn thread
     (:meth:`serve`) and a test thread can use the same emulator.
@@ -46,6 +48,7 @@ class Emulator:
         token_lifetime: float = 86400.0,
         page_size: int = 20,
         seed: int | None = None,
+        max_sessions: int | None = None,
     ) -> None:
         if page_size < 1:
             raise ValueError(f"page_size must be at least 1, got {page_size!r}")
@@ -61,6 +64,7 @@ class Emulator:
             capacity=capacity,
             token_lifetime=token_lifetime,
             seed=seed,
+            max_sessions=max_sessions,
         )
         self.page_size = page_size
         self.faults = FaultController(seed=seed)

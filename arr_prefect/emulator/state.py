@@ -20,6 +20,16 @@ Service behaviour reproduced here (ARR_API.md §3-§5):
   goes to ``Error`` with a message at the next settle.
 - Billing: the VM is allocated at create, so a session bills from ``created_at`` until
   ``ended_at`` (or now). A session refused for capacity bills nothing.
+- Account quota (``max_sessions``): an account may hold at most that many Starting or
+  Ready sessions, of any size. A create beyond it is refused outright (no session, no
+  bill): **403** ``QuotaExceeded``. The service's answer to a quota overrun is documented
+  nowhere we could find (the 2021-01-01 spec lists 400/401/403/409/429/500 for create and
+  gives none of them that meaning; the docs describe only the regional capacity shortage
+  above, which is a different thing), so this is the emulator's choice: 403 is in the
+  documented set, it is not retried by clients (429 and 5xx are, which would hide the
+  overrun and hammer the service), and the ``code`` and ``message`` say what happened and
+  what to do. A 2021-01-01 PUT retry of an existing session is not a new session: it is
+  answered as usual at the quota.
 
 This module is not thread-safe: :class:`~arr_prefect.emulator.Emulator` serialises
 every call with a lock.
@@ -287,11 +297,14 @@ class EmulatorState:
         capacity: Mapping[str, int] | None = None,
         token_lifetime: float = 86400.0,
         seed: int | None = None,
+        max_sessions: int | None = None,
     ) -> None:
         if startup_seconds < 0:
             raise ValueError(f"startup_seconds must not be negative, got {startup_seconds!r}")
         if token_lifetime <= 0:
             raise ValueError(f"token_lifetime must be positive, got {token_lifetime!r}")
+        if max_sessions is not None and max_sessions < 1:
+            raise ValueError(f"max_sessions must be at least 1, got {max_sessions!r}")
         self.clock = clock
         self.accounts = {account.lower(): key for account, key in accounts.items()}
         self.startup_seconds = float(startup_seconds)
@@ -300,6 +313,10 @@ class EmulatorState:
             SessionSize.parse(size): int(limit) for size, limit in (capacity or {}).items()
         }
         self.token_lifetime = float(token_lifetime)
+        self.max_sessions = max_sessions
+        """The account quota: most Starting or Ready sessions per account (None: no quota)."""
+        self.quota_refusals = 0
+        """Creates refused for the account quota (403 ``QuotaExceeded``)."""
         self._rng = random.Random(seed)
         self._secret = secrets.token_bytes(32)
         self._sessions: dict[tuple[str, str], SessionRecord] = {}
@@ -452,6 +469,31 @@ class EmulatorState:
                 f"The session failed to start: {fail_reason}",
             )
 
+    def check_quota(self, account_id: str) -> None:
+        """Refuse a new session of an account already at its quota: 403 ``QuotaExceeded``.
+
+        Counts the account's Starting and Ready sessions of every size (a session refused
+        for capacity never ran, so it does not count).
+        """
+        if self.max_sessions is None:
+            return
+        self.settle()
+        account = account_id.lower()
+        active = sum(
+            1
+            for r in self._sessions.values()
+            if r.account_id == account and r.is_active and r.fail_now is None
+        )
+        if active >= self.max_sessions:
+            self.quota_refusals += 1
+            raise ApiError(
+                403,
+                "QuotaExceeded",
+                f"The account has reached its quota of {self.max_sessions} active sessions"
+                f" ({active} Starting or Ready). Stop a session, or wait for one to end,"
+                " before creating another.",
+            )
+
     def create_v1(
         self,
         account_id: str,
@@ -468,6 +510,7 @@ class EmulatorState:
         create succeeds and the session ends in Error (at once, or when start-up ends).
         """
         _check_v1_lease(max_lease)
+        self.check_quota(account_id)
         now = self.settle()
         session_id = str(uuid.UUID(int=self._rng.getrandbits(128), version=4))
         record = self._new_record(account_id, session_id, "v1", size, max_lease, models, now)
@@ -513,6 +556,7 @@ class EmulatorState:
                     f" ({existing.status.value}).",
                 )
             return existing, False
+        self.check_quota(account_id)
         record = self._new_record(
             account_id,
             session_id,
@@ -626,6 +670,8 @@ class EmulatorState:
         return {
             "time": isoformat(now),
             "sessions": [r.ledger_entry(now) for r in records],
+            "max_sessions": self.max_sessions,
+            "quota_refusals": self.quota_refusals,
             "running": sum(1 for r in records if r.is_active),
         }
 
