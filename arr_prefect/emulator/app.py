@@ -33,11 +33,9 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 import httpx
-from starlette.applications import Starlette
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse as _StarletteJSONResponse
 from starlette.responses import Response
-from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from arr_prefect.clock import VirtualClock
@@ -64,13 +62,24 @@ class JSONResponse(_StarletteJSONResponse):
 
 __all__ = [
     "API_VERSION_2021",
+    "MAX_BODY_BYTES",
+    "MAX_JSON_DEPTH",
     "EmulatedConnectionDrop",
+    "EmulatorApp",
     "create_app",
     "v1_properties",
     "v2021_properties",
 ]
 
 API_VERSION_2021 = "2021-01-01"
+MAX_BODY_BYTES = 64 * 1024
+"""The largest request body taken (413 beyond). A session call's body is a few hundred
+bytes; 64 KiB leaves room for long ``models`` lists and fault scripts, and keeps a hostile
+client from making the emulator hold (and serve back) megabytes."""
+MAX_JSON_DEPTH = 32
+"""The deepest nesting of arrays and objects a body may have (400 beyond). Nothing the
+service takes nests more than three levels; refusing before parsing means no body can make
+the parser (or a later ``json.dumps`` of it) recurse out of the stack."""
 _log = logging.getLogger(__name__)
 _SERVER_ERROR_CODES = {
     500: "InternalServerError",
@@ -174,13 +183,44 @@ _LENIENT_TOKEN = re.compile(
 )
 
 
+def json_depth(text: str) -> int:
+    """The deepest nesting of ``[``/``{`` in ``text``, outside (single- or double-) quoted strings.
+
+    Iterative, so it measures a body of any depth without recursing.
+    """
+    depth = deepest = 0
+    quote: str | None = None
+    escaped = False
+    for char in text:
+        if quote is not None:
+            if escaped:
+                escaped = False
+            elif char == "\\":
+                escaped = True
+            elif char == quote:
+                quote = None
+        elif char in "\"'":
+            quote = char
+        elif char in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif char in "]}":
+            depth -= 1
+    return deepest
+
+
 def parse_lenient_json(raw: bytes) -> Any:
     """Parse a body as the service did: JSON, and also JSON with single-quoted strings.
 
     The service's JSON reader (Json.NET) accepted ``{ 'maxLeaseTime': '4:0:0' }``, and the
     seed's own PowerShell examples send exactly that, so the emulator accepts it too.
+    Nesting deeper than :data:`MAX_JSON_DEPTH` is a ``ValueError`` (Json.NET's reader has
+    a depth limit too), never a ``RecursionError``.
     """
     text = raw.decode("utf-8-sig")
+    brackets = text.count("[") + text.count("{")
+    if brackets > MAX_JSON_DEPTH and json_depth(text) > MAX_JSON_DEPTH:
+        raise ValueError(f"the JSON nests deeper than {MAX_JSON_DEPTH} levels")
     try:
         return json.loads(text)
     except ValueError:
@@ -216,10 +256,11 @@ class _Call:
         return self.emulator.lock
 
     async def json_object(self) -> dict[str, Any]:
-        raw = await self.request.body()
+        raw = await read_body(self.request)
         try:
             body = parse_lenient_json(raw) if raw.strip() else None
-        except ValueError:
+        except (ValueError, RecursionError):
+            # RecursionError: belt and braces behind the depth check; neither is a 500.
             raise ApiError(400, "BadRequest", "The request body is not valid JSON.") from None
         if not isinstance(body, dict):
             raise ApiError(400, "BadRequest", "The request body must be a JSON object.")
@@ -236,6 +277,49 @@ class _Call:
 
 
 Handler = Callable[[_Call], Awaitable[Response]]
+
+
+class ClientGone(Exception):
+    """The client closed the connection before its request body arrived in full."""
+
+
+def _too_large() -> ApiError:
+    return ApiError(
+        413,
+        "PayloadTooLarge",
+        f"The request body is larger than {MAX_BODY_BYTES} bytes.",
+        headers={"Connection": "close"},
+    )
+
+
+def _declared_length(request: Request) -> int | None:
+    """The request's ``Content-Length``, or None when it has none; 400 when it is not a number."""
+    value = request.headers.get("content-length")
+    if value is None:
+        return None
+    if not value.isascii() or not value.strip().isdigit():
+        raise ApiError(400, "BadRequest", "The Content-Length header is not a number.")
+    return int(value)
+
+
+async def read_body(request: Request) -> bytes:
+    """The whole body, at most :data:`MAX_BODY_BYTES` (413 beyond); :class:`ClientGone` if the
+    client hangs up first. Read as a stream, so an oversized body is refused as soon as it
+    passes the limit rather than after it has all been buffered."""
+    declared = _declared_length(request)
+    if declared is not None and declared > MAX_BODY_BYTES:
+        raise _too_large()
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > MAX_BODY_BYTES:
+                raise _too_large()
+            chunks.append(chunk)
+    except ClientDisconnect:
+        raise ClientGone from None
+    return b"".join(chunks)
 
 
 def _parse_size(value: Any) -> SessionSize:
@@ -428,7 +512,7 @@ def _decode_cursor(token: str) -> tuple[float, str]:
             base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
         )
         return float(created_at), str(session_id)
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, RecursionError):
         raise ApiError(400, "BadRequest", "The skipToken is not valid.") from None
 
 
@@ -517,13 +601,23 @@ async def _admin_tokens_expire(call: _Call) -> Response:
     return JSONResponse({"revoked": call.emulator.expire_tokens()})
 
 
+_MAX_ADVANCE_SECONDS = 100 * 366 * 86400.0
+
+
 async def _admin_clock_advance(call: _Call) -> Response:
     clock = call.emulator.clock
     if not isinstance(clock, VirtualClock):
         raise ApiError(409, "Conflict", f"The emulator's clock ({clock!r}) is not a VirtualClock.")
     seconds = (await call.json_object()).get("seconds")
-    if isinstance(seconds, bool) or not isinstance(seconds, int | float) or seconds < 0:
-        raise ApiError(400, "BadRequest", "seconds must be a non-negative number.")
+    if (
+        isinstance(seconds, bool)
+        or not isinstance(seconds, int | float)
+        or not 0 <= seconds <= _MAX_ADVANCE_SECONDS
+    ):
+        # Bounded (and finite: Python's JSON reads Infinity): the clock must stay a date.
+        raise ApiError(
+            400, "BadRequest", f"seconds must be a number from 0 to {_MAX_ADVANCE_SECONDS:.0f}."
+        )
     with call.lock:
         clock.advance(float(seconds))
     return JSONResponse({"time": isoformat(clock.time())})
@@ -546,7 +640,7 @@ class _RouteSpec:
 def _spec(name: str, method: str, pattern: str, handler: Handler) -> _RouteSpec:
     # Literals are matched case-insensitively (v1 paths are; being lenient elsewhere
     # costs nothing); the captured ids keep their case (2021-01-01 ids are case-sensitive).
-    return _RouteSpec(name, method, re.compile(f"^{pattern}/?$", re.IGNORECASE), handler)
+    return _RouteSpec(name, method, re.compile(f"{pattern}/?", re.IGNORECASE), handler)
 
 
 ROUTES: tuple[_RouteSpec, ...] = (
@@ -578,7 +672,8 @@ ROUTE_NAMES: tuple[str, ...] = tuple(spec.name for spec in ROUTES)
 def _resolve(method: str, path: str) -> tuple[_RouteSpec | None, re.Match[str] | None, list[str]]:
     allowed: list[str] = []
     for spec in ROUTES:
-        match = spec.pattern.match(path)
+        # fullmatch: "$" would also match before a trailing newline ("/sessions\n").
+        match = spec.pattern.fullmatch(path)
         if match is None:
             continue
         if spec.method == method:
@@ -599,45 +694,93 @@ def _fault_response(action: FaultAction) -> Response:
     return error_response(action.status, code, "An injected server error occurred.")
 
 
-def create_app(emulator: Emulator) -> Starlette:
-    """The emulator's ASGI app: STS, v1, 2021-01-01 and ``/_emulator/`` admin routes."""
+_ABSOLUTE_FORM = re.compile(r"https?://[^/?#]*(?P<path>/.*)?", re.IGNORECASE | re.DOTALL)
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
-    async def dispatch(request: Request) -> Response:
-        cv = new_correlation_vector()
-        spec, match, allowed = _resolve(request.method, request.url.path)
+
+def _request_path(scope: Scope) -> str:
+    """The path to route. An absolute-form target (``GET http://host/x``), which HTTP/1.1
+    servers must accept (RFC 9112 §3.2.2), routes by its path."""
+    path = str(scope.get("path") or "")
+    absolute = _ABSOLUTE_FORM.fullmatch(path)
+    if absolute is not None:
+        path = absolute["path"] or "/"
+    return path
+
+
+class EmulatorApp:
+    """The emulator's ASGI app: every HTTP request, whatever its target, reaches one dispatcher.
+
+    No framework router sits in front, so there is no answer the service would not give:
+    an unknown path, a wrong method, a control character in a path segment, a body too
+    large or a bug in the emulator all answer the service's JSON error with ``MS-CV``, and
+    every request lands in the request log (route ``unknown`` when no route matched).
+    """
+
+    def __init__(self, emulator: Emulator) -> None:
+        self.emulator = emulator
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            while (await receive())["type"] != "lifespan.shutdown":
+                await send({"type": "lifespan.startup.complete"})
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+        if scope["type"] != "http":  # websockets: the service has none
+            return
+        request = Request(scope, receive)
+        response = await self.dispatch(request)
+        await response(scope, receive, send)
+
+    async def dispatch(self, request: Request) -> Response:
+        """Answer one request; record its route and status in the request log."""
+        path = _request_path(request.scope)
+        spec, match, allowed = _resolve(request.method, path)
         route = spec.name if spec is not None else "unknown"
-        response = await _handle(request, spec, match, allowed, route)
-        response.headers["MS-CV"] = cv
-        emulator.request_log_record(
-            route, "dropped" if isinstance(response, _DroppedResponse) else response.status_code
-        )
+        response = await self._handle(request, path, spec, match, allowed, route)
+        outcome: int | str = response.status_code
+        if isinstance(response, _DroppedResponse):
+            outcome = "dropped"
+        elif isinstance(response, _ClientGoneResponse):
+            outcome = "disconnected"
+        add_service_headers(response)
+        self.emulator.request_log_record(route, outcome)
         return response
 
     async def _handle(
+        self,
         request: Request,
+        path: str,
         spec: _RouteSpec | None,
         match: re.Match[str] | None,
         allowed: list[str],
         route: str,
     ) -> Response:
-        if spec is None or match is None:
-            if allowed:
-                return error_response(
-                    405,
-                    "MethodNotAllowed",
-                    f"The method {request.method} is not allowed on {request.url.path}.",
-                    headers={"Allow": ", ".join(sorted(set(allowed)))},
-                )
-            return error_response(404, "NotFound", f"No route for {request.url.path}.")
-        groups = match.groupdict()
-        call = _Call(
-            request=request,
-            emulator=emulator,
-            route=route,
-            account=groups.get("account") or "",
-            session_id=groups.get("session"),
-        )
+        emulator = self.emulator
         try:
+            if _CONTROL.search(path):
+                # What a front end (http.sys) answers: "Bad Request - Invalid URL".
+                raise ApiError(400, "BadRequest", "The request URL is not valid.")
+            declared = _declared_length(request)
+            if declared is not None and declared > MAX_BODY_BYTES:
+                raise _too_large()
+            if spec is None or match is None:
+                if allowed:
+                    raise ApiError(
+                        405,
+                        "MethodNotAllowed",
+                        f"The method {request.method} is not allowed on {path}.",
+                        headers={"Allow": ", ".join(sorted(set(allowed)))},
+                    )
+                raise ApiError(404, "NotFound", f"No route for {path}.")
+            groups = match.groupdict()
+            call = _Call(
+                request=request,
+                emulator=emulator,
+                route=route,
+                account=groups.get("account") or "",
+                session_id=groups.get("session"),
+            )
             if not route.startswith("admin."):
                 action = emulator.faults.take_request_fault(route, call.session_id)
                 if action is not None:
@@ -652,14 +795,52 @@ def create_app(emulator: Emulator) -> Starlette:
             return await spec.handler(call)
         except ApiError as exc:
             return error_response(exc.status, exc.code, exc.message, headers=exc.headers)
+        except ClientGone:
+            # Not the emulator's failure and not worth a traceback: the answer goes nowhere.
+            _log.info("arr-emulator: the client hung up before sending all of %s's body", route)
+            return _ClientGoneResponse()
         except Exception:  # noqa: BLE001 - logged below; answered as the service would
             # A bug in the emulator must still answer like the service (JSON body, MS-CV),
             # so that a client under test reports it as a 500 rather than a parse error.
             _log.exception("arr-emulator: unexpected error handling %s", route)
             return error_response(500, "InternalServerError", "The emulator failed unexpectedly.")
 
-    methods = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
-    return Starlette(routes=[Route("/{path:path}", dispatch, methods=methods)])
+
+class _ClientGoneResponse(JSONResponse):
+    """The answer to a request whose client hung up mid-body: sent into the void.
+
+    (uvicorn drops what is sent on a closed connection; an in-process caller sees a 400.)
+    """
+
+    def __init__(self) -> None:
+        super().__init__(
+            {
+                "error": {
+                    "code": "BadRequest",
+                    "message": "The connection closed before the request body was complete.",
+                }
+            },
+            status_code=400,
+        )
+
+
+SERVICE_HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    "Cache-Control": "no-cache",
+    "Pragma": "no-cache",
+}
+
+
+def add_service_headers(response: Response) -> None:
+    """The headers every answer of the service carries, a fresh ``MS-CV`` first."""
+    response.headers["MS-CV"] = new_correlation_vector()
+    for name, value in SERVICE_HEADERS.items():
+        response.headers.setdefault(name, value)
+
+
+def create_app(emulator: Emulator) -> EmulatorApp:
+    """The emulator's ASGI app: STS, v1, 2021-01-01 and ``/_emulator/`` admin routes."""
+    return EmulatorApp(emulator)
 
 
 def _check_api_version(request: Request) -> None:

@@ -45,10 +45,23 @@ CREATE_FAULTS: frozenset[str] = frozenset({"lost_create", "session_error", "no_c
 CREATE_ROUTES = frozenset({"v1.create", "v2021.create"})
 SERVER_ERROR_STATUSES = (500, 502, 503)
 DEFAULT_FAILURE_REASON = "an injected start-up failure."
+MAX_FAULT_SECONDS = 86400.0
+"""The longest injected delay (a day; also refuses infinity, which would hang a request)."""
+MAX_FAULT_TEXT = 1024
+"""The longest route pattern, session id or reason a scripted fault may carry."""
 
 
 def _is_session_route(route: str) -> bool:
     return route.startswith(("v1.", "v2021."))
+
+
+def _check_types(*fields: tuple[str, object, type | tuple[type, ...]]) -> None:
+    """Refuse a field of the wrong JSON type now, not as a 500 on a later request."""
+    for name, value, expected in fields:
+        if isinstance(value, bool) or not isinstance(value, expected):
+            raise TypeError(f"{name} has the wrong type: {type(value).__name__}")
+        if isinstance(value, str) and len(value) > MAX_FAULT_TEXT:
+            raise ValueError(f"{name} is longer than {MAX_FAULT_TEXT} characters")
 
 
 @dataclass(frozen=True)
@@ -116,14 +129,23 @@ class RandomFaults:
             name: value for name, value in asdict(self).items() if name.startswith("p_")
         }
         for name, value in probabilities.items():
+            _check_types((name, value, (int, float)))
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"{name} must be between 0 and 1, got {value!r}")
         if self.p_throttle + self.p_server_error + self.p_slow + self.p_drop > 1.0:
             raise ValueError("p_throttle + p_server_error + p_slow + p_drop must not exceed 1")
         if self.p_lost_create + self.p_session_error > 1.0:
             raise ValueError("p_lost_create + p_session_error must not exceed 1")
-        if self.retry_after < 0 or self.slow_seconds < 0:
-            raise ValueError("retry_after and slow_seconds must not be negative")
+        _check_types(
+            ("retry_after", self.retry_after, int),
+            ("slow_seconds", self.slow_seconds, (int, float)),
+            ("seed", self.seed, (int, type(None))),
+        )
+        if self.retry_after < 0 or not 0 <= self.slow_seconds <= MAX_FAULT_SECONDS:
+            raise ValueError(
+                "retry_after must not be negative and slow_seconds between 0 and"
+                f" {MAX_FAULT_SECONDS}"
+            )
 
     @property
     def enabled(self) -> bool:
@@ -172,14 +194,26 @@ class FaultController:
         (throttle, whole seconds), ``status`` (server_error: 500, 502 or 503),
         ``seconds`` (slow) and ``reason`` (session_error) parameterise the fault.
         """
+        _check_types(
+            ("route", route, (str, type(None))),
+            ("session_id", session_id, (str, type(None))),
+            ("times", times, int),
+            ("skip", skip, int),
+            ("retry_after", retry_after, int),
+            ("status", status, int),
+            ("seconds", seconds, (int, float)),
+            ("reason", reason, str),
+        )
         if kind not in get_args(FaultKind):
             raise ValueError(f"unknown fault kind {kind!r}: expected one of {get_args(FaultKind)}")
         if times < 1 or skip < 0:
             raise ValueError("times must be at least 1 and skip not negative")
         if kind == "server_error" and not 500 <= status <= 599:
             raise ValueError(f"a server_error status must be 5xx, got {status!r}")
-        if retry_after < 0 or seconds < 0:
-            raise ValueError("retry_after and seconds must not be negative")
+        if retry_after < 0 or not 0 <= seconds <= MAX_FAULT_SECONDS:
+            raise ValueError(
+                f"retry_after must not be negative and seconds between 0 and {MAX_FAULT_SECONDS}"
+            )
         fault = ScriptedFault(
             kind=cast(FaultKind, kind),
             route=route,

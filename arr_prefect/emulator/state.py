@@ -394,14 +394,21 @@ class EmulatorState:
         ).digest()
         try:
             signature = _b64url_decode(signature_b64)
+        except ValueError:
+            raise _unauthorized("The access token is malformed.") from None
+        # The signature first: nothing a stranger wrote is parsed (a forged token nesting
+        # a thousand levels deep is just a bad signature).
+        if not hmac.compare_digest(signature, expected):
+            raise _unauthorized("The access token's signature is not valid.")
+        try:
             header = json.loads(_b64url_decode(header_b64))
             claims = json.loads(_b64url_decode(payload_b64))
-        except ValueError:
+        except (ValueError, RecursionError):
             raise _unauthorized("The access token is malformed.") from None
         if not isinstance(header, dict) or header.get("alg") != "HS256":
             raise _unauthorized("The access token is malformed.")
-        if not hmac.compare_digest(signature, expected) or not isinstance(claims, dict):
-            raise _unauthorized("The access token's signature is not valid.")
+        if not isinstance(claims, dict):
+            raise _unauthorized("The access token is malformed.")
         exp = claims.get("exp")
         if not isinstance(exp, int | float) or self.now() >= exp:
             raise _unauthorized("The access token has expired.")

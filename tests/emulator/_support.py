@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
+from typing import Any
 
 import httpx
 
@@ -61,3 +63,52 @@ async def v2021_put(
         json={"maxLeaseTimeMinutes": minutes, "size": size},
         headers=headers,
     )
+
+
+async def asgi_request(
+    app: Any,
+    method: str,
+    path: str,
+    *,
+    query: bytes = b"",
+    headers: Sequence[tuple[str, str]] = (),
+    chunks: Sequence[bytes] = (b"",),
+    hang_up: bool = False,
+) -> tuple[int, dict[str, str], bytes]:
+    """Drive the ASGI app with a hand-built request: any path (control characters too), the
+    body in ``chunks``, and with ``hang_up`` the client gone before the body ends.
+
+    Returns (status, headers with lower-case names, body).
+    """
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0", "spec_version": "2.3"},
+        "http_version": "1.1",
+        "method": method,
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode("utf-8", "surrogateescape"),
+        "query_string": query,
+        "root_path": "",
+        "headers": [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers],
+        "client": ("127.0.0.1", 50000),
+        "server": ("emulator", 80),
+    }
+    pending: list[dict[str, Any]] = [
+        {"type": "http.request", "body": chunk, "more_body": hang_up or i < len(chunks) - 1}
+        for i, chunk in enumerate(chunks)
+    ]
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return pending.pop(0) if pending else {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    await app(scope, receive, send)
+    start = sent[0]
+    assert start["type"] == "http.response.start"
+    response_headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in start["headers"]}
+    body = b"".join(m.get("body", b"") for m in sent[1:])
+    return start["status"], response_headers, body
