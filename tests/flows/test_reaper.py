@@ -110,3 +110,22 @@ async def test_stops_session_whose_owner_no_longer_exists(emulator: Emulator) ->
     report = await reap_orphaned_sessions(grace_minutes=0)
     assert report.stopped == [session.id]
     assert report.decisions[0].reason == "owner flow run no longer exists"
+
+
+@pytest.mark.parametrize("api_version", ["2021-01-01"], indirect=True)
+async def test_grace_period_protects_young_session_of_vanished_owner(
+    emulator: Emulator, clock: VirtualClock
+) -> None:
+    """An owner that no longer exists does not void the grace period: a session younger
+    than it is kept (its run may be between create and tag), an older one is stopped."""
+    async with open_client() as arr:
+        session = await arr.create_session(
+            lease=timedelta(hours=2), session_id=f"pf-{uuid.uuid4()}-abcdef12"
+        )
+    report = await reap_orphaned_sessions(grace_minutes=60)
+    assert report.decisions[0].action == "kept"
+    assert "grace" in report.decisions[0].reason
+    assert [s.id for s in emulator.running()] == [session.id]
+    clock.advance(61 * 60)
+    report = await reap_orphaned_sessions(grace_minutes=60)
+    assert report.stopped == [session.id]

@@ -340,3 +340,9 @@ async def test_cancel_during_teardown_does_not_cut_the_stop_short(
     with pytest.raises(asyncio.CancelledError):
         await task
     assert only_session(emulator)["status"] == "Stopped"
+
+
+def test_render_batch_registers_the_teardown_hooks() -> None:
+    """Cancel and crash hooks stop the run's sessions from wherever Prefect runs them."""
+    assert stop_owned_sessions in render_batch.on_cancellation_hooks
+    assert stop_owned_sessions in render_batch.on_crashed_hooks

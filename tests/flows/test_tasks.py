@@ -9,14 +9,22 @@ from typing import Any
 import pytest
 from prefect import Task, flow
 from prefect.cache_policies import NO_CACHE
+from prefect.states import exception_to_failed_state
 
 from arr_prefect import tasks
 from arr_prefect.clock import VirtualClock
 from arr_prefect.emulator import Emulator
 from arr_prefect.errors import (
+    ArrError,
+    ArrHTTPError,
+    ArrTransportError,
+    AuthenticationError,
+    BadRequestError,
+    RateLimitedError,
     ReadyTimeoutError,
     ServiceError,
     SessionFailedError,
+    SessionNotFoundError,
     SessionStoppedError,
 )
 from arr_prefect.models import SessionStatus
@@ -153,6 +161,29 @@ async def test_prefect_does_not_retry_permanent_failures(emulator: Emulator) -> 
     assert emulator.request_count(route) == 1
 
 
-def test_service_error_is_transient() -> None:
-    """The retry condition treats 5xx as transient (the class it checks exists)."""
-    assert issubclass(ServiceError, Exception)
+def _error(cls: type[ArrError], status: int | None = None) -> ArrError:
+    url = "https://arr.test/s"
+    if issubclass(cls, ArrHTTPError):
+        return cls(operation="get session", method="GET", url=url, status_code=status or 500)
+    assert cls is ArrTransportError
+    return cls("get session failed: no answer", operation="get session", method="GET", url=url)
+
+
+@pytest.mark.parametrize(
+    ("error", "retry"),
+    [
+        pytest.param(_error(ServiceError, 503), True, id="5xx"),
+        pytest.param(_error(RateLimitedError, 429), True, id="429"),
+        pytest.param(_error(ArrTransportError), True, id="no-answer"),
+        pytest.param(_error(SessionNotFoundError, 404), False, id="404"),
+        pytest.param(_error(BadRequestError, 400), False, id="400"),
+        pytest.param(_error(AuthenticationError, 401), False, id="401"),
+        pytest.param(ValueError("a bug"), False, id="not-an-arr-error"),
+    ],
+)
+async def test_retry_condition_retries_only_transient_failures(
+    error: Exception, retry: bool
+) -> None:
+    """Prefect retries a failed task run for 5xx, 429 and no answer; never for the rest."""
+    state = await exception_to_failed_state(error)
+    assert await tasks.sessions._transient(tasks.get_session, None, state) is retry  # type: ignore[arg-type]

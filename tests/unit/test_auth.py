@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import logging
 import os
 from datetime import UTC, datetime
 from typing import Any
@@ -254,3 +255,36 @@ async def test_sts_failures(fake: FakeArr, answer: Any, error: type[Exception], 
     assert ACCOUNT_KEY not in str(info.value)
     assert ACCOUNT_KEY not in repr(info.value.args)
     assert fake.api() == []
+
+
+@pytest.mark.parametrize("api_version", [V1, V2021])
+async def test_retry_logging_never_shows_the_key(
+    fake: FakeArr, api_version: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """STS connect error, 429 and 503 (then a token), and the same on a session call: no
+    log record at any level, from any logger, holds the key or the token."""
+    fake.sts.extend(
+        [drop(httpx.ConnectError), reply(429, headers={"Retry-After": "1"}), reply(503)]
+    )
+    fake.on(
+        "GET",
+        get_path(api_version),
+        drop(httpx.ConnectError),
+        reply(503),
+        reply(429, headers={"Retry-After": "1"}),
+        then=reply(200, v1_props() if api_version == V1 else v2021_props()),
+    )
+    fake.clock.autojump = True
+    caplog.set_level(logging.DEBUG)
+    async with make_client(fake, api_version) as arr:
+        await arr.get_session(SID)
+    assert len(fake.sts_calls()) == 4
+    warnings = [r for r in caplog.records if "retrying" in r.getMessage()]
+    assert len(warnings) == 6, [r.getMessage() for r in caplog.records]
+    secrets = [ACCOUNT_KEY, *fake.tokens, *(t.split(".")[2] for t in fake.tokens)]
+    for record in caplog.records:
+        text = " ".join(
+            [record.getMessage(), repr(record.args), record.exc_text or "", repr(vars(record))]
+        )
+        for secret in secrets:
+            assert secret not in text, f"{record.name} {record.levelname}: {record.getMessage()}"
