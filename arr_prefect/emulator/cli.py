@@ -131,6 +131,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="Retry-After of a 429, seconds (default: %(default)s)",
     )
     parser.add_argument(
+        "--access-log",
+        action="store_true",
+        help="log every request to stderr (off by default: it costs more than the answer)",
+    )
+    parser.add_argument(
         "--log-level",
         default="info",
         choices=["critical", "error", "warning", "info", "debug"],
@@ -193,7 +198,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.exit(1, f"arr-emulator: cannot listen on {args.host}:{args.port}: {exc}\n")
     print(f"arr-emulator listening on {base_url_of(sock)}", flush=True)
     try:
-        run_server(emulator.app, sock, log_level=args.log_level)
+        run_server(emulator.app, sock, log_level=args.log_level, access_log=args.access_log)
     finally:
         sock.close()
     return 0

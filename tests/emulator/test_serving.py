@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import select
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -18,6 +20,7 @@ import arr_prefect.emulator as package
 from arr_prefect.clock import VirtualClock
 from arr_prefect.emulator import Emulator
 from arr_prefect.emulator.cli import build_parser
+from arr_prefect.emulator.server import bind_socket
 from tests.emulator._support import ACCOUNT, KEY, START, V1_CREATE_BODY
 
 V1 = f"/v1/accounts/{ACCOUNT}/sessions"
@@ -167,3 +170,41 @@ def test_docstring_curl_session_runs() -> None:
     assert '"teraflops":8.1' in out
     assert '"status":"Stopped"' in out
     assert out.rstrip().endswith('"running":0}')
+
+
+async def test_accepted_connections_have_tcp_nodelay() -> None:
+    """Connections accepted on bind_socket's socket (as uvicorn accepts them) send at once.
+
+    Without TCP_NODELAY every answer written in two pieces waited ~40 ms for a delayed ACK.
+    """
+    accepted: asyncio.Queue[int] = asyncio.Queue()
+
+    class Probe(asyncio.Protocol):
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            sock = transport.get_extra_info("socket")
+            accepted.put_nowait(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+            transport.close()
+
+    sock = bind_socket("127.0.0.1", 0)
+    server = await asyncio.get_running_loop().create_server(Probe, sock=sock)
+    try:
+        host, port = sock.getsockname()[:2]
+        _, writer = await asyncio.open_connection(host, port)
+        assert await asyncio.wait_for(accepted.get(), 5) != 0
+        writer.close()
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+@pytest.mark.loopback
+def test_access_log_only_with_the_flag() -> None:
+    """Requests are logged one by one only with --access-log (logging costs more than answering)."""
+    for args, logged in (((), False), (("--access-log",), True)):
+        with running_emulator("--log-level", "info", *args) as (process, base_url):
+            assert httpx.get(f"{base_url}/_emulator/health", timeout=5).status_code == 200
+            process.send_signal(signal.SIGTERM)
+            assert process.wait(10) == 0
+            assert process.stderr is not None
+            stderr = process.stderr.read()
+        assert ("GET /_emulator/health" in stderr) is logged, stderr
