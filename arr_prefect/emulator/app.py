@@ -546,7 +546,7 @@ async def _v2021_list(call: _Call) -> Response:
 
 async def _admin_health(call: _Call) -> Response:
     with call.lock:
-        running = len(call.emulator.state.running())
+        running = call.emulator.state.running_count()
     return JSONResponse(
         {
             "status": "ok",

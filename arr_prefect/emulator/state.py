@@ -5,6 +5,11 @@ first *settles* all sessions up to ``clock.time()``, so state changes that happe
 nobody was looking (start-up finishing, a lease running out) are applied with the exact
 instant they happened, not the instant they were noticed.
 
+Settling costs what is due, not what exists: each active session has one timer (the
+instant of its next transition: Ready, Error or Expired) in a heap, and a settle pops only
+the timers that are due. Ended sessions are never looked at again, so answering a request
+costs the same with 10,000 sessions in the ledger as with one.
+
 Service behaviour reproduced here (ARR_API.md §3-§5):
 
 - A session is ``Starting`` from create until ``startup_seconds`` later, then ``Ready``.
@@ -39,7 +44,9 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import heapq
 import hmac
+import itertools
 import json
 import math
 import random
@@ -164,6 +171,17 @@ class SessionRecord:
     """(code, message): the session will end in Error when start-up completes."""
     fail_now: tuple[str, str] | None = None
     """(code, message): the session goes to Error at the next settle (no capacity)."""
+    timer_due: float | None = field(default=None, repr=False, compare=False)
+    """When the state's heap next settles this session (its newest timer there)."""
+
+    def next_transition(self) -> float | None:
+        """The instant of this session's next transition by time alone (None once ended)."""
+        if self.status is SessionStatus.STARTING:
+            return self.created_at if self.fail_now is not None else self.ready_due
+        if self.status is SessionStatus.READY:
+            assert self.ready_at is not None
+            return self.ready_at + self.max_lease.total_seconds()
+        return None
 
     @property
     def is_active(self) -> bool:
@@ -320,6 +338,14 @@ class EmulatorState:
         self._rng = random.Random(seed)
         self._secret = secrets.token_bytes(32)
         self._sessions: dict[tuple[str, str], SessionRecord] = {}
+        # Active sessions only, per account in creation order, and the count of those
+        # holding a VM of each size: what list and the capacity check need, without
+        # walking the sessions that have ended.
+        self._active: dict[str, dict[str, SessionRecord]] = {}
+        self._in_use: Counter[SessionSize] = Counter()
+        # (due, tie-breaker, record): each active session's next transition.
+        self._timers: list[tuple[float, int, SessionRecord]] = []
+        self._timer_seq = itertools.count()
         self._live_tokens: set[str] = set()
         self.tokens_issued = 0
 
@@ -329,12 +355,54 @@ class EmulatorState:
         return self.clock.time()
 
     def settle(self) -> float:
-        """Bring every session up to the clock's now; return that now."""
+        """Bring every session up to the clock's now; return that now.
+
+        Pops only the timers that are due: O(log n) per transition, nothing per session
+        that has nothing due (a stale timer, left by an extend, is dropped when popped).
+        """
         now = self.now()
-        for record in self._sessions.values():
-            if record.is_active:
-                record.settle(now)
+        timers = self._timers
+        while timers and timers[0][0] <= now:
+            due, _, record = heapq.heappop(timers)
+            if record.timer_due == due:
+                record.timer_due = None
+                self._resettle(record, now)
         return now
+
+    def _resettle(self, record: SessionRecord, now: float) -> None:
+        """Settle one session after a change, then index it by what it has become."""
+        if record.is_active:
+            record.settle(now)
+        if not record.is_active:
+            self._retire(record)
+            return
+        self._schedule(record)
+
+    def _schedule(self, record: SessionRecord) -> None:
+        """Put the session's next transition in the heap (unless that timer is there)."""
+        due = record.next_transition()
+        if due is not None and due != record.timer_due:
+            record.timer_due = due
+            heapq.heappush(self._timers, (due, next(self._timer_seq), record))
+
+    def _admit(self, record: SessionRecord) -> None:
+        """Add a new session to the ledger and, while it is active, to the indexes."""
+        self._sessions[(record.account_id, record.id)] = record
+        self._active.setdefault(record.account_id, {})[record.id] = record
+        if record.fail_now is None:
+            self._in_use[record.size] += 1
+        # Not settled yet: the create's own answer shows Starting, even for a session
+        # refused for capacity or one with no start-up time; the next settle moves it on.
+        self._schedule(record)
+
+    def _retire(self, record: SessionRecord) -> None:
+        """Drop an ended session from the indexes of active ones (once)."""
+        active = self._active.get(record.account_id)
+        if active is None or active.pop(record.id, None) is None:
+            return
+        if record.fail_now is None:
+            self._in_use[record.size] -= 1
+        record.timer_due = None
 
     # --- tokens (STS) -------------------------------------------------------------------
 
@@ -460,12 +528,7 @@ class EmulatorState:
     def _doom(self, record: SessionRecord, *, no_capacity: bool, fail_reason: str | None) -> None:
         """Apply capacity limits and injected failures to a session being created."""
         limit = self.capacity.get(record.size)
-        in_use = sum(
-            1
-            for other in self._sessions.values()
-            if other.is_active and other.size is record.size and other.fail_now is None
-        )
-        if no_capacity or (limit is not None and in_use >= limit):
+        if no_capacity or (limit is not None and self._in_use[record.size] >= limit):
             record.fail_now = (
                 "InsufficientCapacity",
                 f"No capacity available for size {record.size.value} in region {self.region}.",
@@ -522,7 +585,7 @@ class EmulatorState:
         session_id = str(uuid.UUID(int=self._rng.getrandbits(128), version=4))
         record = self._new_record(account_id, session_id, "v1", size, max_lease, models, now)
         self._doom(record, no_capacity=no_capacity, fail_reason=fail_reason)
-        self._sessions[(record.account_id, session_id)] = record
+        self._admit(record)
         return record
 
     def create_v2021(
@@ -574,7 +637,7 @@ class EmulatorState:
             now,
         )
         self._doom(record, no_capacity=no_capacity, fail_reason=fail_reason)
-        self._sessions[(record.account_id, session_id)] = record
+        self._admit(record)
         return record, True
 
     def exists(self, account_id: str, session_id: str) -> bool:
@@ -591,11 +654,8 @@ class EmulatorState:
     def list_active(self, account_id: str) -> list[SessionRecord]:
         """The account's Starting and Ready sessions, oldest first (ended ones leave)."""
         self.settle()
-        account = account_id.lower()
-        return sorted(
-            (r for r in self._sessions.values() if r.account_id == account and r.is_active),
-            key=lambda r: (r.created_at, r.id),
-        )
+        active = self._active.get(account_id.lower(), {})
+        return sorted(active.values(), key=lambda r: (r.created_at, r.id))
 
     def extend_v1(self, account_id: str, session_id: str, max_lease: timedelta) -> SessionRecord:
         """v1 PATCH: set the *total* lease. Any ``0 < lease <= 24 h`` is accepted.
@@ -615,7 +675,7 @@ class EmulatorState:
         now = self.now()
         record.max_lease = max_lease
         record.extend_history.append(LeaseChange(now, "v1", max_lease))
-        record.settle(now)
+        self._resettle(record, now)
         return record
 
     def extend_v2021(
@@ -647,6 +707,7 @@ class EmulatorState:
         now = self.now()
         record.max_lease = timedelta(minutes=max_lease_minutes)
         record.extend_history.append(LeaseChange(now, "2021-01-01", record.max_lease))
+        self._resettle(record, now)
         return record
 
     def stop(self, account_id: str, session_id: str) -> SessionRecord:
@@ -657,6 +718,7 @@ class EmulatorState:
             record.message = None
             record.error_code = None
             record._end(SessionStatus.STOPPED, self.now(), "stopped")
+            self._retire(record)
         return record
 
     # --- accounting ---------------------------------------------------------------------
@@ -667,8 +729,17 @@ class EmulatorState:
         return sorted(self._sessions.values(), key=lambda r: (r.created_at, r.id))
 
     def running(self) -> list[SessionRecord]:
-        """Sessions still Starting or Ready, across accounts (the leak detector)."""
-        return [r for r in self.sessions() if r.is_active]
+        """Sessions still Starting or Ready, across accounts, oldest first (the leak detector)."""
+        self.settle()
+        return sorted(
+            (r for active in self._active.values() for r in active.values()),
+            key=lambda r: (r.created_at, r.id),
+        )
+
+    def running_count(self) -> int:
+        """How many sessions are Starting or Ready, across accounts."""
+        self.settle()
+        return sum(len(active) for active in self._active.values())
 
     def ledger(self) -> dict[str, Any]:
         """Every session ever created with its billing, and how many are still running."""

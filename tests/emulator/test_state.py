@@ -7,7 +7,7 @@ from datetime import timedelta
 import pytest
 
 from arr_prefect.clock import VirtualClock
-from arr_prefect.emulator import ApiError, EmulatorState
+from arr_prefect.emulator import ApiError, EmulatorState, SessionRecord
 from arr_prefect.models import SessionSize, SessionStatus
 from tests.emulator._support import ACCOUNT, KEY, OTHER_ACCOUNT, OTHER_KEY, START
 
@@ -341,3 +341,64 @@ class TestTokens:
         with pytest.raises(ApiError) as info:
             state.authenticate(f"Bearer {token}", ACCOUNT)
         assert info.value.status == 403
+
+
+class TestSettleCost:
+    """Settling touches what is due, never the whole history (timers in a heap)."""
+
+    @staticmethod
+    def count_settles(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+        settled: list[str] = []
+        original = SessionRecord.settle
+
+        def counting(record: SessionRecord, now: float) -> None:
+            settled.append(record.id)
+            original(record, now)
+
+        monkeypatch.setattr(SessionRecord, "settle", counting)
+        return settled
+
+    def test_a_request_settles_nothing_of_an_ended_history(
+        self, state: EmulatorState, clock: VirtualClock, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """With 2,000 ended sessions (stopped and expired), a get settles only what is due."""
+        for index in range(2000):
+            sid = create(state)
+            if index % 2:
+                state.stop(ACCOUNT, sid)
+        clock.advance(30 + HOUR.total_seconds())  # the other half expire
+        live = create(state)
+        state.settle()
+        assert state.running_count() == 1
+        settled = self.count_settles(monkeypatch)
+        for _ in range(10):
+            state.get(ACCOUNT, live)
+            state.list_active(ACCOUNT)
+        assert settled == []
+        clock.advance(30)
+        assert state.get(ACCOUNT, live).status is SessionStatus.READY
+        assert settled == [live]
+
+    def test_an_extended_lease_moves_its_timer(
+        self, state: EmulatorState, clock: VirtualClock
+    ) -> None:
+        """After extends the session expires at the newest lease, not at an older timer."""
+        sid = create(state)
+        clock.advance(30)
+        state.extend_v1(ACCOUNT, sid, 2 * HOUR)
+        state.extend_v1(ACCOUNT, sid, 3 * HOUR)
+        clock.advance(2 * HOUR.total_seconds())
+        assert state.get(ACCOUNT, sid).status is SessionStatus.READY
+        clock.advance(HOUR.total_seconds())
+        record = state.get(ACCOUNT, sid)
+        assert (record.status, record.ended_at) == (SessionStatus.EXPIRED, START + 30 + 3 * 3600)
+        assert state.running() == []
+
+    def test_capacity_frees_up_when_a_session_expires(self, clock: VirtualClock) -> None:
+        """An expired session gives its VM back, as a stopped one does."""
+        state = make_state(clock, capacity={"standard": 1})
+        create(state)
+        clock.advance(30 + HOUR.total_seconds())
+        sid = create(state)
+        clock.advance(30)
+        assert state.get(ACCOUNT, sid).status is SessionStatus.READY
