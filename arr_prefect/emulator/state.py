@@ -549,11 +549,7 @@ class EmulatorState:
             return
         self.settle()
         account = account_id.lower()
-        active = sum(
-            1
-            for r in self._sessions.values()
-            if r.account_id == account and r.is_active and r.fail_now is None
-        )
+        active = sum(1 for r in self._active.get(account, {}).values() if r.fail_now is None)
         if active >= self.max_sessions:
             self.quota_refusals += 1
             raise ApiError(
