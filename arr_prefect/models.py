@@ -99,9 +99,11 @@ class SessionSize(StrEnum):
 
 # .NET TimeSpan "c" format: [-][d.]hh:mm:ss[.fffffff]; hours 0-23, minutes and seconds 0-59.
 # The service also accepts single-digit fields ("4:0:0"), as the seed's examples show.
+# Digits are ASCII 0-9 only, as .NET's TimeSpan parser reads them: Python's \d (and int())
+# would also take Arabic-Indic "٤:٠:٠" or fullwidth "４:0:0" as four hours.
 _TIMESPAN = re.compile(
-    r"^(?P<sign>-)?(?:(?P<days>\d{1,8})\.)?(?P<hours>\d{1,2}):(?P<minutes>\d{1,2}):"
-    r"(?P<seconds>\d{1,2})(?:\.(?P<fraction>\d{1,7}))?$"
+    r"^(?P<sign>-)?(?:(?P<days>[0-9]{1,8})\.)?(?P<hours>[0-9]{1,2}):(?P<minutes>[0-9]{1,2}):"
+    r"(?P<seconds>[0-9]{1,2})(?:\.(?P<fraction>[0-9]{1,7}))?$"
 )
 
 

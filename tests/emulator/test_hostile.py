@@ -289,3 +289,23 @@ async def test_clock_advance_refuses_what_would_break_the_clock(
     _assert_service_error(response, 400, "BadRequest")
     assert clock.time() == before
     assert (await client.get("/_emulator/ledger")).status_code == 200
+
+
+@pytest.mark.parametrize(
+    "lease",
+    [
+        pytest.param("\u0664:\u0660:\u0660", id="arabic-indic"),
+        pytest.param("\uff14:0:0", id="fullwidth"),
+        pytest.param("\u0967\u0968:00:00", id="devanagari"),
+    ],
+)
+async def test_non_ascii_digits_are_not_a_lease(
+    client: httpx.AsyncClient, auth: dict[str, str], emu: Emulator, lease: str
+) -> None:
+    """A v1 lease in non-ASCII digits is a 400 on create and extend (.NET reads ASCII only)."""
+    body = {"maxLeaseTime": lease, "models": [], "size": "standard"}
+    _assert_service_error(await client.post(f"{V1}/create", json=body, headers=auth), 400)
+    sid = await v1_create(client, auth, lease="1:0:0")
+    patched = await client.patch(f"{V1}/{sid}", json={"maxLeaseTime": lease}, headers=auth)
+    _assert_service_error(patched, 400)
+    assert [e["max_lease_seconds"] for e in emu.ledger()["sessions"]] == [3600.0]

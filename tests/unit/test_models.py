@@ -89,6 +89,10 @@ class TestParseTimespan:
             pytest.param("00:00:00.12345678", id="eight-fraction-digits"),
             pytest.param("+1:00:00", id="plus-sign"),
             pytest.param("1:00:00\n2:00:00", id="two-lines"),
+            pytest.param("\u0664:\u0660:\u0660", id="arabic-indic-digits"),
+            pytest.param("\uff14:0:0", id="fullwidth-digit"),
+            pytest.param("4:0:0.\u0661", id="arabic-indic-fraction"),
+            pytest.param("\u0967.04:00:00", id="devanagari-days"),
         ],
     )
     def test_rejects_non_timespans(self, text: str) -> None:
