@@ -29,7 +29,7 @@ import re
 import secrets
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import httpx
@@ -64,6 +64,7 @@ __all__ = [
     "API_VERSION_2021",
     "MAX_BODY_BYTES",
     "MAX_JSON_DEPTH",
+    "SUPPORTED_API_VERSIONS",
     "EmulatedConnectionDrop",
     "EmulatorApp",
     "create_app",
@@ -72,6 +73,10 @@ __all__ = [
 ]
 
 API_VERSION_2021 = "2021-01-01"
+SUPPORTED_API_VERSIONS = ("2021-01-01-preview", API_VERSION_2021)
+"""What ``?api-version=`` may say on the session API (and the ``api-supported-versions``
+header lists). The preview shares the stable version's session shapes; the spec's own
+update example is written against it."""
 MAX_BODY_BYTES = 64 * 1024
 """The largest request body taken (413 beyond). A session call's body is a few hundred
 bytes; 64 KiB leaves room for long ``models`` lists and fault scripts, and keeps a hostile
@@ -106,7 +111,17 @@ def new_correlation_vector() -> str:
 def error_response(
     status: int, code: str, message: str, headers: dict[str, str] | None = None
 ) -> JSONResponse:
-    """The service's error body: ``{"error": {"code": ..., "message": ...}}``."""
+    """The service's error body: ``{"error": {"code": ..., "message": ...}}``.
+
+    Every refusal carries it, 401, 403, 404 and 429 included, although the 2021-01-01
+    spec gives those four no schema and its examples show headers only (``MS-CV``, plus
+    ``WWW-Authenticate`` on 401 and ``Retry-After`` on 429). The spec marks them
+    ``x-ms-error-response``, which tells Azure SDKs to read an ``error_response`` body
+    when one is there, and leaves the body open; the recorded exchange has none of them.
+    Sending the same ``{"error": {"code", "message"}}`` as the documented 400/409/422/500
+    keeps one rule for every answer (it is JSON, and it names its problem), and a
+    client that relies only on the spec's headers is served just as well.
+    """
     return JSONResponse(
         {"error": {"code": code, "message": message}}, status_code=status, headers=headers
     )
@@ -154,26 +169,40 @@ def v1_properties(record: SessionRecord, now: float) -> dict[str, Any]:
     }
 
 
+def service_datetime(timestamp: float) -> str:
+    """A time as the service wrote ``creationTime``: 7 fractional digits (.NET ticks) and
+    ``+00:00``, e.g. ``2022-03-01T10:00:00.1234560+00:00`` (the recorded exchange)."""
+    moment = datetime.fromtimestamp(timestamp, tz=UTC)
+    return moment.isoformat(timespec="microseconds").replace("+00:00", "0+00:00")
+
+
 def v2021_properties(record: SessionRecord, now: float) -> dict[str, Any]:
-    """2021-01-01 properties: minutes (elapsed rounded down); host, ports, teraflops once Ready."""
+    """2021-01-01 properties, shaped as the recorded exchange shows them.
+
+    - ``elapsedTimeMinutes`` is rounded down; ``creationTime`` per :func:`service_datetime`.
+    - ``hostname``, ``handshakePort`` and ``arrInspectorPort`` appear once Ready and
+      disappear again when the session ends (the recorded GET after ``:stop`` has none:
+      the VM is gone); ``teraflops`` stays.
+    - ``error`` appears only when there is one: the recorded answers have no ``error`` key
+      at all (the spec's examples write ``"error": null``; the schema makes it optional,
+      so both readings agree with it).
+    """
     body: dict[str, Any] = {
         "id": record.id,
-        "creationTime": isoformat(record.created_at),
+        "creationTime": service_datetime(record.created_at),
         "size": record.size.value,
         "status": record.status.value,
         "maxLeaseTimeMinutes": lease_minutes(record.max_lease),
         "elapsedTimeMinutes": math.floor(record.elapsed(now).total_seconds() / 60),
     }
     if record.ready_at is not None:
-        body["hostname"] = record.hostname
-        body["handshakePort"] = record.handshake_port
-        body["arrInspectorPort"] = record.arr_inspector_port
+        if record.is_active:
+            body["hostname"] = record.hostname
+            body["handshakePort"] = record.handshake_port
+            body["arrInspectorPort"] = record.arr_inspector_port
         body["teraflops"] = record.teraflops
-    body["error"] = (
-        {"code": record.error_code or "Error", "message": record.message}
-        if record.message
-        else None
-    )
+    if record.message:
+        body["error"] = {"code": record.error_code or "Error", "message": record.message}
     return body
 
 
@@ -266,11 +295,16 @@ class _Call:
             raise ApiError(400, "BadRequest", "The request body must be a JSON object.")
         return body
 
+    authenticated: bool = False
+
     def authenticate(self) -> None:
+        if self.authenticated:
+            return
         with self.lock:
             self.emulator.state.authenticate(
                 self.request.headers.get("authorization"), self.account
             )
+        self.authenticated = True
 
     def now(self) -> float:
         return self.emulator.state.now()
@@ -691,7 +725,13 @@ def _fault_response(action: FaultAction) -> Response:
             headers={"Retry-After": str(int(action.retry_after))},
         )
     code = _SERVER_ERROR_CODES.get(action.status, "InternalServerError")
-    return error_response(action.status, code, "An injected server error occurred.")
+    # The spec's examples word a 500 so; the other 5xx come from a front end.
+    message = (
+        "An internal server error occurred."
+        if action.status == 500
+        else f"The service is temporarily unavailable ({action.status}, injected)."
+    )
+    return error_response(action.status, code, message)
 
 
 _ABSOLUTE_FORM = re.compile(r"https?://[^/?#]*(?P<path>/.*)?", re.IGNORECASE | re.DOTALL)
@@ -791,6 +831,8 @@ class EmulatorApp:
                     else:
                         return _fault_response(action)
             if route.startswith("v2021."):
+                # The service authenticates first: no token and no api-version is a 401.
+                call.authenticate()
                 _check_api_version(request)
             return await spec.handler(call)
         except ApiError as exc:
@@ -825,6 +867,7 @@ class _ClientGoneResponse(JSONResponse):
 
 
 SERVICE_HEADERS = {
+    "api-supported-versions": ", ".join(SUPPORTED_API_VERSIONS),
     "X-Content-Type-Options": "nosniff",
     "Cache-Control": "no-cache",
     "Pragma": "no-cache",
@@ -852,7 +895,7 @@ def _check_api_version(request: Request) -> None:
             "MissingApiVersionParameter",
             f"The api-version query parameter is required (?api-version={API_VERSION_2021}).",
         )
-    if version != API_VERSION_2021:
+    if version not in SUPPORTED_API_VERSIONS:
         raise ApiError(
             400,
             "UnsupportedApiVersion",

@@ -679,16 +679,16 @@ class EmulatorState:
     ) -> SessionRecord:
         """2021-01-01 PATCH: the new ``maxLeaseTimeMinutes`` must exceed the current one.
 
-        Not greater -> 422 ``InvalidLeaseTime``; an ended session -> 422
-        ``InvalidSessionState`` (PATCH documents 422, not 409, for refusals); over 1440
-        or negative -> 400 BadRequest.
+        Not greater, or an ended session -> 422 ``UnprocessableEntity`` (the one code the
+        spec's example gives a 422; PATCH documents 422, not 409, for refusals); over
+        1440 or negative -> 400 BadRequest.
         """
         _check_v2021_minutes(max_lease_minutes)
         record = self.get(account_id, session_id)
         if not record.is_active:
             raise ApiError(
                 422,
-                "InvalidSessionState",
+                "UnprocessableEntity",
                 f"The session '{session_id}' is {record.status.value}: only a Starting or"
                 " Ready session can be extended.",
             )
@@ -696,7 +696,7 @@ class EmulatorState:
         if max_lease_minutes <= current:
             raise ApiError(
                 422,
-                "InvalidLeaseTime",
+                "UnprocessableEntity",
                 f"The new maxLeaseTimeMinutes ({max_lease_minutes}) must be greater than"
                 f" the current value ({current}).",
             )

@@ -168,8 +168,8 @@ class TestExtend:
     @pytest.mark.parametrize(
         ("minutes", "status", "code"),
         [
-            pytest.param(15, 422, "InvalidLeaseTime", id="equal"),
-            pytest.param(10, 422, "InvalidLeaseTime", id="smaller"),
+            pytest.param(15, 422, "UnprocessableEntity", id="equal"),
+            pytest.param(10, 422, "UnprocessableEntity", id="smaller"),
             pytest.param(1441, 400, "BadRequest", id="over-1440"),
             pytest.param(-1, 400, "BadRequest", id="negative"),
         ],
@@ -184,12 +184,12 @@ class TestExtend:
         assert (info.value.status, info.value.code) == (status, code)
 
     def test_v2021_extend_of_ended_session_is_unprocessable(self, state: EmulatorState) -> None:
-        """An ended session cannot be extended (2021-01-01: 422 InvalidSessionState)."""
+        """An ended session cannot be extended (2021-01-01: 422 UnprocessableEntity)."""
         state.create_v2021(ACCOUNT, "s", size=SessionSize.STANDARD, max_lease_minutes=15)
         state.stop(ACCOUNT, "s")
         with pytest.raises(ApiError) as info:
             state.extend_v2021(ACCOUNT, "s", 20)
-        assert (info.value.status, info.value.code) == (422, "InvalidSessionState")
+        assert (info.value.status, info.value.code) == (422, "UnprocessableEntity")
 
     def test_v2021_extend_grows_the_lease(self, state: EmulatorState) -> None:
         """A larger lease is taken and recorded."""
