@@ -24,9 +24,9 @@ __all__ = ["format_duration", "parse_duration"]
 
 _UNITS = re.compile(
     r"^(?:(?P<d>\d+)\s*d)?\s*(?:(?P<h>\d+)\s*h)?\s*(?:(?P<m>\d+)\s*m)?\s*(?:(?P<s>\d+)\s*s)?$",
-    re.IGNORECASE,
+    re.IGNORECASE | re.ASCII,
 )
-_HOURS_MINUTES = re.compile(r"^(?P<h>\d{1,2}):(?P<m>\d{1,2})$")
+_HOURS_MINUTES = re.compile(r"^(?P<h>\d{1,2}):(?P<m>\d{1,2})$", re.ASCII)
 
 _FORMS = "e.g. 90m, 1h30m, 1:30:00 or 1.02:30:00 (days.hh:mm:ss)"
 
@@ -36,7 +36,7 @@ def parse_duration(text: str) -> timedelta:
     value = text.strip()
     if not value:
         raise InvalidLeaseError(f"empty duration: expected {_FORMS}")
-    if value.isdigit():
+    if value.isascii() and value.isdigit():
         raise InvalidLeaseError(
             f"{text!r} has no unit: write {value}m (minutes), {value}h (hours) or a TimeSpan"
             f" such as 1:30:00"

@@ -43,6 +43,8 @@ def test_parse_duration_accepts(text: str, expected: timedelta) -> None:
         pytest.param("25:00:00", id="hours-over-23"),
         pytest.param("m", id="unit-alone"),
         pytest.param("-1h", id="negative"),
+        pytest.param("\u0669\u0660m", id="non-ascii-digits"),
+        pytest.param("\u0661:30", id="non-ascii-hh-mm"),
     ],
 )
 def test_parse_duration_refuses(text: str) -> None:
