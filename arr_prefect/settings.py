@@ -8,6 +8,8 @@
 ``ARR_SERVICE_URL``        overrides the session API base URL (e.g. the emulator)
 ``ARR_STS_URL``            overrides the STS base URL (e.g. the emulator)
 ``ARR_API_VERSION``        ``v1`` (the seed's API, default) or ``2021-01-01``
+``ARR_SESSION_LIMIT``      the Prefect global concurrency limit holding the
+                           account's session quota (``arr-sessions-{account_id}``)
 ``ARR_TIME_SCALE``         emulators only: the process clock runs this many times
                            faster than real time, to match ``arr-emulator
                            --time-scale`` (default 1, real time; read from the
@@ -134,6 +136,25 @@ class ArrSettings(BaseSettings):
             "Stop the job and its session when the Prefect worker that started the flow run"
             " dies: the orphaned run could no longer be cancelled, and would keep renewing"
             " its lease until the job ends. Set false to let such runs finish."
+        ),
+    )
+    session_limit: str = Field(
+        default="arr-sessions-{account_id}",
+        description=(
+            "Name of the Prefect global concurrency limit that holds the account's session"
+            " quota ({account_id} is filled in). A flow run takes a slot before creating a"
+            " session and gives it back once the session is stopped; no such limit, or an"
+            " empty name, means no quota."
+        ),
+    )
+    session_slot_lease_seconds: float = Field(
+        default=60.0,
+        ge=60,
+        le=86400,
+        allow_inf_nan=False,
+        description=(
+            "Lease of a session slot, renewed every quarter of it: a killed holder's slot"
+            " comes back at most this plus the server's repossessor loop (15 s) later."
         ),
     )
     price_standard_per_hour: float | None = Field(

@@ -7,6 +7,8 @@
 - :func:`stop_owned_sessions`: the flow hook that stops a run's sessions from any process.
 - :func:`reap_orphaned_sessions`: the scheduled last line: stops sessions whose owning
   flow run is over or gone.
+- :class:`SessionSlot`: the account's session quota, a leased slot of a Prefect global
+  concurrency limit (``rendering_session`` takes one for each session).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from arr_prefect.flows.jobs import (
     session_environment,
     session_parameters,
 )
+from arr_prefect.flows.quota import SessionSlot, SlotWaitTimeoutError
 from arr_prefect.flows.reaper import ReapDecision, ReapReport, reap_orphaned_sessions
 from arr_prefect.flows.render_batch import RenderSummary, render_batch
 from arr_prefect.flows.session import (
@@ -43,6 +46,8 @@ __all__ = [
     "ReapReport",
     "RenderSummary",
     "SessionReport",
+    "SessionSlot",
+    "SlotWaitTimeoutError",
     "WorkerLostError",
     "owned_session_ids",
     "reap_orphaned_sessions",

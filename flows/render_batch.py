@@ -43,6 +43,8 @@ class RenderSummary(BaseModel):
     stopped_by: str | None
     billed_minutes: int | None
     estimated_cost: float | None = None
+    session_slot_wait_seconds: float | None = None
+    """Real seconds waited for a slot of the account's session quota (None: no quota)."""
 
     def markdown(self) -> str:
         """The summary as a Markdown table."""
@@ -62,6 +64,12 @@ class RenderSummary(BaseModel):
             ("Session final status", self.session_final_status or "-"),
             ("Stopped by", self.stopped_by or "-"),
             ("Billed minutes", "-" if self.billed_minutes is None else str(self.billed_minutes)),
+            (
+                "Waited for a session slot",
+                "-"
+                if self.session_slot_wait_seconds is None
+                else f"{self.session_slot_wait_seconds:.0f} s",
+            ),
         ]
         if self.estimated_cost is not None:
             rows.append(("Estimated cost", f"{self.estimated_cost:.2f}"))
@@ -118,6 +126,7 @@ async def render_batch(
     lease_minutes: Annotated[float, Field(ge=1, le=1440)] = 10.0,
     ready_timeout_minutes: Annotated[float, Field(gt=0, le=1440)] = 15.0,
     models: list[str] | None = None,
+    ready_timeout_includes_slot_wait: bool = False,
 ) -> RenderSummary:
     """Render a batch on a fresh ARR session, and stop the session whatever happens.
 
@@ -144,6 +153,9 @@ async def render_batch(
             this long. 1 to 1440.
         ready_timeout_minutes: Give up (and stop the session) if it is not Ready by then.
         models: URLs of asset containers to preload into the session.
+        ready_timeout_includes_slot_wait: Count the wait for a slot of the account's
+            session quota (a Prefect global concurrency limit) against the ready timeout.
+            Off by default: the run waits for a slot as long as it takes.
     """
     logger = run_logger()
     # Every check happens before a session exists: bad input costs nothing.
@@ -169,6 +181,7 @@ async def render_batch(
             ready_timeout=ready_timeout_minutes * 60,
             models=models,
             report=report,
+            ready_timeout_includes_slot_wait=ready_timeout_includes_slot_wait,
         ) as session:
             logger.info(
                 "Session %s Ready after %.0fs; running job %s",
@@ -226,6 +239,7 @@ def _summary(
         session_final_status=report.final_status,
         stopped_by=report.stopped_by,
         billed_minutes=billed,
+        session_slot_wait_seconds=report.slot_wait_seconds,
         estimated_cost=(
             None if billed is None or price_per_hour is None else billed / 60 * price_per_hour
         ),

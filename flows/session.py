@@ -16,6 +16,8 @@ Teardown in depth (DESIGN.md), the layers this module provides:
    orphan that nobody can cancel (Prefect delivers a cancel through the worker) while its
    keeper goes on renewing the lease. When the process that started the flow run is gone,
    the work is stopped and the session with it (:class:`WorkerLostError`).
+5. The account's session quota (:mod:`arr_prefect.flows.quota`): a leased slot of a Prefect
+   global concurrency limit, taken before the create and given back after the stop.
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ from arr_prefect.errors import (
     SessionExpiredError,
     SessionNotFoundError,
 )
+from arr_prefect.flows.quota import SessionSlot, session_limit_name, session_slot
 from arr_prefect.models import MAX_LEASE, Session, SessionSize, parse_lease
 from arr_prefect.tasks.sessions import run_logger
 
@@ -308,6 +311,10 @@ class SessionReport:
     lease_renewals: int = 0
     stopped_by: str | None = None
     stop_error: str | None = None
+    slot_limit: str | None = None
+    """The Prefect concurrency limit a slot was held of (None: no quota enforced)."""
+    slot_wait_seconds: float | None = None
+    """Real seconds spent waiting for that slot (0 when one was free at once)."""
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -486,6 +493,28 @@ async def _stop_in_teardown(
 
 
 @asynccontextmanager
+async def _account_slot(
+    arr: ArrClient, flow_run_id: str | None, ready_timeout: float | None, counts: bool
+) -> AsyncIterator[SessionSlot | None]:
+    """The account's session slot for one session, taken before it exists (see quota)."""
+    settings = arr.settings
+    name = session_limit_name(settings.session_limit, settings.account_id)
+    budget = ready_timeout if ready_timeout is not None else settings.ready_timeout
+    started = arr.clock.time()
+    async with session_slot(
+        name if settings.session_limit.strip() else None,
+        lease_seconds=settings.session_slot_lease_seconds,
+        flow_run_id=flow_run_id,
+        deadline=started + budget if counts else None,
+        deadline_clock=arr.clock.time,
+        timeout_reason=f", and the wait counts against the ready timeout of {budget:.0f} s",
+    ) as slot:
+        if slot is not None:
+            slot.ready_timeout_left = max(0.0, budget - (arr.clock.time() - started))
+        yield slot
+
+
+@asynccontextmanager
 async def rendering_session(
     size: SessionSize | str = SessionSize.STANDARD,
     *,
@@ -496,6 +525,7 @@ async def rendering_session(
     models: list[str] | None = None,
     client: ArrClient | None = None,
     report: SessionReport | None = None,
+    ready_timeout_includes_slot_wait: bool = False,
 ) -> AsyncIterator[Session]:
     """Create a session, wait until Ready, keep its lease rolling, and always stop it.
 
@@ -512,6 +542,12 @@ async def rendering_session(
     waiting for Ready fails. If the session is lost while the body runs (expired, stopped
     elsewhere, Error), the body is cancelled and the specific ``SessionEndedError`` raised.
     Pass a :class:`SessionReport` to learn timings, renewals and who stopped it.
+
+    In a flow run, a slot of the account's Prefect concurrency limit (``ARR_SESSION_LIMIT``)
+    is taken before the create and given back after the stop, so a fleet never runs more
+    sessions than the account allows (:mod:`arr_prefect.flows.quota`). The wait for a free
+    slot is logged and shown as an artifact; it counts against ``ready_timeout`` only with
+    ``ready_timeout_includes_slot_wait=True``.
     """
     report = report if report is not None else SessionReport()
     rolling = parse_lease(lease)
@@ -521,7 +557,15 @@ async def rendering_session(
     in_flow = flow_run_id is not None
     logger = run_logger()
 
-    async with open_client(client) as arr:
+    async with (
+        open_client(client) as arr,
+        _account_slot(arr, flow_run_id, ready_timeout, ready_timeout_includes_slot_wait) as slot,
+    ):
+        if slot is not None:
+            report.slot_limit = slot.limit_name if slot.enforced else None
+            report.slot_wait_seconds = slot.waited_seconds if slot.enforced else None
+            if ready_timeout_includes_slot_wait and slot.wait is not None:
+                ready_timeout = slot.ready_timeout_left
         report.size = session_size.value
         report.api_version = arr.api_version
         session_id: str | None = None

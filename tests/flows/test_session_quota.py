@@ -1,0 +1,285 @@
+"""The account's session quota: a leased slot of a Prefect global concurrency limit, held by
+``rendering_session`` from before the create until after the stop (quota.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from datetime import timedelta
+from typing import Any
+from uuid import UUID, uuid4
+
+import pytest
+from prefect import flow, get_client
+from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+from arr_prefect.auth import TokenCache
+from arr_prefect.client import ArrClient
+from arr_prefect.clock import ScaledClock
+from arr_prefect.emulator import Emulator
+from arr_prefect.errors import ArrError
+from arr_prefect.flows import RenderSummary, SessionReport, render_batch, rendering_session
+from arr_prefect.flows.quota import (
+    SLOT_WAIT_ARTIFACT_KEY,
+    SessionSlot,
+    SlotWaitTimeoutError,
+    session_limit_name,
+    slot_return_bound,
+)
+from arr_prefect.settings import ArrSettings
+from tests.flows.conftest import make_settings
+
+pytestmark = pytest.mark.usefixtures("arr")
+
+
+@pytest.fixture
+def api_version() -> str:
+    """The quota does not depend on the API version (the create's failure path does)."""
+    return "v1"
+
+
+@pytest.fixture
+def limit_name() -> str:
+    """A limit of this test's own (the tests share one Prefect database)."""
+    return f"arr-sessions-test-{uuid4().hex[:12]}"
+
+
+@pytest.fixture
+def settings(api_version: str, limit_name: str) -> ArrSettings:
+    return make_settings(api_version, session_limit=limit_name)
+
+
+async def create_limit(name: str, limit: int) -> None:
+    async with get_client() as prefect:
+        await prefect.create_global_concurrency_limit(
+            GlobalConcurrencyLimitCreate(name=name, limit=limit)
+        )
+
+
+async def slots_in_use(name: str) -> int:
+    async with get_client() as prefect:
+        return (await prefect.read_global_concurrency_limit_by_name(name)).active_slots
+
+
+@pytest.fixture
+async def held_slot(limit_name: str) -> AsyncIterator[dict[str, Any]]:
+    """A limit of 1 whose only slot someone else holds; ``release()`` frees it."""
+    await create_limit(limit_name, 1)
+    async with get_client() as prefect:
+        response = await prefect.increment_concurrency_slots_with_lease(
+            names=[limit_name], slots=1, mode="concurrency", lease_duration=60
+        )
+    lease_id = UUID(response.json()["lease_id"])
+
+    async def release() -> None:
+        async with get_client() as prefect:
+            await prefect.release_concurrency_slots_with_lease(lease_id=lease_id)
+
+    yield {"release": release}
+    await release()
+
+
+async def test_a_slot_is_held_while_the_session_lives(limit_name: str, emulator: Emulator) -> None:
+    """The slot is taken before the create and given back after the stop."""
+    await create_limit(limit_name, 2)
+    report = SessionReport()
+
+    @flow
+    async def one() -> int:
+        async with rendering_session(lease=timedelta(minutes=10), report=report):
+            return await slots_in_use(limit_name)
+
+    assert await one() == 1
+    assert await slots_in_use(limit_name) == 0
+    assert report.slot_limit == limit_name
+    assert report.slot_wait_seconds is not None
+    assert report.slot_wait_seconds < 1
+    assert emulator.ledger()["sessions"][0]["status"] == "Stopped"
+
+
+async def test_no_limit_no_quota(limit_name: str, emulator: Emulator) -> None:
+    """Without a limit of that name the session is created at once and nothing is held."""
+    report = SessionReport()
+
+    @flow
+    async def one() -> None:
+        async with rendering_session(report=report):
+            pass
+
+    await one()
+    assert (report.slot_limit, report.slot_wait_seconds) == (None, None)
+    assert len(emulator.ledger()["sessions"]) == 1
+
+
+async def test_outside_a_flow_run_there_is_no_quota(limit_name: str, emulator: Emulator) -> None:
+    """No flow run, no Prefect server to count on: the limit is not consulted."""
+    await create_limit(limit_name, 1)
+    report = SessionReport()
+    async with rendering_session(report=report):
+        assert await slots_in_use(limit_name) == 0
+    assert report.slot_limit is None
+
+
+@pytest.mark.parametrize("api_version", ["v1", "2021-01-01"])
+async def test_the_slot_is_given_back_when_the_create_fails(
+    limit_name: str, emulator: Emulator, api_version: str
+) -> None:
+    """A create that fails (5xx after the client's retries) gives the slot back."""
+    await create_limit(limit_name, 1)
+    route = "v1.create" if api_version == "v1" else "v2021.create"
+    emulator.faults.add(kind="server_error", route=route, times=50)
+
+    @flow
+    async def one() -> None:
+        async with rendering_session():
+            pass
+
+    with pytest.raises(ArrError):
+        await one()
+    assert await slots_in_use(limit_name) == 0
+
+
+async def test_the_slot_is_given_back_when_the_body_fails(
+    limit_name: str, emulator: Emulator
+) -> None:
+    """A failing body: the session is stopped, then the slot is given back."""
+    await create_limit(limit_name, 1)
+
+    @flow
+    async def one() -> None:
+        async with rendering_session():
+            raise RuntimeError("the renderer crashed")
+
+    with pytest.raises(RuntimeError, match="renderer crashed"):
+        await one()
+    assert await slots_in_use(limit_name) == 0
+    assert emulator.running() == []
+
+
+async def test_a_full_limit_makes_the_run_wait_visibly(
+    limit_name: str, emulator: Emulator, held_slot: dict[str, Any]
+) -> None:
+    """Every slot taken: no session is created until one frees; the wait is in the summary
+    and in the run's session-slot-wait artifact."""
+    run = asyncio.ensure_future(
+        render_batch(job_parameters={"frames": 2, "seconds_per_frame": 30}, return_state=True)
+    )
+    await until_waiting(limit_name)
+    await asyncio.sleep(0.5)
+    assert emulator.ledger()["sessions"] == [], "a session was created without a slot"
+    assert not run.done()
+    await held_slot["release"]()
+    state = await asyncio.wait_for(run, 60)
+    summary = await state.aresult()
+    assert isinstance(summary, RenderSummary)
+    assert summary.session_slot_wait_seconds is not None
+    assert summary.session_slot_wait_seconds >= 1
+    assert "| Waited for a session slot |" in summary.markdown()
+    assert await slots_in_use(limit_name) == 0
+    async with get_client() as prefect:
+        artifacts = await prefect.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[SLOT_WAIT_ARTIFACT_KEY]))
+        )
+    texts = [a.data for a in artifacts if a.flow_run_id == state.state_details.flow_run_id]
+    assert any(f"for a slot of Prefect concurrency limit '{limit_name}'" in str(t) for t in texts)
+    assert any(str(t).startswith("## Session slot\n\nWaited ") for t in texts)
+
+
+async def wait_artifacts(limit_name: str) -> list[str]:
+    """The texts of every session-slot-wait artifact about ``limit_name``."""
+    async with get_client() as prefect:
+        artifacts = await prefect.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[SLOT_WAIT_ARTIFACT_KEY]))
+        )
+    return [str(a.data) for a in artifacts if f"'{limit_name}'" in str(a.data)]
+
+
+async def until_waiting(limit_name: str) -> None:
+    """Until a run says (in its artifact) that it waits for a slot of ``limit_name``."""
+    deadline = time.monotonic() + 60
+    while not await wait_artifacts(limit_name):
+        assert time.monotonic() < deadline, "no run started waiting for a slot"
+        await asyncio.sleep(0.2)
+
+
+def scaled_client(emulator: Emulator, settings: ArrSettings) -> ArrClient:
+    """A client whose clock runs an hour per real second, like the emulator's."""
+    return ArrClient(
+        settings, transport=emulator.transport(), clock=emulator.clock, token_cache=TokenCache()
+    )
+
+
+@pytest.fixture
+def fast_emulator() -> Emulator:
+    """Emulated time at an hour per real second: a slot wait of a second outlasts any
+    ready timeout in minutes."""
+    return Emulator(clock=ScaledClock(3600), startup_seconds=0)
+
+
+async def test_waiting_does_not_count_against_the_ready_timeout(
+    limit_name: str, settings: ArrSettings, held_slot: dict[str, Any], fast_emulator: Emulator
+) -> None:
+    """By default a wait longer than the ready timeout still ends in a Ready session."""
+
+    @flow
+    async def one() -> str:
+        async with rendering_session(
+            lease=timedelta(hours=2),
+            ready_timeout=600,
+            client=scaled_client(fast_emulator, settings),
+        ) as session:
+            return session.status.value
+
+    run = asyncio.ensure_future(one())
+    await until_waiting(limit_name)
+    await asyncio.sleep(1.5)  # 1.5 emulated hours: far past the 10 min ready timeout
+    await held_slot["release"]()
+    assert await asyncio.wait_for(run, 60) == "Ready"
+    assert fast_emulator.running() == []
+
+
+async def test_waiting_counts_against_the_ready_timeout_when_asked(
+    limit_name: str, settings: ArrSettings, held_slot: dict[str, Any], fast_emulator: Emulator
+) -> None:
+    """With ready_timeout_includes_slot_wait the wait is bounded by the ready timeout, and no
+    session is ever created."""
+
+    @flow
+    async def one() -> None:
+        async with rendering_session(
+            ready_timeout=600,
+            client=scaled_client(fast_emulator, settings),
+            ready_timeout_includes_slot_wait=True,
+        ):
+            pass
+
+    started = time.monotonic()
+    with pytest.raises(SlotWaitTimeoutError, match="counts against the ready timeout of 600 s"):
+        await asyncio.wait_for(one(), 60)
+    assert time.monotonic() - started < 10
+    assert fast_emulator.ledger()["sessions"] == []
+
+
+async def test_the_lease_is_renewed_while_held(limit_name: str) -> None:
+    """The keeper renews the slot's lease (every quarter of it; here every 0.2 s)."""
+    await create_limit(limit_name, 1)
+    slot = SessionSlot(limit_name, lease_seconds=60, renew_every=0.2)
+    await slot.acquire()
+    try:
+        assert slot.enforced
+        assert await slots_in_use(limit_name) == 1
+        await asyncio.sleep(1.5)
+        assert slot.renewals >= 3
+    finally:
+        await slot.release()
+    assert await slots_in_use(limit_name) == 0
+
+
+def test_names_and_bounds() -> None:
+    """The default name carries the account; a killed holder's slot returns within 75 s."""
+    assert session_limit_name("arr-sessions-{account_id}", "1111") == "arr-sessions-1111"
+    assert slot_return_bound(60) == 75
+    with pytest.raises(ValueError, match="60 to 86400 seconds"):
+        SessionSlot("x", lease_seconds=30)
