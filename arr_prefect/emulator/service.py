@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
@@ -13,6 +13,9 @@ from arr_prefect.clock import Clock, SystemClock
 from arr_prefect.emulator.app import create_app
 from arr_prefect.emulator.faults import FaultController
 from arr_prefect.emulator.state import EmulatorState, RequestLog, SessionRecord
+
+if TYPE_CHECKING:
+    from arr_prefect.emulator.server import FrontEndLimits
 
 __all__ = ["DEFAULT_ACCOUNT_ID", "DEFAULT_ACCOUNT_KEY", "Emulator"]
 
@@ -115,17 +118,20 @@ class Emulator:
             return self.state.expire_tokens()
 
     @contextmanager
-    def serve(self, host: str = "127.0.0.1", port: int = 0) -> Iterator[str]:
+    def serve(
+        self, host: str = "127.0.0.1", port: int = 0, *, limits: FrontEndLimits | None = None
+    ) -> Iterator[str]:
         """Serve over real HTTP in a background thread; yield ``http://host:port``.
 
         ``port=0`` picks a free port. The server stops (and the thread ends) on exit.
+        ``limits``: read deadlines and the connection cap (a front end's defaults).
         With a :class:`~arr_prefect.VirtualClock`, advance it through
         ``POST /_emulator/clock/advance`` while serving, so that sleepers (``slow``
         faults) wake on the server's event loop.
         """
         from arr_prefect.emulator.server import serve_in_thread
 
-        with serve_in_thread(self.app, host=host, port=port) as base_url:
+        with serve_in_thread(self.app, host=host, port=port, limits=limits) as base_url:
             yield base_url
 
     def __repr__(self) -> str:

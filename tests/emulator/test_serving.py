@@ -9,7 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -70,13 +70,16 @@ def _command() -> list[str]:
 
 
 @contextmanager
-def running_emulator(*args: str) -> Iterator[tuple[subprocess.Popen[str], str]]:
+def running_emulator(
+    *args: str, preexec_fn: Callable[[], None] | None = None
+) -> Iterator[tuple[subprocess.Popen[str], str]]:
     """Start ``arr-emulator --port 0 *args``; yield it and the URL of its first line."""
     process = subprocess.Popen(
         [*_command(), "--port", "0", "--log-level", "warning", *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=preexec_fn,
     )
     try:
         assert process.stdout is not None
