@@ -1,9 +1,14 @@
 """Azure Remote Rendering sessions: settings, models, errors, the async client, the emulator.
 
-This package has no Prefect in it; ``tasks`` and ``flows`` build on it.
+The core has no Prefect in it; ``tasks`` and ``flows`` build on it. The one Prefect name
+here, :class:`RemoteRenderingCredentials` (a Block), is imported on first use, so that
+``import arr_prefect`` (the emulator, the client) stays free of Prefect's import cost;
+``dir()`` lists it, which is how ``prefect block register -m arr_prefect`` finds it.
 """
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
 
 from arr_prefect.auth import AccessToken
 from arr_prefect.client import ArrClient, new_session_id, open_client, use_client_factory
@@ -44,6 +49,9 @@ from arr_prefect.models import (
 )
 from arr_prefect.settings import ArrSettings, load_settings
 
+if TYPE_CHECKING:
+    from arr_prefect.credentials import RemoteRenderingCredentials
+
 __all__ = [
     "MAX_LEASE",
     "AccessToken",
@@ -65,6 +73,7 @@ __all__ = [
     "LeaseNotExtendedError",
     "RateLimitedError",
     "ReadyTimeoutError",
+    "RemoteRenderingCredentials",
     "ScaledClock",
     "ServiceError",
     "Session",
@@ -87,3 +96,19 @@ __all__ = [
     "parse_timespan",
     "use_client_factory",
 ]
+
+_LAZY = {"RemoteRenderingCredentials": "arr_prefect.credentials"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})

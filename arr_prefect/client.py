@@ -38,7 +38,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterat
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Protocol, Self
 from urllib.parse import quote
 
 import httpx
@@ -80,6 +80,7 @@ from arr_prefect.settings import ArrSettings, load_settings
 
 __all__ = [
     "ArrClient",
+    "ClientFactory",
     "StatusCallback",
     "client_factory",
     "new_session_id",
@@ -775,12 +776,21 @@ def _raise_if_ended(session: Session, doing: str, ms_cv: str | None = None) -> N
 
 # ---------------------------------------------------------------------- factories
 
-ClientFactory = Callable[[], ArrClient]
+
+class ClientFactory(Protocol):
+    """Builds a client: from ``settings`` when given, else from the ambient ``ARR_*`` ones.
+
+    :class:`ArrClient` itself is one.
+    """
+
+    def __call__(self, settings: ArrSettings | None = None, /) -> ArrClient: ...
+
+
 _factory: ClientFactory | None = None
 
 
 def client_factory() -> ClientFactory:
-    """What :func:`open_client` builds clients with: the override, or settings from env."""
+    """What :func:`open_client` builds clients with: the override, or :class:`ArrClient`."""
     return _factory if _factory is not None else ArrClient
 
 
@@ -789,8 +799,9 @@ def use_client_factory(factory: ClientFactory | None) -> Iterator[None]:
     """Make :func:`open_client` (and so every task and flow) build clients with ``factory``.
 
     This is how tests and the demo point the tasks at an in-process emulator
-    (``lambda: ArrClient(settings, transport=emulator.transport())``) without patching
-    httpx, which would also catch Prefect's own API traffic.
+    (``lambda settings=None: ArrClient(settings or mine, transport=emulator.transport())``)
+    without patching httpx, which would also catch Prefect's own API traffic. The factory
+    gets the settings a caller chose (from a credentials block), or None for the ambient.
     """
     global _factory
     previous, _factory = _factory, factory
@@ -801,10 +812,13 @@ def use_client_factory(factory: ClientFactory | None) -> Iterator[None]:
 
 
 @contextlib.asynccontextmanager
-async def open_client(client: ArrClient | None = None) -> AsyncIterator[ArrClient]:
-    """Use ``client`` if given, else build one (and close it afterwards)."""
+async def open_client(
+    client: ArrClient | None = None, *, settings: ArrSettings | None = None
+) -> AsyncIterator[ArrClient]:
+    """Use ``client`` if given, else build one from ``settings`` (default: the ambient
+    ``ARR_*`` settings) and close it afterwards."""
     if client is not None:
         yield client
         return
-    async with client_factory()() as built:
+    async with client_factory()(settings) as built:
         yield built

@@ -28,7 +28,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from arr_prefect.errors import ConfigurationError
 from arr_prefect.models import ApiVersion
@@ -275,13 +275,30 @@ class ArrSettings(BaseSettings):
         )
 
 
-def load_settings(**overrides: Any) -> ArrSettings:
+class _GivenOnly(ArrSettings):
+    """Settings from the values given alone: no environment, no ``.env``."""
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings,)
+
+
+def load_settings(*, environment: bool = True, **overrides: Any) -> ArrSettings:
     """Build settings, turning pydantic's validation error into a :class:`ConfigurationError`.
 
     The message lists each bad field with its reason, and never the key's value.
+    ``environment=False`` checks the given values alone (no ``ARR_*`` variables, no
+    ``.env``): how a credentials block validates its fields with these same rules.
     """
     try:
-        return ArrSettings(**overrides)
+        return (ArrSettings if environment else _GivenOnly)(**overrides)
     except ValidationError as exc:
         reasons = "; ".join(
             f"{'.'.join(str(p) for p in err['loc']) or 'settings'}: {err['msg']}"

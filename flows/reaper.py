@@ -6,7 +6,14 @@ chose). The reaper lists the account's active sessions and stops those whose own
 run is over (Completed, Failed, Cancelled, Crashed) or no longer exists, once a grace
 period has passed. It never stops a session it cannot tie to one of our flow runs, unless
 told to with an age threshold (``stop_untracked_older_than_minutes``). ``dry_run`` only
-reports. What it stopped (or would stop) is published as a table artifact and an
+reports.
+
+Which accounts: the one of ``credentials_block`` when given; otherwise every account it
+knows, the ``ARR_*`` settings' and each saved ``RemoteRenderingCredentials`` block's
+(once each), since a flow run may have used any saved block; its hooks find it by the
+name the run recorded, the reaper by visiting them all.
+
+What it stopped (or would stop) is published as a table artifact and an
 ``arr.reaper.stopped`` event per session.
 """
 
@@ -24,8 +31,14 @@ from prefect.client.schemas.objects import FlowRun
 from prefect.exceptions import ObjectNotFound
 from pydantic import BaseModel, Field
 
-from arr_prefect.client import open_client
-from arr_prefect.errors import ArrError
+from arr_prefect.client import ArrClient
+from arr_prefect.credentials import (
+    RemoteRenderingCredentials,
+    load_credentials,
+    open_client_for,
+    saved_credentials_names,
+)
+from arr_prefect.errors import ArrError, ConfigurationError
 from arr_prefect.flows.session import OWNER_TAG_PREFIX, emit_session_event
 from arr_prefect.models import Session
 from arr_prefect.tasks.sessions import run_logger
@@ -43,6 +56,7 @@ class ReapDecision(BaseModel):
     """What the reaper decided for one active session, and why."""
 
     session_id: str
+    account: str | None = None
     owner_flow_run: str | None
     owner_state: str | None
     action: Action
@@ -125,11 +139,65 @@ def _decide(
     return True, f"untracked and older than {untracked_age.total_seconds() / 60:.0f} min"
 
 
+async def _reap_account(
+    arr: ArrClient,
+    label: str,
+    *,
+    grace: timedelta,
+    untracked_age: timedelta | None,
+    dry_run: bool,
+) -> list[ReapDecision]:
+    """Decide (and act) for every active session of ``arr``'s account."""
+    logger = run_logger()
+    decisions: list[ReapDecision] = []
+    sessions = await arr.list_sessions()
+    now = datetime.fromtimestamp(arr.clock.time(), tz=UTC)
+    prefect_now = datetime.now(UTC)
+    for session in sessions:
+        owner, ours = await _owner_of(session)
+        stop, reason = _decide(
+            session,
+            owner,
+            ours,
+            now=prefect_now if owner is not None else now,
+            grace=grace,
+            untracked_age=untracked_age,
+        )
+        action: Action = "kept"
+        if stop and dry_run:
+            action = "would stop"
+        elif stop:
+            try:
+                await arr.stop_session(session.id)
+                action = "stopped"
+            except ArrError as exc:
+                action, reason = "stop failed", f"{reason}; stop failed: {exc}"
+        decision = ReapDecision(
+            session_id=session.id,
+            account=label,
+            owner_flow_run=str(owner.id) if owner is not None else None,
+            owner_state=owner.state.name if owner is not None and owner.state else None,
+            action=action,
+            reason=reason,
+        )
+        decisions.append(decision)
+        logger.info("Session %s: %s (%s)", session.id, action, reason)
+        if action in ("stopped", "would stop"):
+            emit_session_event(
+                "arr.reaper.stopped" if action == "stopped" else "arr.reaper.would-stop",
+                session.id,
+                decision.owner_flow_run,
+                {"reason": reason, "dry_run": dry_run},
+            )
+    return decisions
+
+
 @flow(name="reap-orphaned-sessions", log_prints=True)
 async def reap_orphaned_sessions(
     grace_minutes: Annotated[float, Field(ge=0)] = 10.0,
     dry_run: bool = False,
     stop_untracked_older_than_minutes: Annotated[float | None, Field(gt=0)] = None,
+    credentials_block: str | None = None,
 ) -> ReapReport:
     """Stop sessions whose owning flow run is over or gone; report what was stopped.
 
@@ -140,54 +208,46 @@ async def reap_orphaned_sessions(
         stop_untracked_older_than_minutes: Also stop sessions that no flow run of ours
             owns once they are this old. Off by default: the reaper never stops what it
             cannot tie to one of our runs unless told to.
+        credentials_block: Reap only the account of this saved Remote Rendering
+            Credentials block. Empty: the ARR_* settings' account and every saved block's.
     """
     logger = run_logger()
+    failures: list[tuple[str, ArrError]] = []
     grace = timedelta(minutes=grace_minutes)
     untracked_age = (
         None
         if stop_untracked_older_than_minutes is None
         else timedelta(minutes=stop_untracked_older_than_minutes)
     )
+    accounts: list[tuple[str, RemoteRenderingCredentials | None]]
+    if credentials_block:
+        accounts = [(f"block {credentials_block}", await load_credentials(credentials_block))]
+    else:
+        accounts = [("ARR_* settings", None)]
+        for name in await saved_credentials_names():
+            try:
+                accounts.append((f"block {name}", await load_credentials(name)))
+            except ConfigurationError as exc:
+                failures.append((f"block {name}", exc))
     decisions: list[ReapDecision] = []
-    async with open_client() as arr:
-        sessions = await arr.list_sessions()
-        now = datetime.fromtimestamp(arr.clock.time(), tz=UTC)
-        prefect_now = datetime.now(UTC)
-        for session in sessions:
-            owner, ours = await _owner_of(session)
-            stop, reason = _decide(
-                session,
-                owner,
-                ours,
-                now=prefect_now if owner is not None else now,
-                grace=grace,
-                untracked_age=untracked_age,
-            )
-            action: Action = "kept"
-            if stop and dry_run:
-                action = "would stop"
-            elif stop:
-                try:
-                    await arr.stop_session(session.id)
-                    action = "stopped"
-                except ArrError as exc:
-                    action, reason = "stop failed", f"{reason}; stop failed: {exc}"
-            decision = ReapDecision(
-                session_id=session.id,
-                owner_flow_run=str(owner.id) if owner is not None else None,
-                owner_state=owner.state.name if owner is not None and owner.state else None,
-                action=action,
-                reason=reason,
-            )
-            decisions.append(decision)
-            logger.info("Session %s: %s (%s)", session.id, action, reason)
-            if action in ("stopped", "would stop"):
-                emit_session_event(
-                    "arr.reaper.stopped" if action == "stopped" else "arr.reaper.would-stop",
-                    session.id,
-                    decision.owner_flow_run,
-                    {"reason": reason, "dry_run": dry_run},
+    seen: set[tuple[str, str]] = set()
+    for label, credentials in accounts:
+        try:
+            async with open_client_for(credentials) as arr:
+                account = (arr.settings.service_base_url, arr.account_id)
+                if account in seen:
+                    continue  # two blocks (or a block and ARR_*) for the same account
+                seen.add(account)
+                decisions += await _reap_account(
+                    arr, label, grace=grace, untracked_age=untracked_age, dry_run=dry_run
                 )
+        except ConfigurationError as exc:
+            if credentials is None and len(accounts) > 1:
+                logger.info("No account in the ARR_* settings (%s); reaping the blocks'", exc)
+                continue
+            failures.append((label, exc))
+        except ArrError as exc:
+            failures.append((label, exc))
     report = ReapReport(dry_run=dry_run, decisions=decisions)
     acted = [d for d in decisions if d.action != "kept"]
     await acreate_table_artifact(
@@ -205,4 +265,12 @@ async def reap_orphaned_sessions(
         len(report.would_stop),
         sum(d.action == "kept" for d in decisions),
     )
+    if failures:
+        if len(accounts) == 1:
+            raise failures[0][1]
+        raise ArrError(
+            f"the reaper could not reap {len(failures)} of {len(accounts)} accounts: "
+            + "; ".join(f"{label}: {exc}" for label, exc in failures)
+            + ". Fix or delete those credentials blocks (UI: Blocks)"
+        )
     return report

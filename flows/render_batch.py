@@ -12,6 +12,7 @@ from prefect import flow
 from prefect.artifacts import acreate_markdown_artifact
 from pydantic import BaseModel, Field
 
+from arr_prefect.credentials import load_credentials
 from arr_prefect.errors import InvalidInputError
 from arr_prefect.flows.jobs import DEFAULT_JOB, InvalidJobError, JobSpec, run_job, validate_job
 from arr_prefect.flows.session import SessionReport, rendering_session, stop_owned_sessions
@@ -127,6 +128,7 @@ async def render_batch(
     ready_timeout_minutes: Annotated[float, Field(gt=0, le=1440)] = 15.0,
     models: list[str] | None = None,
     ready_timeout_includes_slot_wait: bool = False,
+    credentials_block: str | None = None,
 ) -> RenderSummary:
     """Render a batch on a fresh ARR session, and stop the session whatever happens.
 
@@ -156,6 +158,8 @@ async def render_batch(
         ready_timeout_includes_slot_wait: Count the wait for a slot of the account's
             session quota (a Prefect global concurrency limit) against the ready timeout.
             Off by default: the run waits for a slot as long as it takes.
+        credentials_block: Name of a saved Remote Rendering Credentials block (UI: Blocks)
+            holding the ARR account to use. Empty: the worker's ARR_* settings.
     """
     logger = run_logger()
     # Every check happens before a session exists: bad input costs nothing.
@@ -169,7 +173,9 @@ async def render_batch(
             f"ready_timeout_minutes must be positive, got {ready_timeout_minutes!r}"
         )
     await validate_job(job)
-    settings = load_settings()
+    # A block only by name: the run's parameters (and so the UI) never hold the key.
+    credentials = await load_credentials(credentials_block) if credentials_block else None
+    settings = credentials.to_settings() if credentials is not None else load_settings()
 
     report = SessionReport()
     outcome: JobOutcome = "not started"
@@ -182,6 +188,7 @@ async def render_batch(
             models=models,
             report=report,
             ready_timeout_includes_slot_wait=ready_timeout_includes_slot_wait,
+            credentials=credentials,
         ) as session:
             logger.info(
                 "Session %s Ready after %.0fs; running job %s",

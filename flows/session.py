@@ -8,7 +8,9 @@ Teardown in depth (DESIGN.md), the layers this module provides:
 2. Ownership recorded on the flow run the moment the session exists (a flow-run tag
    ``arr-session:<id>`` and an ``arr.session.created`` event), so Prefect hooks running in
    another process (``on_cancellation`` runs in the runner) and the orphan reaper can find
-   and stop it: :func:`stop_owned_sessions`.
+   and stop it: :func:`stop_owned_sessions`. A session made with a saved credentials
+   block also tags the run ``arr-credentials:<block name>`` (the name, never the key), so
+   the hooks reach the same account.
 3. A rolling lease (:class:`LeaseKeeper`): the session is created with a short lease and
    renewed ahead of expiry while the work runs, so if everything else dies the service
    itself ends the session within one renewal period.
@@ -23,6 +25,7 @@ Teardown in depth (DESIGN.md), the layers this module provides:
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import os
 import stat
@@ -31,7 +34,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 from uuid import UUID
 
 import anyio
@@ -41,9 +44,12 @@ from prefect.events import emit_event
 from prefect.logging import get_logger
 
 from arr_prefect import tasks
-from arr_prefect.client import ArrClient, new_session_id, open_client
+from arr_prefect.client import ArrClient, new_session_id
+from arr_prefect.clock import Clock
+from arr_prefect.credentials import RemoteRenderingCredentials, load_credentials, open_client_for
 from arr_prefect.errors import (
     ArrError,
+    ConfigurationError,
     InvalidLeaseError,
     SessionEndedError,
     SessionExpiredError,
@@ -54,10 +60,12 @@ from arr_prefect.models import MAX_LEASE, Session, SessionSize, parse_lease
 from arr_prefect.tasks.sessions import run_logger
 
 __all__ = [
+    "CREDENTIALS_TAG_PREFIX",
     "OWNER_TAG_PREFIX",
     "LeaseKeeper",
     "SessionReport",
     "WorkerLostError",
+    "credentials_blocks_of",
     "owned_session_ids",
     "record_session_owner",
     "rendering_session",
@@ -66,6 +74,10 @@ __all__ = [
 
 OWNER_TAG_PREFIX = "arr-session:"
 """Flow runs that own a session carry the tag ``arr-session:<session id>``."""
+
+CREDENTIALS_TAG_PREFIX = "arr-credentials:"
+"""Flow runs that made a session with a saved credentials block carry the tag
+``arr-credentials:<block name>``: how hooks in another process find the account."""
 
 # How long teardown may take to stop a session before giving up (the lease and the
 # reaper still end it).
@@ -94,6 +106,9 @@ def _starting_worker_pid() -> int | None:
 _WORKER_PID = _starting_worker_pid()
 
 _owned: dict[str, set[str]] = {}
+# The credentials each session of this process was made with, for hooks running here
+# (an unsaved block has no name another process could load).
+_credentials_of: dict[str, RemoteRenderingCredentials] = {}
 _tag_locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = (
     weakref.WeakKeyDictionary()
 )
@@ -109,35 +124,57 @@ def _current_flow_run_id() -> str | None:
 
 
 async def record_session_owner(
-    session_id: str, flow_run_id: str | None = None, *, api_version: str | None = None
+    session_id: str,
+    flow_run_id: str | None = None,
+    *,
+    api_version: str | None = None,
+    credentials: RemoteRenderingCredentials | None = None,
 ) -> None:
     """Tie a session to a flow run (the current one by default), before anything can fail.
 
     Records it in this process, as the flow-run tag ``arr-session:<id>`` and as an
     ``arr.session.created`` event, so :func:`stop_owned_sessions` (in any process) and the
     orphan reaper can find it. Call it right after ``create_session`` when composing the
-    tasks by hand; :func:`rendering_session` does it for you.
+    tasks by hand; :func:`rendering_session` does it for you. Pass the ``credentials``
+    the session was made with: a saved block's name is tagged too
+    (``arr-credentials:<name>``) so hooks in another process reach the same account.
     """
     flow_run_id = flow_run_id if flow_run_id is not None else _current_flow_run_id()
     if flow_run_id is None:
         return
     _owned.setdefault(flow_run_id, set()).add(session_id)
-    tag = f"{OWNER_TAG_PREFIX}{session_id}"
+    block = credentials.block_name if credentials is not None else None
+    if credentials is not None:
+        _credentials_of[session_id] = credentials
+        if block is None:
+            run_logger().warning(
+                "Session %s uses credentials that are not a saved block: a teardown hook"
+                " run in another process, and the reaper, will use the ARR_* settings"
+                " there instead. Save the block and load it by name to avoid this",
+                session_id,
+            )
+    tags = [f"{OWNER_TAG_PREFIX}{session_id}"]
+    if block is not None:
+        tags.append(f"{CREDENTIALS_TAG_PREFIX}{block}")
     try:
         lock = _tag_locks.setdefault(asyncio.get_running_loop(), asyncio.Lock())
         async with lock, get_client() as prefect:
             run = await prefect.read_flow_run(UUID(flow_run_id))
-            if tag not in run.tags:
-                await prefect.update_flow_run(UUID(flow_run_id), tags=[*run.tags, tag])
+            missing = [tag for tag in tags if tag not in run.tags]
+            if missing:
+                await prefect.update_flow_run(UUID(flow_run_id), tags=[*run.tags, *missing])
     except Exception as exc:  # noqa: BLE001 - recording must never lose the session
         run_logger().warning(
             "Could not tag flow run %s with %s (%s); the rolling lease still bounds the session",
             flow_run_id,
-            tag,
+            ", ".join(tags),
             exc,
         )
     emit_session_event(
-        "arr.session.created", session_id, flow_run_id, {"api_version": api_version or ""}
+        "arr.session.created",
+        session_id,
+        flow_run_id,
+        {"api_version": api_version or "", "credentials_block": block or ""},
     )
 
 
@@ -167,17 +204,36 @@ def emit_session_event(
         get_logger("arr.flows").debug("could not emit %s: %s", event, exc)
 
 
+async def _run_tags(flow_run_id: str) -> list[str]:
+    try:
+        async with get_client() as prefect:
+            run = await prefect.read_flow_run(UUID(flow_run_id))
+    except Exception as exc:  # noqa: BLE001 - callers fall back to what this process knows
+        get_logger("arr.flows").warning(
+            "could not read the tags of flow run %s: %s", flow_run_id, exc
+        )
+        return []
+    return list(run.tags)
+
+
 async def owned_session_ids(flow_run_id: str | UUID) -> set[str]:
     """Session IDs a flow run owns: recorded in this process, or as tags on the run."""
     key = str(flow_run_id)
     ids = set(_owned.get(key, ()))
-    try:
-        async with get_client() as prefect:
-            run = await prefect.read_flow_run(UUID(key))
-        ids.update(t[len(OWNER_TAG_PREFIX) :] for t in run.tags if t.startswith(OWNER_TAG_PREFIX))
-    except Exception as exc:  # noqa: BLE001 - fall back to what this process knows
-        get_logger("arr.flows").warning("could not read the tags of flow run %s: %s", key, exc)
+    tags = await _run_tags(key)
+    ids.update(t[len(OWNER_TAG_PREFIX) :] for t in tags if t.startswith(OWNER_TAG_PREFIX))
     return ids
+
+
+async def credentials_blocks_of(flow_run: FlowRun) -> list[str]:
+    """Names of the saved credentials blocks a flow run made sessions with: its
+    ``arr-credentials:`` tags, and its ``credentials_block`` parameter (render-batch's)."""
+    tags = await _run_tags(str(flow_run.id))
+    names = [t[len(CREDENTIALS_TAG_PREFIX) :] for t in tags if t.startswith(CREDENTIALS_TAG_PREFIX)]
+    parameter = (flow_run.parameters or {}).get("credentials_block")
+    if isinstance(parameter, str) and parameter.strip() and parameter.strip() not in names:
+        names.append(parameter.strip())
+    return names
 
 
 async def stop_owned_sessions(flow: Flow | Any, flow_run: FlowRun, state: State[Any]) -> None:
@@ -186,48 +242,89 @@ async def stop_owned_sessions(flow: Flow | Any, flow_run: FlowRun, state: State[
     Works in the flow-run process and outside it (Prefect runs ``on_cancellation`` in the
     runner after killing the flow-run process): the sessions are found from the run's
     ``arr-session:`` tags. Stopping is idempotent, so running after ``finally`` is harmless.
-    Settings come from ``ARR_*`` in the environment of whichever process runs the hook.
+    The account: the credentials the session was made with when this process made it,
+    else each saved block the run recorded (``arr-credentials:`` tags, or render-batch's
+    ``credentials_block`` parameter), else the ``ARR_*`` settings of this process; a
+    session not found in one account is looked for in the next.
     """
     logger = get_logger("arr.teardown")
     ids = await owned_session_ids(flow_run.id)
     if not ids:
         return
-    async with open_client() as arr:
-        for session_id in sorted(ids):
-            try:
-                # Look first: a stop of a session already over is also answered 204, and
-                # the event below must say who really stopped it. If the look fails, stop
-                # anyway: stopping is idempotent, and this may be the only layer left.
-                try:
-                    if not (await arr.get_session(session_id)).status.is_active:
+    pending = set(ids)
+    accounts: list[tuple[str, RemoteRenderingCredentials | None, set[str] | None]] = []
+    local: dict[int, tuple[RemoteRenderingCredentials, set[str]]] = {}
+    for session_id in ids:
+        if (credentials := _credentials_of.get(session_id)) is not None:
+            local.setdefault(id(credentials), (credentials, set()))[1].add(session_id)
+    accounts += [("the credentials it was made with", c, only) for c, only in local.values()]
+    for name in await credentials_blocks_of(flow_run):
+        try:
+            accounts.append((f"credentials block {name!r}", await load_credentials(name), None))
+        except Exception as exc:  # noqa: BLE001 - the other accounts may still reach it
+            logger.error(
+                "Flow run %s: cannot load the credentials block %r its sessions were made"
+                " with (%s); trying the ARR_* settings instead",
+                flow_run.name,
+                name,
+                exc,
+            )
+    accounts.append(("the ARR_* settings", None, None))
+    for label, credentials, only in accounts:
+        targets = sorted(pending if only is None else pending & only)
+        if not targets:
+            continue
+        try:
+            async with open_client_for(credentials) as arr:
+                for session_id in targets:
+                    try:
+                        outcome = await _stop_if_active(arr, session_id, logger)
+                    except ArrError as exc:
+                        logger.error(
+                            "Flow run %s (%s): could not stop session %s with %s: %s",
+                            flow_run.name,
+                            state.name,
+                            session_id,
+                            label,
+                            exc,
+                        )
                         continue
-                except SessionNotFoundError:
-                    continue
-                except ArrError as exc:
-                    logger.warning("Could not read session %s (%s); stopping it", session_id, exc)
-                stopped = await arr.stop_session(session_id)
-            except ArrError as exc:
-                logger.error(
-                    "Flow run %s (%s): could not stop session %s: %s",
-                    flow_run.name,
-                    state.name,
-                    session_id,
-                    exc,
-                )
-                continue
-            if stopped:
-                logger.warning(
-                    "Flow run %s is %s: stopped its session %s",
-                    flow_run.name,
-                    state.name,
-                    session_id,
-                )
-                emit_session_event(
-                    "arr.session.stopped",
-                    session_id,
-                    str(flow_run.id),
-                    {"stopped_by": f"hook:{state.name}"},
-                )
+                    if outcome == "absent":
+                        continue  # unknown to this account: the next one may know it
+                    pending.discard(session_id)
+                    if outcome == "stopped":
+                        logger.warning(
+                            "Flow run %s is %s: stopped its session %s",
+                            flow_run.name,
+                            state.name,
+                            session_id,
+                        )
+                        emit_session_event(
+                            "arr.session.stopped",
+                            session_id,
+                            str(flow_run.id),
+                            {"stopped_by": f"hook:{state.name}"},
+                        )
+        except ConfigurationError as exc:
+            log = logger.debug if len(accounts) > 1 else logger.error
+            log("Flow run %s: no client from %s (%s)", flow_run.name, label, exc)
+
+
+async def _stop_if_active(
+    arr: ArrClient, session_id: str, logger: logging.Logger | logging.LoggerAdapter[Any]
+) -> Literal["stopped", "over", "absent"]:
+    """Stop the session if it is still active in ``arr``'s account."""
+    # Look first: a stop of a session already over is also answered 204, and the event
+    # must say who really stopped it. If the look fails, stop anyway: stopping is
+    # idempotent, and this may be the only layer left.
+    try:
+        if not (await arr.get_session(session_id)).status.is_active:
+            return "over"
+    except SessionNotFoundError:
+        return "absent"
+    except ArrError as exc:
+        logger.warning("Could not read session %s (%s); stopping it", session_id, exc)
+    return "stopped" if await arr.stop_session(session_id) else "absent"
 
 
 class WorkerLostError(RuntimeError):
@@ -340,18 +437,30 @@ class LeaseKeeper:
     not an increment). If the worker dies, the service ends the session within ``lease``.
     Renewal failures are retried sooner; if the session is found over (expired, stopped,
     Error) ``on_lost`` is called with the error and the keeper ends.
+
+    The account: ``client`` if given, else ``credentials`` (a
+    :class:`~arr_prefect.credentials.RemoteRenderingCredentials`), else ``ARR_*``; without
+    a client the keeper opens its own while it runs::
+
+        async with LeaseKeeper(session_id=session.id, lease=lease, credentials=credentials):
+            await render(session)
     """
 
     def __init__(
         self,
-        client: ArrClient,
-        session_id: str,
+        client: ArrClient | None = None,
+        session_id: str | None = None,
         *,
         lease: timedelta,
         renew_every: timedelta | None = None,
         on_lost: Callable[[SessionEndedError], None] | None = None,
+        credentials: RemoteRenderingCredentials | None = None,
     ) -> None:
+        if session_id is None:
+            raise TypeError("LeaseKeeper needs the session_id of the session to keep")
         self.client = client
+        self.credentials = credentials
+        self._arr: ArrClient | None = None
         self.session_id = session_id
         self.lease = parse_lease(lease)
         self.renew_every = self.renewal_period(self.lease, renew_every)
@@ -400,7 +509,13 @@ class LeaseKeeper:
 
     async def renew(self) -> Session:
         """Renew once: make the lease end ``lease`` from now (nothing sent if it already does)."""
-        after = await self.client.extend_session_by(self.session_id, self.lease)
+        if self._arr is not None:
+            return await self._renew_with(self._arr)
+        async with open_client_for(self.credentials, self.client) as arr:
+            return await self._renew_with(arr)
+
+    async def _renew_with(self, arr: ArrClient) -> Session:
+        after = await arr.extend_session_by(self.session_id, self.lease)
         if self._last_lease is not None and after.max_lease != self._last_lease:
             self.renewals += 1
         self._last_lease = after.max_lease
@@ -413,7 +528,14 @@ class LeaseKeeper:
         return after
 
     async def _run(self) -> None:
-        clock = self.client.clock
+        async with open_client_for(self.credentials, self.client) as arr:
+            self._arr = arr
+            try:
+                await self._keep(arr.clock)
+            finally:
+                self._arr = None
+
+    async def _keep(self, clock: Clock) -> None:
         delay = self.renew_every.total_seconds()
         logger = run_logger()
         while True:
@@ -526,6 +648,7 @@ async def rendering_session(
     client: ArrClient | None = None,
     report: SessionReport | None = None,
     ready_timeout_includes_slot_wait: bool = False,
+    credentials: RemoteRenderingCredentials | None = None,
 ) -> AsyncIterator[Session]:
     """Create a session, wait until Ready, keep its lease rolling, and always stop it.
 
@@ -548,6 +671,11 @@ async def rendering_session(
     sessions than the account allows (:mod:`arr_prefect.flows.quota`). The wait for a free
     slot is logged and shown as an artifact; it counts against ``ready_timeout`` only with
     ``ready_timeout_includes_slot_wait=True``.
+
+    The account: ``client`` if given, else ``credentials`` (a
+    :class:`~arr_prefect.credentials.RemoteRenderingCredentials`; a saved one is recorded
+    on the flow run by name, so the teardown hooks reach it from any process), else the
+    ``ARR_*`` settings.
     """
     report = report if report is not None else SessionReport()
     rolling = parse_lease(lease)
@@ -557,8 +685,10 @@ async def rendering_session(
     in_flow = flow_run_id is not None
     logger = run_logger()
 
+    # What made the session, for the hooks: not the credentials when a client overrides them.
+    used = credentials if client is None else None
     async with (
-        open_client(client) as arr,
+        open_client_for(credentials, client) as arr,
         _account_slot(arr, flow_run_id, ready_timeout, ready_timeout_includes_slot_wait) as slot,
     ):
         if slot is not None:
@@ -573,7 +703,9 @@ async def rendering_session(
             # 2021-01-01: we choose the ID, so record it before the create is even sent.
             prefix = f"pf-{flow_run_id}" if flow_run_id else "arr"
             session_id = report.session_id = new_session_id(prefix)
-            await record_session_owner(session_id, flow_run_id, api_version=arr.api_version)
+            await record_session_owner(
+                session_id, flow_run_id, api_version=arr.api_version, credentials=used
+            )
         report.created_at = arr.clock.time()
         cancels_seen: list[BaseException] = []
 
@@ -621,7 +753,9 @@ async def rendering_session(
             if arr.api_version == "v1":
                 # Inside the try: a cancel arriving while the tag is written still stops it.
                 with anyio.CancelScope(shield=True), anyio.move_on_after(30):
-                    await record_session_owner(session.id, flow_run_id, api_version=arr.api_version)
+                    await record_session_owner(
+                        session.id, flow_run_id, api_version=arr.api_version, credentials=used
+                    )
             if in_flow:
                 session = await tasks.wait_until_ready(
                     session.id, timeout=ready_timeout, poll_interval=poll_interval, client=arr
@@ -652,6 +786,7 @@ async def rendering_session(
             held = len(cancels_seen)
             await _stop_in_teardown(arr, session.id, report, in_flow, cancels_seen)
             if report.stop_error is None:
+                _credentials_of.pop(session.id, None)
                 emit_session_event(
                     "arr.session.stopped", session.id, flow_run_id, {"stopped_by": "finally"}
                 )

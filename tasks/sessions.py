@@ -2,8 +2,9 @@
 
 Every task:
 
-- is ``async`` and opens a client from ``ARR_*`` settings unless one is passed
-  (``client=``), so it drops into any flow;
+- is ``async`` and opens a client for its account, highest first: the ``client=`` passed,
+  the ``credentials=`` passed (a :class:`~arr_prefect.credentials.RemoteRenderingCredentials`
+  block), or the ``ARR_*`` settings; so it drops into any flow;
 - uses ``cache_policy=NO_CACHE`` and ``persist_result=False``: Prefect 3 caches a task's
   result by its inputs within a run, so a status check called twice would otherwise
   return the first answer, and a token must never land in result storage;
@@ -26,7 +27,8 @@ from prefect.exceptions import MissingContextError
 from prefect.logging import get_run_logger
 
 from arr_prefect.auth import AccessToken
-from arr_prefect.client import ArrClient, open_client
+from arr_prefect.client import ArrClient
+from arr_prefect.credentials import RemoteRenderingCredentials, open_client_for
 from arr_prefect.errors import ArrTransportError, RateLimitedError, ServiceError
 from arr_prefect.models import Session, SessionSize, SessionStatus
 
@@ -70,7 +72,9 @@ _IDEMPOTENT: dict[str, Any] = {
 
 
 @task(name="get-access-token", **_COMMON)
-async def get_access_token(client: ArrClient | None = None) -> AccessToken:
+async def get_access_token(
+    client: ArrClient | None = None, credentials: RemoteRenderingCredentials | None = None
+) -> AccessToken:
     """Get an STS access token for the configured account (cached until shortly before exp).
 
     The token is a ``SecretStr``: it never shows in logs, the UI or result storage.
@@ -82,7 +86,7 @@ async def get_access_token(client: ArrClient | None = None) -> AccessToken:
             token = await get_access_token()
             print(token.expires_at)
     """
-    async with open_client(client) as arr:
+    async with open_client_for(credentials, client) as arr:
         token = await arr.get_access_token()
     run_logger().info(
         "Access token for account %s valid until %s", token.account_id, token.expires_at
@@ -97,6 +101,7 @@ async def create_session(
     models: list[str] | None = None,
     session_id: str | None = None,
     client: ArrClient | None = None,
+    credentials: RemoteRenderingCredentials | None = None,
 ) -> Session:
     """Create a session (status Starting) and return it; the caller must stop it.
 
@@ -115,7 +120,7 @@ async def create_session(
             finally:
                 await stop_session(session.id)
     """
-    async with open_client(client) as arr:
+    async with open_client_for(credentials, client) as arr:
         session = await arr.create_session(
             lease=lease, size=size, models=models or (), session_id=session_id
         )
@@ -131,6 +136,7 @@ async def wait_until_ready(
     timeout: float | None = None,
     poll_interval: float | None = None,
     client: ArrClient | None = None,
+    credentials: RemoteRenderingCredentials | None = None,
 ) -> Session:
     """Poll until the session is Ready and return it, logging each status change.
 
@@ -147,7 +153,7 @@ async def wait_until_ready(
             print(session.hostname, session.handshake_port)
     """
     logger = run_logger()
-    async with open_client(client) as arr:
+    async with open_client_for(credentials, client) as arr:
         started = arr.clock.time()
 
         def on_status(previous: SessionStatus | None, session: Session) -> None:
@@ -182,6 +188,7 @@ async def extend_session(
     lease: timedelta | str | int | float | None = None,
     extend_by: timedelta | str | int | float | None = None,
     client: ArrClient | None = None,
+    credentials: RemoteRenderingCredentials | None = None,
 ) -> Session:
     """Extend a session's lease; give exactly one of ``lease`` or ``extend_by``.
 
@@ -197,7 +204,7 @@ async def extend_session(
     """
     if (lease is None) == (extend_by is None):
         raise ValueError("give exactly one of lease (the new total) or extend_by")
-    async with open_client(client) as arr:
+    async with open_client_for(credentials, client) as arr:
         if lease is not None:
             session = await arr.extend_session(session_id, lease)
         else:
@@ -210,7 +217,11 @@ async def extend_session(
 
 
 @task(name="stop-session", task_run_name="stop-session-{session_id}", **_IDEMPOTENT)
-async def stop_session(session_id: str, client: ArrClient | None = None) -> bool:
+async def stop_session(
+    session_id: str,
+    client: ArrClient | None = None,
+    credentials: RemoteRenderingCredentials | None = None,
+) -> bool:
     """Stop a session. Idempotent: stopping a session already over (Stopped, Expired,
     Error) or unknown is success. True when the service accepted the stop, False when it
     answered that the session is unknown or already over.
@@ -221,7 +232,7 @@ async def stop_session(session_id: str, client: ArrClient | None = None) -> bool
         async def cleanup(session_id: str):
             await stop_session(session_id)
     """
-    async with open_client(client) as arr:
+    async with open_client_for(credentials, client) as arr:
         stopped = await arr.stop_session(session_id)
     if stopped:
         run_logger().info("Stopped session %s", session_id)
@@ -231,7 +242,11 @@ async def stop_session(session_id: str, client: ArrClient | None = None) -> bool
 
 
 @task(name="get-session", task_run_name="get-session-{session_id}", **_IDEMPOTENT)
-async def get_session(session_id: str, client: ArrClient | None = None) -> Session:
+async def get_session(
+    session_id: str,
+    client: ArrClient | None = None,
+    credentials: RemoteRenderingCredentials | None = None,
+) -> Session:
     """The session's current properties (never cached: each call asks the service).
 
     Example::
@@ -241,12 +256,14 @@ async def get_session(session_id: str, client: ArrClient | None = None) -> Sessi
             session = await get_session(session_id)
             print(session.status, session.remaining)
     """
-    async with open_client(client) as arr:
+    async with open_client_for(credentials, client) as arr:
         return await arr.get_session(session_id)
 
 
 @task(name="list-sessions", **_IDEMPOTENT)
-async def list_sessions(client: ArrClient | None = None) -> list[Session]:
+async def list_sessions(
+    client: ArrClient | None = None, credentials: RemoteRenderingCredentials | None = None
+) -> list[Session]:
     """Every active (Starting or Ready) session of the account, all pages.
 
     Example::
@@ -256,5 +273,5 @@ async def list_sessions(client: ArrClient | None = None) -> list[Session]:
             for session in await list_sessions():
                 print(session.id, session.status, session.elapsed)
     """
-    async with open_client(client) as arr:
+    async with open_client_for(credentials, client) as arr:
         return await arr.list_sessions()

@@ -69,8 +69,10 @@ def arr(emulator: Emulator, clock: VirtualClock, settings: ArrSettings) -> Itera
     """Point every task and flow at the in-process emulator, on the virtual clock."""
     cache = TokenCache()
 
-    def factory() -> ArrClient:
-        return ArrClient(settings, transport=emulator.transport(), clock=clock, token_cache=cache)
+    def factory(chosen: ArrSettings | None = None) -> ArrClient:
+        return ArrClient(
+            chosen or settings, transport=emulator.transport(), clock=clock, token_cache=cache
+        )
 
     with use_clock(clock), use_client_factory(factory):
         yield

@@ -186,8 +186,8 @@ async def test_flow_timeout_stops_session(api_version: str) -> None:
     with (
         use_clock(clock),
         use_client_factory(
-            lambda: ArrClient(
-                settings, transport=emulator.transport(), clock=clock, token_cache=cache
+            lambda chosen=None: ArrClient(
+                chosen or settings, transport=emulator.transport(), clock=clock, token_cache=cache
             )
         ),
     ):

@@ -23,6 +23,7 @@ MODULES = [
     "arr_prefect.auth",
     "arr_prefect.client",
     "arr_prefect.clock",
+    "arr_prefect.credentials",
     "arr_prefect.errors",
     "arr_prefect.models",
     "arr_prefect.settings",
