@@ -1,7 +1,7 @@
-"""``arr``: the operators' command line, on the core client (see :mod:`arr_prefect.cli.app`)."""
+"""``arr``: the operators' command line, on the core client (:mod:`arr_prefect.cli.commands`)."""
 
 from __future__ import annotations
 
-from arr_prefect.cli.app import app, build_app, main
+from arr_prefect.cli.commands import app, build_app, main
 
 __all__ = ["app", "build_app", "main"]

@@ -1,5 +1,5 @@
 """``python -m arr_prefect.cli``: the same as the ``arr`` console script."""
 
-from arr_prefect.cli.app import main
+from arr_prefect.cli.commands import main
 
 main()

@@ -19,7 +19,7 @@ from typer.testing import CliRunner, Result
 from arr_prefect import ArrClient
 from arr_prefect.auth import TokenCache
 from arr_prefect.cli import build_app
-from arr_prefect.cli.app import EXIT_FAILED, EXIT_SESSION_ENDED, EXIT_USAGE
+from arr_prefect.cli.commands import EXIT_FAILED, EXIT_SESSION_ENDED, EXIT_USAGE
 from arr_prefect.clock import VirtualClock
 from arr_prefect.emulator import DEFAULT_ACCOUNT_ID, Emulator
 from arr_prefect.settings import ArrSettings
@@ -433,3 +433,49 @@ def test_group_options_and_command_options_combine(arr: Arr, api_version: str) -
     other = "2021-01-01" if api_version == "v1" else "v1"
     arr("--api-version", other, "sessions", "list")
     assert arr.clients[-1].api_version == other
+
+
+def test_stop_all_asks_a_person_first(
+    arr: Arr, emulator: Emulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a terminal, `stop --all` without --yes lists the sessions and asks; "n" stops nothing."""
+    monkeypatch.setattr("arr_prefect.cli.commands._interactive", lambda: True)
+    sid = arr.json("sessions", "create", "--lease", "20m")["id"]
+    declined = arr("sessions", "stop", "--all", input="n\n", code=EXIT_USAGE)
+    assert sid in declined.stdout
+    assert "Nothing was stopped." in declined.stderr
+    assert len(emulator.running()) == 1
+    accepted = arr("sessions", "stop", "--all", input="y\n")
+    assert f"Stopped session {sid}." in accepted.stdout
+    assert emulator.running() == []
+
+
+def test_ready_timeout_exits_1_and_says_what_to_do(arr: Arr, emulator: Emulator) -> None:
+    """Not Ready by ARR_READY_TIMEOUT: exit 1, and the hint to check on it or stop it."""
+    arr.runner.env = {**arr.runner.env, "ARR_READY_TIMEOUT": "30"}
+    result = arr("sessions", "create", "--wait", code=EXIT_FAILED)
+    assert "was not Ready after 30s" in result.stderr
+    assert "arr sessions stop" in result.stderr
+    arr("sessions", "stop", "--all", "--yes")
+
+
+def test_interrupted_wait_exits_130_and_names_the_running_session(
+    arr: Arr, emulator: Emulator, clock: VirtualClock, env: dict[str, str]
+) -> None:
+    """Ctrl-C while waiting is normal: no traceback, exit 130, how to stop the session."""
+
+    class Interrupted(ArrClient):
+        async def wait_until_ready(self, *args: Any, **kwargs: Any) -> Any:
+            raise KeyboardInterrupt
+
+    app = build_app(
+        client_for=lambda s: Interrupted(
+            s, transport=emulator.transport(), clock=clock, token_cache=TokenCache()
+        )
+    )
+    result = CliRunner(env=env).invoke(app, ["sessions", "create", "--wait"])
+    assert result.exit_code == 130
+    [session] = emulator.running()
+    assert f"arr sessions stop {session.id}" in result.stderr
+    assert "Traceback" not in result.output
+    arr("sessions", "stop", session.id)

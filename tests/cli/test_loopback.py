@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import select
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -111,3 +114,50 @@ def test_arr_does_not_import_prefect() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
     )
     assert out.stdout.strip() == "[]"
+
+
+@pytest.mark.loopback
+def test_ctrl_c_while_waiting(tmp_path: Path) -> None:
+    """SIGINT during `create --wait` (a real Ctrl-C): exit 130, no traceback, and how to stop
+    the session that keeps running."""
+    with running_emulator("--startup-seconds", "600") as (process, url):
+        env = {k: v for k, v in os.environ.items() if not k.startswith("ARR_")}
+        env.update(
+            ARR_ACCOUNT_ID=DEFAULT_ACCOUNT_ID,
+            ARR_ACCOUNT_KEY=DEFAULT_ACCOUNT_KEY,
+            ARR_SERVICE_URL=url,
+            ARR_STS_URL=url,
+        )
+        waiting = subprocess.Popen(
+            [*_arr(), "sessions", "create", "--wait"],
+            env=env,
+            cwd=tmp_path,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        try:
+            assert waiting.stderr is not None
+            # Raw reads: a buffered readline could hold "Starting" in its buffer while
+            # select waits on the (then empty) pipe.
+            seen = ""
+            while "Starting" not in seen:
+                ready, _, _ = select.select([waiting.stderr], [], [], 60)
+                assert ready, f"no status within 60 s: {seen!r}"
+                chunk = os.read(waiting.stderr.fileno(), 4096)
+                assert chunk, f"arr ended early: {seen!r}"
+                seen += chunk.decode()
+            waiting.send_signal(signal.SIGINT)
+            _, raw_err = waiting.communicate(timeout=30)
+            err = raw_err.decode()
+        finally:
+            if waiting.poll() is None:
+                waiting.kill()
+        assert waiting.returncode == 130, seen + err
+        assert "Traceback" not in err
+        sid = re.search(r"Created session (\S+) ", seen)
+        assert sid is not None
+        assert f"arr sessions stop {sid[1]}" in err
+        stopped = run_arr("sessions", "stop", sid[1], env=env, cwd=tmp_path)
+        assert stopped.returncode == 0
+        process.terminate()
+        assert process.wait(10) == 0

@@ -216,6 +216,11 @@ class _Done(Exception):
         self.code = code
 
 
+def _interactive() -> bool:
+    """True when a person can answer a question (stdin is a terminal)."""
+    return sys.stdin.isatty()
+
+
 def _bad_input(message: str) -> NoReturn:
     raise InvalidInputError(message)
 
@@ -650,7 +655,7 @@ def build_app(
                 _bad_input("give the ID of the session to stop, or --all --yes")
             if session_id is not None:
                 validate_session_id(session_id)
-            if all_sessions and not yes and not sys.stdin.isatty():
+            if all_sessions and not yes and not _interactive():
                 _bad_input("--all stops every active session of the account: add --yes")
 
         async def body(inv: Invocation) -> None:
@@ -667,6 +672,7 @@ def build_app(
             if not yes:
                 inv.out.sessions(active)
                 if active and not typer.confirm(f"Stop these {len(active)} session(s)?"):
+                    inv.out.note("Nothing was stopped.")
                     raise _Done(EXIT_USAGE)
             results: list[dict[str, Any]] = []
             failures: list[str] = []
