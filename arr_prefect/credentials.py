@@ -24,7 +24,8 @@ Use it:
   callers) takes the saved block's name: ``credentials_block="arr-production"``;
 - scripts and the ``arr`` command line turn a name into settings with
   :func:`settings_from_block` (``settings_from_block("arr-production", region="eastus")``,
-  keyword overrides win) or, holding a block, ``block.to_settings()``.
+  keyword overrides win), or into the block with :func:`credentials_from_block`; holding
+  a block, ``block.to_settings()``.
 
 Which account is used, highest first: an explicit ``client=``, then the credentials (an
 instance, or the block a name designates), then the ``ARR_*`` settings. A block holds
@@ -58,6 +59,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "RemoteRenderingCredentials",
+    "credentials_from_block",
     "load_credentials",
     "open_client_for",
     "saved_credentials_names",
@@ -255,16 +257,21 @@ async def saved_credentials_names() -> list[str]:
     return sorted(d.name for d in documents if d.name and not d.is_anonymous)
 
 
-def settings_from_block(name: str, **overrides: Any) -> ArrSettings:
-    """Settings for the account of the saved block ``name`` (synchronous, for scripts and
-    the command line); ``overrides`` win over the block, which wins over ``ARR_*``."""
+def credentials_from_block(name: str) -> RemoteRenderingCredentials:
+    """:func:`load_credentials` for synchronous code (scripts, the command line)."""
     name = _check_name(name)
     try:
         credentials = RemoteRenderingCredentials.load(name, _sync=True)  # type: ignore[call-arg]
     except (ValidationError, RuntimeError, ValueError) as exc:
         raise _load_error(name, exc) from None
     assert isinstance(credentials, RemoteRenderingCredentials)
-    return _checked(name, credentials).to_settings(**overrides)
+    return _checked(name, credentials)
+
+
+def settings_from_block(name: str, **overrides: Any) -> ArrSettings:
+    """Settings for the account of the saved block ``name`` (synchronous, for scripts and
+    the command line); ``overrides`` win over the block, which wins over ``ARR_*``."""
+    return credentials_from_block(name).to_settings(**overrides)
 
 
 def open_client_for(

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from arr_prefect.errors import ConfigurationError
-
 __all__ = ["settings_from_block"]
 
 BLOCK_TYPE_SLUG = "remote-rendering-credentials"
@@ -23,11 +21,10 @@ _FIELDS = (
 
 def settings_from_block(name: str) -> dict[str, Any]:
     """The settings fields a saved block sets (``NAME`` or ``type-slug/NAME``)."""
-    from prefect.blocks.core import Block
+    # Through the block's own class: Prefect's generic Block.load finds a block class
+    # only if something imported it first, and our loader turns an unknown or invalid
+    # block into a ConfigurationError (exit 2) instead of a traceback.
+    from arr_prefect.credentials import credentials_from_block
 
-    reference = name if "/" in name else f"{BLOCK_TYPE_SLUG}/{name}"
-    try:
-        block = Block.load(reference)
-    except ValueError as exc:
-        raise ConfigurationError(f"cannot load block {reference!r}: {exc}") from None
+    block = credentials_from_block(name.removeprefix(f"{BLOCK_TYPE_SLUG}/"))
     return {f: getattr(block, f) for f in _FIELDS if getattr(block, f, None) is not None}

@@ -137,3 +137,40 @@ async def test_hook_in_a_separate_process_reaches_the_block_account() -> None:
             assert [(s["id"], s["status"]) for s in ledger["sessions"]] == [(session_id, "Stopped")]
         finally:
             await RemoteRenderingCredentials.adelete(name)
+
+
+async def run_arr(*args: str) -> subprocess.CompletedProcess[str]:
+    """The `arr` command, in its own process, with no ARR_* settings."""
+    return await asyncio.to_thread(
+        subprocess.run,
+        ["arr", *args],
+        env=prefect_env(),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+
+
+@pytest.mark.loopback
+async def test_arr_command_line_uses_a_saved_block() -> None:
+    """`arr sessions list --block NAME` reaches the block's account; an unknown name is a
+    usage error (exit 2) that says what to do, not a traceback."""
+    with running_emulator(
+        "--startup-seconds", "0", "--account-id", ACCOUNT_ID, "--account-key", ACCOUNT_KEY
+    ) as (_, url):
+        name = f"arr-test-{uuid.uuid4().hex[:10]}"
+        await RemoteRenderingCredentials(
+            account_id=ACCOUNT_ID, account_key=ACCOUNT_KEY, service_url=url, sts_url=url
+        ).asave(name)
+        try:
+            listed = await run_arr("sessions", "list", "--block", name, "--json")
+            unknown = await run_arr("sessions", "list", "--block", "no-such-block")
+        finally:
+            await RemoteRenderingCredentials.adelete(name)
+    assert listed.returncode == 0, listed.stdout + listed.stderr
+    assert listed.stdout.strip() == "[]"
+    assert ACCOUNT_KEY not in listed.stdout + listed.stderr
+    assert unknown.returncode == 2, unknown.stdout + unknown.stderr
+    assert "no RemoteRenderingCredentials block named 'no-such-block'" in unknown.stderr
+    assert "Traceback" not in unknown.stderr
