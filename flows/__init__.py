@@ -25,10 +25,12 @@ from arr_prefect.flows.quota import SessionSlot, SlotWaitTimeoutError
 from arr_prefect.flows.reaper import ReapDecision, ReapReport, reap_orphaned_sessions
 from arr_prefect.flows.render_batch import RenderSummary, render_batch
 from arr_prefect.flows.session import (
+    CREDENTIALS_TAG_PREFIX,
     OWNER_TAG_PREFIX,
     LeaseKeeper,
     SessionReport,
     WorkerLostError,
+    credentials_blocks_of,
     owned_session_ids,
     record_session_owner,
     rendering_session,
@@ -36,6 +38,7 @@ from arr_prefect.flows.session import (
 )
 
 __all__ = [
+    "CREDENTIALS_TAG_PREFIX",
     "OWNER_TAG_PREFIX",
     "InvalidJobError",
     "JobFailedError",
@@ -49,6 +52,7 @@ __all__ = [
     "SessionSlot",
     "SlotWaitTimeoutError",
     "WorkerLostError",
+    "credentials_blocks_of",
     "owned_session_ids",
     "reap_orphaned_sessions",
     "record_session_owner",
