@@ -2,6 +2,11 @@
 project's deployments, and an ``arr-emulator``, each a real process in its own process
 group, all bounded in time and killed at the end.
 
+The worker runs as on a machine with no checkout: in an empty directory, in a fresh
+virtual environment where only the project's built wheel is installed (``_wheel.py``),
+started with the README's worker command; the work pool and the deployments are created
+with the README's commands too (``readme_deploy_commands``), from the repository's root.
+
 Time: the emulator runs ``TIME_SCALE`` times faster than real time, and the flow-run
 processes keep the same pace through ``ARR_TIME_SCALE`` (the process default clock), so a
 rolling lease of ``LEASE_MINUTES`` emulated minutes lasts ``LEASE_MINUTES * 60 /
@@ -12,6 +17,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
+import shlex
+import shutil
 import signal
 import socket
 import subprocess
@@ -27,9 +35,11 @@ from typing import Any, TypeVar
 import httpx
 
 from arr_prefect.emulator import DEFAULT_ACCOUNT_ID, DEFAULT_ACCOUNT_KEY
+from tests.e2e._wheel import WheelVenv, wheel_venv
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 BIN_DIR = Path(sys.executable).parent
+"""This (the developer's) venv: the server and the emulator run from it."""
 
 TIME_SCALE = 20.0
 """Emulated seconds per real second, for the emulator and the flow-run processes."""
@@ -53,6 +63,28 @@ T = TypeVar("T")
 
 class StackError(RuntimeError):
     """A process of the stack did not start, or a wait ran past its deadline."""
+
+
+WORKER_COMMAND_PREFIX = ("prefect", "worker", "start")
+
+
+def readme_deploy_commands(readme: Path = REPO_ROOT / "README.md") -> list[list[str]]:
+    """The commands of the README's first ``bash`` block under *Deployments*, as argument
+    lists (comments dropped): the work pool, the deploy, and the worker start."""
+    text = readme.read_text()
+    section = re.search(r"^## Deployments.*?^```bash\n(.*?)^```", text, re.M | re.S)
+    if section is None:
+        raise StackError("README.md has no ```bash block under a '## Deployments' heading")
+    commands = [shlex.split(line, comments=True) for line in section[1].splitlines()]
+    return [argv for argv in commands if argv]
+
+
+def _resolve(argv: list[str], env: Mapping[str, str]) -> list[str]:
+    """``argv`` with its program looked up on ``env``'s PATH, as a shell would."""
+    program = shutil.which(argv[0], path=env.get("PATH"))
+    if program is None:
+        raise StackError(f"{argv[0]!r} is not on the PATH {env.get('PATH')!r}")
+    return [program, *argv[1:]]
 
 
 def free_port() -> int:
@@ -156,6 +188,8 @@ class Stack:
     """Handles on the running stack, and the processes to end at the end."""
 
     workdir: Path
+    venv: WheelVenv | None = None
+    """Where the worker runs: only the built wheel installed (built when first needed)."""
     api_url: str = ""
     emulator_url: str = ""
     processes: dict[str, Process] = field(default_factory=dict)
@@ -186,16 +220,27 @@ class Stack:
         )
         return env
 
+    def ensure_venv(self) -> WheelVenv:
+        """The wheel-only venv, built (wheel and fresh venv, timed) on first use."""
+        if self.venv is None:
+            self.venv = wheel_venv(self.workdir / "wheel-venv", log=self.workdir / "wheel.log")
+        return self.venv
+
+    @property
+    def user_env(self) -> dict[str, str]:
+        """``prefect_env`` in a shell where the wheel-only venv is activated: what a user
+        who ran ``pip install arr-prefect`` types the README's commands into."""
+        return self.ensure_venv().env(self.prefect_env)
+
     @property
     def worker_env(self) -> dict[str, str]:
-        """What flow runs (and the hooks Prefect runs after a cancel or crash) inherit."""
-        env = self.prefect_env
+        """What flow runs (and the hooks Prefect runs after a cancel or crash) inherit:
+        the wheel-only venv and the ARR_* settings, nothing pointing at the checkout."""
+        env = self.user_env
         env.update(
             {
                 "PREFECT_WORKER_QUERY_SECONDS": "1",
                 "PREFECT_WORKER_PREFETCH_SECONDS": "5",
-                # prefect.yaml's pull step runs the flows from this checkout.
-                "ARR_PROJECT_DIR": str(REPO_ROOT),
                 "ARR_SERVICE_URL": self.emulator_url,
                 "ARR_STS_URL": self.emulator_url,
                 "ARR_ACCOUNT_ID": DEFAULT_ACCOUNT_ID,
@@ -232,7 +277,9 @@ class Stack:
         self.processes[name] = process
         return process
 
-    def _run_cli(self, argv: list[str], *, cwd: Path, what: str) -> None:
+    def _run_cli(
+        self, argv: list[str], *, cwd: Path, what: str, env: Mapping[str, str] | None = None
+    ) -> None:
         log = self.workdir / "cli.log"
         with log.open("ab") as sink:
             sink.write(f"\n$ {' '.join(argv)}\n".encode())
@@ -240,7 +287,7 @@ class Stack:
             try:
                 done = subprocess.run(
                     argv,
-                    env=self.prefect_env,
+                    env=dict(env if env is not None else self.prefect_env),
                     cwd=cwd,
                     stdin=subprocess.DEVNULL,
                     stdout=sink,
@@ -329,41 +376,31 @@ class Stack:
         )
 
     def deploy(self) -> None:
-        """Create the process pool, then ``prefect --no-prompt deploy --all`` from the
-        repository's root: exactly what prefect.yaml's comments tell a user to run."""
-        prefect = str(BIN_DIR / "prefect")
-        self._run_cli(
-            [prefect, "work-pool", "create", POOL, "--type", "process", "--overwrite"],
-            cwd=self.workdir,
-            what="prefect work-pool create",
-        )
-        self._run_cli(
-            [prefect, "--no-prompt", "deploy", "--all"], cwd=REPO_ROOT, what="prefect deploy"
-        )
+        """The README's commands before the worker's (create the work pool, ``prefect
+        --no-prompt deploy --all``), as written, from the repository's root where
+        prefect.yaml is, in the wheel-only venv."""
+        env = self.user_env
+        for argv in readme_deploy_commands():
+            if tuple(argv[:3]) == WORKER_COMMAND_PREFIX:
+                continue
+            self._run_cli(_resolve(argv, env), cwd=REPO_ROOT, what=shlex.join(argv), env=env)
+
+    def worker_command(self, name: str) -> list[str]:
+        """The README's worker command, plus ``--name`` so the stack can tell its
+        workers apart."""
+        [argv] = [a for a in readme_deploy_commands() if tuple(a[:3]) == WORKER_COMMAND_PREFIX]
+        return [*argv, "--name", name]
 
     def start_worker(self) -> None:
-        """``prefect worker start`` from a directory that is *not* the checkout, so the
-        flow runs find the code through prefect.yaml's pull step (ARR_PROJECT_DIR) alone."""
+        """The README's ``prefect worker start`` in a new, empty directory, in the
+        wheel-only venv: the flow runs and their hooks can only find the code in the
+        installed package."""
         self.worker_starts += 1
         name = f"worker-{self.worker_starts}"
         cwd = self.workdir / name
         cwd.mkdir(exist_ok=True)
-        self._spawn(
-            name,
-            [
-                str(BIN_DIR / "prefect"),
-                "worker",
-                "start",
-                "--pool",
-                POOL,
-                "--type",
-                "process",
-                "--name",
-                name,
-            ],
-            self.worker_env,
-            cwd=cwd,
-        )
+        env = self.worker_env
+        self._spawn(name, _resolve(self.worker_command(name), env), env, cwd=cwd)
         self.processes["worker"] = self.processes[name]
 
     def replace_worker(self) -> None:
@@ -458,6 +495,7 @@ def running_stack(workdir: Path) -> Iterator[Stack]:
     try:
         stack.start_server()
         stack.start_emulator()
+        stack.ensure_venv()  # while the server starts
         stack.wait_for_server()
         stack.deploy()
         stack.start_worker()

@@ -35,6 +35,13 @@ NOT_MEASURED = (math.nan, math.nan, "-")
 
 _results: list[ScenarioResult] = []
 _table_file: list[Path] = []
+_timings: list[str] = []
+"""Lines for the summary: how long the stack's own set-up took."""
+
+
+def note_timing(line: str) -> None:
+    """Add a line to the e2e summary (set-up figures, slow scenarios)."""
+    _timings.append(line)
 
 
 def record(result: ScenarioResult) -> None:
@@ -85,6 +92,11 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     workdir = tmp_path_factory.mktemp("e2e")
     try:
         with running_stack(workdir) as running:
+            venv = running.ensure_venv()
+            note_timing(
+                f"worker venv (wheel only): wheel built in {venv.build_seconds:.1f} s,"
+                f" fresh venv + pip install in {venv.install_seconds:.1f} s"
+            )
             yield running
     finally:
         if _results:
@@ -103,6 +115,10 @@ def live_worker(stack: Stack) -> Stack:
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     """Print the scenario table at the end of the run, whatever pytest captured."""
+    if _timings:
+        terminalreporter.section("e2e set-up")
+        for line in _timings:
+            terminalreporter.write_line(line)
     if not _results:
         return
     terminalreporter.section("e2e session teardown")

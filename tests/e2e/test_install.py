@@ -1,0 +1,188 @@
+"""Installed as a user installs it: the wheel, non-editable, into a project of its own.
+
+The stack's wheel-only venv (the same one its worker runs in) holds the built wheel and
+its dependencies, nothing else. A temporary project outside the checkout, with its own
+``flows`` and ``tasks`` packages (the usual Prefect layout), composes our tasks,
+``rendering_session`` and ``render_batch`` with its own, against the stack's Prefect
+server and emulator.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import textwrap
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from tests.e2e._stack import Stack, session_entry
+from tests.e2e._wheel import top_level_names
+
+pytestmark = pytest.mark.e2e
+
+PROJECT_TIMEOUT = 240.0
+"""Real seconds for the project's pipeline: three sessions and a 2-frame batch (~20 s)."""
+
+USER_TASKS = '''
+from prefect import task
+
+
+@task
+def prepare_scene(name: str) -> str:
+    """The project's own task, in the project's own `tasks` package."""
+    return f"scene:{name}"
+'''
+
+USER_FLOWS_HELPERS = '''
+def describe(session_id: str) -> str:
+    """A helper of the project's own `flows` package."""
+    return f"rendered on {session_id}"
+'''
+
+USER_PIPELINE = '''
+"""The project's pipeline: its own flows/ and tasks/ next to arr_prefect's."""
+
+import asyncio
+import json
+import sys
+from datetime import timedelta
+
+from prefect import flow
+
+import flows
+import tasks
+from arr_prefect.flows import RenderSummary, render_batch, rendering_session
+from arr_prefect.tasks import create_session, get_session, stop_session, wait_until_ready
+from flows.helpers import describe
+from tasks.prepare import prepare_scene
+
+
+@flow
+async def my_pipeline() -> dict[str, object]:
+    scene = prepare_scene("a.glb")
+    # Our tasks, composed by hand.
+    session = await create_session(lease=timedelta(minutes=5), size="standard")
+    try:
+        session = await wait_until_ready(session.id)
+        by_hand = session.id
+    finally:
+        await stop_session(session.id)
+    by_hand_status = (await get_session(by_hand)).status.value
+    # rendering_session.
+    async with rendering_session("standard", lease=timedelta(minutes=2)) as session:
+        in_context = session.id
+        note = describe(session.id)
+    # render_batch as a subflow, with the sample job.
+    summary = await render_batch(
+        job_parameters={"frames": 2, "seconds_per_frame": 60.0}, lease_minutes=2
+    )
+    assert isinstance(summary, RenderSummary)
+    return {
+        "scene": scene,
+        "note": note,
+        "sessions": [by_hand, in_context, summary.session_id],
+        "by_hand_status": by_hand_status,
+        "batch": summary.job_outcome,
+        "modules": {
+            "flows": flows.__file__,
+            "tasks": tasks.__file__,
+            "arr_prefect.flows": sys.modules["arr_prefect.flows"].__file__,
+        },
+    }
+
+
+if __name__ == "__main__":
+    print("RESULT " + json.dumps(asyncio.run(my_pipeline())))
+'''
+
+
+def write_project(root: Path) -> Path:
+    """A Prefect project with its own ``flows`` and ``tasks`` packages."""
+    files = {
+        "flows/__init__.py": '"""The project\'s flows."""\n',
+        "flows/helpers.py": USER_FLOWS_HELPERS,
+        "flows/pipeline.py": USER_PIPELINE,
+        "tasks/__init__.py": '"""The project\'s tasks."""\n',
+        "tasks/prepare.py": USER_TASKS,
+    }
+    for name, text in files.items():
+        path = root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(textwrap.dedent(text).lstrip())
+    return root
+
+
+def test_wheel_installs_exactly_one_top_level_package(stack: Stack) -> None:
+    """The wheel holds one top-level package, arr_prefect, and says so in top_level.txt."""
+    venv = stack.ensure_venv()
+    assert top_level_names(venv.wheel) == {"arr_prefect"}
+    with zipfile.ZipFile(venv.wheel) as archive:
+        [top_level] = [n for n in archive.namelist() if n.endswith(".dist-info/top_level.txt")]
+        assert archive.read(top_level).decode().split() == ["arr_prefect"]
+        names = archive.namelist()
+    # The symlinked folders' code is in the wheel as files under arr_prefect.
+    assert "arr_prefect/flows/render_batch.py" in names
+    assert "arr_prefect/tasks/sessions.py" in names
+
+
+def test_venv_holds_the_wheel_not_the_checkout(stack: Stack, tmp_path: Path) -> None:
+    """In the worker's venv, arr_prefect is the installed wheel (not editable, not the
+    checkout) and arr-emulator is installed with it."""
+    venv = stack.ensure_venv()
+    probe = (
+        "import json, arr_prefect, importlib.metadata as m;"
+        "d = m.distribution('arr-prefect');"
+        "print(json.dumps({'file': arr_prefect.__file__,"
+        " 'direct_url': json.loads(d.read_text('direct_url.json') or '{}')}))"
+    )
+    done = subprocess.run(
+        [str(venv.python), "-c", probe],
+        cwd=tmp_path,
+        env=venv.env(stack.prefect_env),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    seen = json.loads(done.stdout)
+    assert Path(seen["file"]).is_relative_to(venv.root), seen
+    assert "dir_info" not in seen["direct_url"], seen  # dir_info: an (editable) directory
+    assert seen["direct_url"]["url"].endswith(".whl"), seen
+    assert (venv.bin_dir / "arr-emulator").exists()
+
+
+def test_project_with_own_flows_and_tasks_composes_ours(stack: Stack, tmp_path: Path) -> None:
+    """A project with its own flows/ and tasks/ uses our tasks, rendering_session and
+    render_batch next to its own, with no clash; every session it made is stopped."""
+    project = write_project(tmp_path / "my-project")
+    env = stack.worker_env  # the wheel-only venv, the stack's server, the emulator
+    done = subprocess.run(
+        [str(stack.ensure_venv().python), "-m", "flows.pipeline"],
+        cwd=project,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=PROJECT_TIMEOUT,
+        check=False,
+    )
+    context = (
+        f"exit {done.returncode}\nstdout:\n{done.stdout[-3000:]}\nstderr:\n{done.stderr[-5000:]}"
+    )
+    assert done.returncode == 0, context
+    [line] = [x for x in done.stdout.splitlines() if x.startswith("RESULT ")]
+    result = json.loads(line.removeprefix("RESULT "))
+    assert result["scene"] == "scene:a.glb"
+    assert result["batch"] == "succeeded", result
+    assert result["by_hand_status"] in ("Stopping", "Stopped"), result  # v1 has Stopping
+    modules = result["modules"]
+    assert Path(modules["flows"]).is_relative_to(project), modules
+    assert Path(modules["tasks"]).is_relative_to(project), modules
+    assert Path(modules["arr_prefect.flows"]).is_relative_to(stack.ensure_venv().root), modules
+    ledger = stack.ledger()
+    for session_id in result["sessions"]:
+        entry = session_entry(ledger, session_id)
+        assert entry is not None, (session_id, ledger)
+        assert entry["status"] == "Stopped", entry
+    assert ledger["running"] == 0, ledger
