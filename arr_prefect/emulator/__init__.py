@@ -53,10 +53,12 @@ A whole lifecycle of each API version with curl, against
     curl -si -X POST "$ARR/accounts/$ACCOUNT/sessions/my-session/:stop?$V" -H "$AUTH"  # 204
     curl -s "$ARR/accounts/$ACCOUNT/sessions/my-session?$V" -H "$AUTH"         # Stopped
 
-    # What ran and what it cost (no auth): every session ever created, and the running count.
+    # What ran and what it cost (no token on loopback): every session, and the running count.
     curl -s "$ARR/_emulator/ledger"
 
-Admin API (no auth): ``GET /_emulator/ledger``, ``GET /_emulator/requests``,
+Admin API (no token on loopback; beyond it, or with ``admin_token`` set,
+``Authorization: Bearer <admin token>``, health excepted): ``GET /_emulator/ledger``,
+``GET /_emulator/requests``,
 ``GET|POST|DELETE /_emulator/faults``, ``POST /_emulator/tokens/expire``,
 ``POST /_emulator/clock/advance`` (virtual clock only), ``GET /_emulator/health``.
 """

@@ -22,6 +22,7 @@ by the request counts and by fault scripts.
 from __future__ import annotations
 
 import base64
+import hmac
 import json
 import logging
 import math
@@ -821,6 +822,8 @@ class EmulatorApp:
                 account=groups.get("account") or "",
                 session_id=groups.get("session"),
             )
+            if route.startswith("admin.") and route != "admin.health":
+                _check_admin_token(request, emulator.admin_token)
             if not route.startswith("admin."):
                 action = emulator.faults.take_request_fault(route, call.session_id)
                 if action is not None:
@@ -884,6 +887,29 @@ def add_service_headers(response: Response) -> None:
 def create_app(emulator: Emulator) -> EmulatorApp:
     """The emulator's ASGI app: STS, v1, 2021-01-01 and ``/_emulator/`` admin routes."""
     return EmulatorApp(emulator)
+
+
+def _check_admin_token(request: Request, token: str | None) -> None:
+    """The admin API is open on loopback; with a token set, it must be presented.
+
+    ``arr-emulator`` sets one whenever it listens beyond loopback, where anyone on the
+    network could otherwise inject faults or read every session from the ledger.
+    ``/_emulator/health`` stays open: it is what a readiness probe polls.
+    """
+    if token is None:
+        return
+    authorization = request.headers.get("authorization", "")
+    scheme, _, given = authorization.strip().partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(
+        given.strip().encode(), token.encode()
+    ):
+        raise ApiError(
+            401,
+            "Unauthorized",
+            "The admin API needs 'Authorization: Bearer <admin token>' (arr-emulator prints"
+            " it at start, or it is the --admin-token / ARR_EMULATOR_ADMIN_TOKEN given).",
+            headers={"WWW-Authenticate": 'Bearer realm="arr-emulator-admin"'},
+        )
 
 
 def _check_api_version(request: Request) -> None:

@@ -1,15 +1,20 @@
 """``arr-emulator``: serve the emulated ARR service (STS and both session APIs) over HTTP.
 
-On start it prints exactly one line to stdout, ``arr-emulator listening on
-http://HOST:PORT`` (the real port when ``--port 0`` asked for a free one), then serves
-until SIGINT or SIGTERM and exits 0. Logs go to stderr.
+On start it prints ``arr-emulator listening on http://HOST:PORT`` to stdout (the real port
+when ``--port 0`` asked for a free one), then serves until SIGINT or SIGTERM and exits 0.
+Logs go to stderr. On loopback that is the only line unless an admin token was given; listening
+beyond loopback, a second line ``arr-emulator admin token: TOKEN`` gives the token the
+``/_emulator/`` admin API then requires (unless one came from ``--admin-token`` or
+``ARR_EMULATOR_ADMIN_TOKEN``, which is not echoed).
 """
 
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import logging
 import os
+import secrets
 import sys
 from collections.abc import Sequence
 
@@ -17,7 +22,7 @@ from arr_prefect.clock import ScaledClock, SystemClock
 from arr_prefect.emulator.server import base_url_of, bind_socket, run_server
 from arr_prefect.emulator.service import DEFAULT_ACCOUNT_ID, DEFAULT_ACCOUNT_KEY, Emulator
 
-__all__ = ["build_parser", "main"]
+__all__ = ["build_parser", "is_loopback", "main"]
 
 
 def _probability(text: str) -> float:
@@ -34,6 +39,16 @@ def _non_negative(text: str) -> float:
     return value
 
 
+def is_loopback(host: str) -> bool:
+    """True when ``host`` is reachable from this machine only (127.0.0.0/8, ::1, localhost)."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="arr-emulator",
@@ -42,6 +57,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     net = parser.add_argument_group("network")
     net.add_argument("--host", default="127.0.0.1", help="address to bind (default: %(default)s)")
+    net.add_argument(
+        "--admin-token",
+        default=os.environ.get("ARR_EMULATOR_ADMIN_TOKEN"),
+        help="token the /_emulator/ admin API requires (Authorization: Bearer TOKEN);"
+        " ARR_EMULATOR_ADMIN_TOKEN keeps it out of the process list. Default: none on"
+        " loopback; beyond loopback a random one, printed at start",
+    )
     net.add_argument(
         "--port", type=int, default=8080, help="port; 0 picks a free one (default: %(default)s)"
     )
@@ -167,8 +189,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=args.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    admin_token: str | None = args.admin_token or None
+    generated_token = admin_token is None and not is_loopback(args.host)
+    if generated_token:
+        # Beyond loopback anyone on the network could inject faults or read every session.
+        admin_token = secrets.token_urlsafe(24)
     emulator = Emulator(
         {args.account_id: args.account_key},
+        admin_token=admin_token,
         clock=SystemClock() if args.time_scale == 1.0 else ScaledClock(args.time_scale),
         startup_seconds=args.startup_seconds,
         region=args.region,
@@ -197,6 +225,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as exc:
         parser.exit(1, f"arr-emulator: cannot listen on {args.host}:{args.port}: {exc}\n")
     print(f"arr-emulator listening on {base_url_of(sock)}", flush=True)
+    if generated_token:
+        print(f"arr-emulator admin token: {admin_token}", flush=True)
+    elif admin_token is not None:
+        print(
+            "arr-emulator admin API requires the token from --admin-token"
+            " or ARR_EMULATOR_ADMIN_TOKEN",
+            flush=True,
+        )
     try:
         run_server(emulator.app, sock, log_level=args.log_level, access_log=args.access_log)
     finally:

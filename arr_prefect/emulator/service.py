@@ -52,6 +52,7 @@ class Emulator:
         page_size: int = 20,
         seed: int | None = None,
         max_sessions: int | None = None,
+        admin_token: str | None = None,
     ) -> None:
         if page_size < 1:
             raise ValueError(f"page_size must be at least 1, got {page_size!r}")
@@ -70,6 +71,8 @@ class Emulator:
             max_sessions=max_sessions,
         )
         self.page_size = page_size
+        self.admin_token = admin_token
+        """When set, ``/_emulator/`` (but health) requires ``Authorization: Bearer <it>``."""
         self.faults = FaultController(seed=seed)
         self._requests = RequestLog()
         self.app = create_app(self)

@@ -71,7 +71,7 @@ def _command() -> list[str]:
 
 @contextmanager
 def running_emulator(
-    *args: str, preexec_fn: Callable[[], None] | None = None
+    *args: str, preexec_fn: Callable[[], None] | None = None, expect_host: str = "127.0.0.1"
 ) -> Iterator[tuple[subprocess.Popen[str], str]]:
     """Start ``arr-emulator --port 0 *args``; yield it and the URL of its first line."""
     process = subprocess.Popen(
@@ -86,7 +86,7 @@ def running_emulator(
         ready, _, _ = select.select([process.stdout], [], [], 20)
         assert ready, "arr-emulator printed nothing within 20 s"
         line = process.stdout.readline()
-        assert line.startswith("arr-emulator listening on http://127.0.0.1:"), line
+        assert line.startswith(f"arr-emulator listening on http://{expect_host}:"), line
         yield process, line.rsplit(" ", 1)[1].strip()
     finally:
         if process.poll() is None:
