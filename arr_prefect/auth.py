@@ -78,9 +78,10 @@ class TokenCache:
     """
 
     _tokens: dict[tuple[str, str, str], AccessToken] = field(default_factory=dict)
-    # asyncio locks belong to one event loop, and Prefect may run tasks in several.
-    _locks: weakref.WeakKeyDictionary[
-        asyncio.AbstractEventLoop, dict[tuple[str, str, str], asyncio.Lock]
+    # The fetch in flight per key: asyncio futures belong to one event loop, and Prefect
+    # may run tasks in several.
+    _fetches: weakref.WeakKeyDictionary[
+        asyncio.AbstractEventLoop, dict[tuple[str, str, str], asyncio.Task[AccessToken]]
     ] = field(default_factory=weakref.WeakKeyDictionary)
 
     @staticmethod
@@ -88,10 +89,35 @@ class TokenCache:
         digest = hashlib.sha256(account_key.get_secret_value().encode()).hexdigest()
         return (sts_url, account_id, digest)
 
-    def lock(self, key: tuple[str, str, str]) -> asyncio.Lock:
-        """The lock that lets one fetch run at a time for ``key`` in the running loop."""
-        locks = self._locks.setdefault(asyncio.get_running_loop(), {})
-        return locks.setdefault(key, asyncio.Lock())
+    async def fetch_once(
+        self, key: tuple[str, str, str], fetch: Callable[[], Awaitable[AccessToken]]
+    ) -> AccessToken:
+        """Fetch a token for ``key`` and cache it; callers arriving meanwhile share the fetch.
+
+        Every waiter is woken by the one fetch's result at once (a lock would hand it on one
+        waiter at a time). The fetch runs as its own task, so a waiter that is cancelled
+        does not cancel it for the others.
+        """
+        loop = asyncio.get_running_loop()
+        fetches = self._fetches.setdefault(loop, {})
+        running = fetches.get(key)
+        if running is None:
+
+            async def fetch_and_cache() -> AccessToken:
+                token = await fetch()
+                self.put(key, token)
+                return token
+
+            running = fetches[key] = loop.create_task(fetch_and_cache(), name="arr-token-fetch")
+
+            def done(task: asyncio.Task[AccessToken]) -> None:
+                if fetches.get(key) is task:
+                    del fetches[key]
+                if not task.cancelled():
+                    task.exception()  # retrieved: the waiters have it
+
+            running.add_done_callback(done)
+        return await asyncio.shield(running)
 
     def get(self, key: tuple[str, str, str]) -> AccessToken | None:
         return self._tokens.get(key)
@@ -106,7 +132,7 @@ class TokenCache:
 
     def clear(self) -> None:
         self._tokens.clear()
-        self._locks.clear()
+        self._fetches.clear()
 
 
 PROCESS_TOKEN_CACHE = TokenCache()
@@ -148,14 +174,7 @@ class TokenSource:
         if self._fresh(token):
             assert token is not None
             return token
-        async with self._cache.lock(self._key):
-            token = self._cache.get(self._key)
-            if self._fresh(token):
-                assert token is not None
-                return token
-            token = await self._fetch()
-            self._cache.put(self._key, token)
-            return token
+        return await self._cache.fetch_once(self._key, self._fetch)
 
 
 class ArrAuth(httpx.Auth):

@@ -14,7 +14,7 @@ import httpx
 import pytest
 from pydantic import SecretStr
 
-from arr_prefect.auth import AccessToken, TokenCache, jwt_expiry
+from arr_prefect.auth import AccessToken, TokenCache, TokenSource, jwt_expiry
 from arr_prefect.clock import VirtualClock
 from arr_prefect.errors import ArrHTTPError, ArrTransportError, AuthenticationError
 from tests.unit.test_client import (
@@ -138,6 +138,64 @@ async def test_concurrent_calls_fetch_once(fake: FakeArr) -> None:
     async with make_client(fake) as arr:
         await asyncio.gather(*(arr.get_session(SID) for _ in range(5)))
     assert len(fake.sts_calls()) == 1
+
+
+def _source(cache: TokenCache, fetch: Any) -> TokenSource:
+    return TokenSource(
+        cache=cache,
+        key=("sts", ACCOUNT_ID, "digest"),
+        fetch=fetch,
+        clock=VirtualClock(START),
+        refresh_margin=300,
+    )
+
+
+def _token() -> AccessToken:
+    expires = datetime.fromtimestamp(START + DAY, tz=UTC)
+    return AccessToken(token=SecretStr("t"), expires_at=expires, account_id=ACCOUNT_ID)
+
+
+async def test_waiters_get_the_fetched_token_together() -> None:
+    """The waiters on a fetch all wake when it ends, not one per event-loop turn (a lock)."""
+    gate = asyncio.Event()
+    fetches = 0
+
+    async def fetch() -> AccessToken:
+        nonlocal fetches
+        fetches += 1
+        await gate.wait()
+        return _token()
+
+    source = _source(TokenCache(), fetch)
+    waiters = [asyncio.ensure_future(source.get()) for _ in range(50)]
+    await asyncio.sleep(0)
+    gate.set()
+    for _ in range(4):  # the fetch ends, then every waiter's shield resolves
+        await asyncio.sleep(0)
+    assert sum(w.done() for w in waiters) == 50
+    assert fetches == 1
+
+
+async def test_a_cancelled_waiter_does_not_cancel_the_fetch() -> None:
+    """The first caller giving up leaves its fetch running for the others: one STS call."""
+    gate = asyncio.Event()
+    fetches = 0
+
+    async def fetch() -> AccessToken:
+        nonlocal fetches
+        fetches += 1
+        await gate.wait()
+        return _token()
+
+    source = _source(TokenCache(), fetch)
+    first = asyncio.ensure_future(source.get())
+    second = asyncio.ensure_future(source.get())
+    await asyncio.sleep(0)
+    first.cancel()
+    gate.set()
+    assert (await second).token.get_secret_value() == "t"
+    assert first.cancelled()
+    assert fetches == 1
 
 
 async def test_token_refreshed_within_the_margin(fake: FakeArr) -> None:
