@@ -30,6 +30,7 @@ API facts this module relies on (ARR_API.md):
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import random
@@ -43,6 +44,7 @@ from urllib.parse import quote
 
 import httpx
 
+from arr_prefect._pool import HEADERS, PoolKey, pool_for, shared_ssl_context
 from arr_prefect.auth import (
     PROCESS_TOKEN_CACHE,
     AccessToken,
@@ -96,6 +98,11 @@ _RETRYABLE_STATUS = frozenset({429, 500, 502, 503, 504})
 _V1_CREATE_ROUNDS = 3
 # How many list calls a v1 create reconciliation makes before concluding nothing was made.
 _V1_RECONCILE_LISTS = 3
+# How many sessions' last-seen properties a client keeps (the oldest are forgotten).
+_SEEN_SESSIONS = 1024
+# A v1 lease this close to the time already elapsed may end the session when sent
+# (elapsed is reported in whole seconds and ages between the answer and the PATCH).
+_V1_EXTEND_MARGIN = timedelta(seconds=60)
 
 StatusCallback = Callable[[SessionStatus | None, Session], Awaitable[None] | None]
 """Called by :meth:`ArrClient.wait_until_ready` when the status changes: (old, session)."""
@@ -126,6 +133,12 @@ class ArrClient:
 
     ``transport`` is injected for tests and the in-process emulator
     (``httpx.ASGITransport(app)``); ``clock`` drives back-off, polling and token expiry.
+
+    A client is a light handle (building one takes well under a millisecond): without an
+    injected transport, every client of the same account and endpoints in an event loop
+    sends through one shared, bounded connection pool (:mod:`arr_prefect._pool`), so a
+    client per task call costs no new connections. Closing a client leaves the shared
+    pool open for the others; it closes with its event loop.
     """
 
     def __init__(
@@ -144,14 +157,24 @@ class ArrClient:
         self._sts = self.settings.sts_base_url
         self.clock: Clock = clock if clock is not None else default_clock()
         self._rng = rng if rng is not None else random.Random()
-        self._http = httpx.AsyncClient(
-            transport=transport,
-            timeout=httpx.Timeout(
-                self.settings.request_timeout, connect=self.settings.connect_timeout
-            ),
-            headers={"Accept": "application/json", "User-Agent": "arr-prefect/0.1"},
-            follow_redirects=False,
+        self._timeout = httpx.Timeout(
+            self.settings.request_timeout, connect=self.settings.connect_timeout
         )
+        # An injected transport (a test's, the in-process emulator's) gets its own httpx
+        # client, closed with this one; otherwise the loop's shared pool is used.
+        self._own_http: httpx.AsyncClient | None = None
+        if transport is not None:
+            self._own_http = httpx.AsyncClient(
+                transport=transport,
+                verify=shared_ssl_context(),
+                headers=HEADERS,
+                follow_redirects=False,
+            )
+        self._pool_key: PoolKey = (self.account_id, self._service, self._sts)
+        self._pooled: tuple[asyncio.AbstractEventLoop, httpx.AsyncClient] | None = None
+        # The last properties seen of each session, and when: what v1's empty extend
+        # answer is completed with (see extend_session).
+        self._seen: dict[str, tuple[Session, float]] = {}
         cache = token_cache if token_cache is not None else PROCESS_TOKEN_CACHE
         self._tokens = TokenSource(
             cache=cache,
@@ -180,8 +203,18 @@ class ArrClient:
         await self.aclose()
 
     async def aclose(self) -> None:
-        """Close the connection pool."""
-        await self._http.aclose()
+        """Close this client's own connections (the shared pool stays open for others)."""
+        if self._own_http is not None:
+            await self._own_http.aclose()
+
+    async def _http(self) -> httpx.AsyncClient:
+        if self._own_http is not None:
+            return self._own_http
+        loop = asyncio.get_running_loop()
+        pooled = self._pooled
+        if pooled is None or pooled[0] is not loop or pooled[1].is_closed:
+            pooled = self._pooled = (loop, await pool_for(self._pool_key))
+        return pooled[1]
 
     # ------------------------------------------------------------------ plumbing
 
@@ -238,13 +271,15 @@ class ArrClient:
         attempts = self.settings.max_attempts
         for attempt in range(1, attempts + 1):
             try:
-                response = await self._http.request(
+                http = await self._http()
+                response = await http.request(
                     method,
                     url,
                     json=json,
                     params=params,
                     headers=headers,
                     auth=self._auth if authenticated else httpx.USE_CLIENT_DEFAULT,
+                    timeout=self._timeout,
                 )
             except httpx.TransportError as exc:
                 if not idempotent and not _never_sent(exc):
@@ -566,7 +601,41 @@ class ArrClient:
         sid = validate_session_id(session_id)
         parts = (sid, "properties") if self.api_version == "v1" else (sid,)
         response = await self._call("get session", "GET", self._sessions_url(*parts), expect=(200,))
-        return self._session_in("get session", response), response.headers.get("MS-CV")
+        session = self._remember(self._session_in("get session", response))
+        return session, response.headers.get("MS-CV")
+
+    def _remember(self, session: Session) -> Session:
+        """Note ``session`` as the latest known state of its ID (at the clock's now)."""
+        seen = self._seen
+        seen.pop(session.id, None)
+        seen[session.id] = (session, self.clock.time())
+        if len(seen) > _SEEN_SESSIONS:
+            del seen[next(iter(seen))]
+        return session
+
+    def _after_v1_extend(self, session_id: str, lease: timedelta) -> Session | None:
+        """The session after a v1 PATCH answered 200 (an empty body), or None if unknown.
+
+        Known when this client last saw the session Ready and ``lease`` exceeds the time
+        elapsed since (estimated from that answer, with a margin): the 200 says the session
+        was active, a Ready session never goes back to Starting, and a lease longer than the
+        elapsed time cannot have ended it. Otherwise only the service knows: a session last
+        seen Starting may be Ready now with a hostname, and a lease not above the elapsed
+        time ends the session as Expired.
+        """
+        seen = self._seen.get(session_id)
+        if seen is None:
+            return None
+        before, at = seen
+        if before.status != SessionStatus.READY or before.elapsed is None:
+            return None
+        elapsed = before.elapsed + timedelta(seconds=max(0.0, self.clock.time() - at))
+        if lease <= elapsed + _V1_EXTEND_MARGIN:
+            return None
+        after = before.model_copy(
+            update={"max_lease": lease, "elapsed": timedelta(seconds=int(elapsed.total_seconds()))}
+        )
+        return self._remember(after)
 
     async def iter_sessions(self) -> AsyncIterator[Session]:
         """Every active session of the account, following ``@nextLink`` pages."""
@@ -624,7 +693,11 @@ class ArrClient:
                 expect=(200, 204),
                 json={"maxLeaseTime": format_timespan(lease)},
             )
-            return await self.get_session(sid)
+            # v1 answers 200 with an empty body. The session's state is known without
+            # asking again when this client saw it Ready just before (extend_session_by
+            # and the lease keeper always have); otherwise one GET reads it back.
+            known = self._after_v1_extend(sid, lease)
+            return known if known is not None else await self.get_session(sid)
         try:
             response = await self._call(
                 "extend session",
@@ -641,7 +714,7 @@ class ArrClient:
             if current.max_lease == timedelta(minutes=lease_minutes(lease)):
                 return current
             raise
-        return self._session_in("extend session", response)
+        return self._remember(self._session_in("extend session", response))
 
     async def extend_session_by(
         self, session_id: str, duration: timedelta | str | int | float
@@ -651,6 +724,7 @@ class ArrClient:
         Sends ``elapsed + duration`` as the new total (capped at 24 h), and nothing when the
         lease already reaches that far. 2021-01-01 reports elapsed time in whole minutes,
         rounded down, so one more minute is added there to never cut the lease short.
+        Two requests on either API version: a GET (for the elapsed time) and the PATCH.
         """
         remaining = parse_lease(duration)
         session, ms_cv = await self._get_session(session_id)
@@ -673,6 +747,7 @@ class ArrClient:
             method, url = "DELETE", self._sessions_url(sid)
         else:
             method, url = "POST", self._sessions_url(sid, ":stop")
+        self._seen.pop(sid, None)
         response = await self._send("stop session", method, url, params=self._params())
         if response.status_code in (200, 202, 204):
             return True
