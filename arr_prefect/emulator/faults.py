@@ -149,7 +149,15 @@ class RandomFaults:
 
     @property
     def enabled(self) -> bool:
-        return any(value > 0 for name, value in asdict(self).items() if name.startswith("p_"))
+        # Asked on every request: read the fields, not dataclasses.asdict (a deep copy).
+        return (
+            self.p_throttle > 0
+            or self.p_server_error > 0
+            or self.p_slow > 0
+            or self.p_drop > 0
+            or self.p_lost_create > 0
+            or self.p_session_error > 0
+        )
 
 
 @dataclass(frozen=True)

@@ -347,6 +347,7 @@ class EmulatorState:
         self._timers: list[tuple[float, int, SessionRecord]] = []
         self._timer_seq = itertools.count()
         self._live_tokens: set[str] = set()
+        self._issued: dict[str, dict[str, Any]] = {}
         self.tokens_issued = 0
 
     # --- time ---------------------------------------------------------------------------
@@ -442,7 +443,9 @@ class EmulatorState:
         signature = hmac.new(self._secret, f"{header}.{payload}".encode(), hashlib.sha256)
         self._live_tokens.add(jti)
         self.tokens_issued += 1
-        return f"{header}.{payload}.{_b64url(signature.digest())}"
+        token = f"{header}.{payload}.{_b64url(signature.digest())}"
+        self._issued[token] = claims
+        return token
 
     def authenticate(self, authorization: str | None, account_id: str) -> dict[str, Any]:
         """Check a session call's bearer token for ``account_id``; return its claims.
@@ -453,6 +456,22 @@ class EmulatorState:
         token = _bearer(authorization)
         if token is None:
             raise _unauthorized("Missing Authorization header: expected 'Bearer <AccessToken>'.")
+        # A token this emulator issued, byte for byte, needs no signature check or parse
+        # (most of the cost of a GET); its expiry, revocation and account are checked below.
+        claims = self._issued.get(token)
+        if claims is None:
+            claims = self._verify(token)
+        exp = claims.get("exp")
+        if not isinstance(exp, int | float) or self.now() >= exp:
+            raise _unauthorized("The access token has expired.")
+        if claims.get("jti") not in self._live_tokens:
+            raise _unauthorized("The access token has been revoked.")
+        if str(claims.get("accountId", "")).lower() != account_id.lower():
+            raise ApiError(403, "Forbidden", "The access token was not issued for this account.")
+        return claims
+
+    def _verify(self, token: str) -> dict[str, Any]:
+        """The claims of a well-formed token signed with this emulator's secret (else 401)."""
         parts = token.split(".")
         if len(parts) != 3:
             raise _unauthorized("The access token is malformed.")
@@ -477,19 +496,13 @@ class EmulatorState:
             raise _unauthorized("The access token is malformed.")
         if not isinstance(claims, dict):
             raise _unauthorized("The access token is malformed.")
-        exp = claims.get("exp")
-        if not isinstance(exp, int | float) or self.now() >= exp:
-            raise _unauthorized("The access token has expired.")
-        if claims.get("jti") not in self._live_tokens:
-            raise _unauthorized("The access token has been revoked.")
-        if str(claims.get("accountId", "")).lower() != account_id.lower():
-            raise ApiError(403, "Forbidden", "The access token was not issued for this account.")
         return claims
 
     def expire_tokens(self) -> int:
         """Revoke every token issued so far (a token expiring mid-run); return how many."""
         revoked = len(self._live_tokens)
         self._live_tokens.clear()
+        self._issued.clear()
         return revoked
 
     # --- sessions -----------------------------------------------------------------------

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import httpx
 import pytest
 
 from arr_prefect.clock import VirtualClock
 from arr_prefect.emulator import EmulatedConnectionDrop, Emulator
-from arr_prefect.emulator.faults import FaultController
+from arr_prefect.emulator.faults import FaultController, RandomFaults
 from tests.emulator._support import (
     ACCOUNT,
     KEY,
@@ -236,3 +238,14 @@ async def test_admin_api_configures_faults(
     assert (await client.get(V1, headers=auth)).status_code == 200
     bad = await client.post("/_emulator/faults", json={"kind": "meteor"})
     assert bad.status_code == 400
+
+
+@pytest.mark.parametrize(
+    "name", [f.name for f in dataclasses.fields(RandomFaults) if f.name.startswith("p_")]
+)
+def test_any_probability_enables_random_faults(name: str) -> None:
+    """Each p_* field alone turns random faults on (checked per request, without asdict)."""
+    faults = RandomFaults()
+    assert not faults.enabled
+    setattr(faults, name, 0.5)
+    assert faults.enabled
