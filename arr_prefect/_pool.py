@@ -8,7 +8,10 @@ bundle for every client, even for ``http://``) and opened new connections for ev
 
 - The pool is bounded (:data:`MAX_CONNECTIONS`): a thousand concurrent lifecycles queue
   for connections instead of opening a thousand sockets, so a 1024 open-file limit is
-  never approached.
+  never approached. They queue on the pool's :attr:`Pool.slots` semaphore, not inside
+  httpcore: httpcore re-examines every queued request and every connection (polling each
+  idle socket) whenever one request finishes, which with a thousand queued requests cost
+  more CPU than the requests themselves.
 - One :class:`ssl.SSLContext` (the CA bundle loaded once) serves every pool.
 - A pool belongs to its event loop (asyncio connections cannot cross loops; Prefect may
   run tasks in several). It is closed when that loop shuts down its async generators
@@ -27,10 +30,13 @@ from dataclasses import dataclass
 
 import httpx
 
-__all__ = ["MAX_CONNECTIONS", "PoolKey", "close_pools", "pool_for", "shared_ssl_context"]
+__all__ = ["MAX_CONNECTIONS", "Pool", "PoolKey", "close_pools", "pool_for", "shared_ssl_context"]
 
-MAX_CONNECTIONS = 100
-"""Most connections one pool opens at once; further requests wait for a free one."""
+MAX_CONNECTIONS = 32
+"""Most connections one pool opens at once; further requests wait for a free one.
+
+Session management is light (a poll every few seconds per session): 32 requests in flight
+answer a thousand sessions' polls with room to spare, even at a WAN round trip."""
 
 PoolKey = tuple[str, str, str]
 """(account id, session API base URL, STS base URL)."""
@@ -45,19 +51,22 @@ def shared_ssl_context() -> ssl.SSLContext:
 
 
 @dataclass
-class _Pool:
+class Pool:
+    """A shared ``httpx.AsyncClient`` and the slots that bound the requests sent through it."""
+
     http: httpx.AsyncClient
+    slots: asyncio.Semaphore
     closer: AsyncGenerator[None]
 
 
 _lock = threading.Lock()
-_pools: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[PoolKey, _Pool]] = (
+_pools: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[PoolKey, Pool]] = (
     weakref.WeakKeyDictionary()
 )
 
 
 async def _close_with_loop(
-    pools: dict[PoolKey, _Pool], key: PoolKey, http: httpx.AsyncClient
+    pools: dict[PoolKey, Pool], key: PoolKey, http: httpx.AsyncClient
 ) -> AsyncGenerator[None]:
     # An async generator the loop finalizes at shutdown (loop.shutdown_asyncgens): the
     # only hook asyncio offers to run code in a loop before it closes.
@@ -82,19 +91,19 @@ def _new_client() -> httpx.AsyncClient:
     )
 
 
-async def pool_for(key: PoolKey) -> httpx.AsyncClient:
+async def pool_for(key: PoolKey) -> Pool:
     """The running loop's pool for ``key`` (made on first use)."""
     loop = asyncio.get_running_loop()
     with _lock:
         pools = _pools.setdefault(loop, {})
         pool = pools.get(key)
         if pool is not None and not pool.http.is_closed:
-            return pool.http
+            return pool
         http = _new_client()
         closer = _close_with_loop(pools, key, http)
-        pools[key] = _Pool(http, closer)
+        pool = pools[key] = Pool(http, asyncio.Semaphore(MAX_CONNECTIONS), closer)
     await anext(closer)  # registers the closer with the loop's async-generator hooks
-    return http
+    return pool
 
 
 async def close_pools() -> None:

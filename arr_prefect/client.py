@@ -44,7 +44,7 @@ from urllib.parse import quote
 
 import httpx
 
-from arr_prefect._pool import HEADERS, PoolKey, pool_for, shared_ssl_context
+from arr_prefect._pool import HEADERS, Pool, PoolKey, pool_for, shared_ssl_context
 from arr_prefect.auth import (
     PROCESS_TOKEN_CACHE,
     AccessToken,
@@ -171,7 +171,7 @@ class ArrClient:
                 follow_redirects=False,
             )
         self._pool_key: PoolKey = (self.account_id, self._service, self._sts)
-        self._pooled: tuple[asyncio.AbstractEventLoop, httpx.AsyncClient] | None = None
+        self._pooled: tuple[asyncio.AbstractEventLoop, Pool] | None = None
         # The last properties seen of each session, and when: what v1's empty extend
         # answer is completed with (see extend_session).
         self._seen: dict[str, tuple[Session, float]] = {}
@@ -207,14 +207,32 @@ class ArrClient:
         if self._own_http is not None:
             await self._own_http.aclose()
 
-    async def _http(self) -> httpx.AsyncClient:
+    async def _pool(self) -> Pool | None:
+        """The loop's shared pool (None with an injected transport)."""
         if self._own_http is not None:
-            return self._own_http
+            return None
         loop = asyncio.get_running_loop()
         pooled = self._pooled
-        if pooled is None or pooled[0] is not loop or pooled[1].is_closed:
+        if pooled is None or pooled[0] is not loop or pooled[1].http.is_closed:
             pooled = self._pooled = (loop, await pool_for(self._pool_key))
         return pooled[1]
+
+    async def _request(
+        self, method: str, url: str, *, authenticated: bool, **kwargs: Any
+    ) -> httpx.Response:
+        auth = self._auth if authenticated else httpx.USE_CLIENT_DEFAULT
+        pool = await self._pool()
+        if pool is None:
+            assert self._own_http is not None
+            return await self._own_http.request(
+                method, url, auth=auth, timeout=self._timeout, **kwargs
+            )
+        if not authenticated:
+            # The token fetch takes no slot: requests holding slots may be waiting for it
+            # (in ArrAuth) before they send, and must not wait for each other.
+            return await pool.http.request(method, url, auth=auth, timeout=self._timeout, **kwargs)
+        async with pool.slots:
+            return await pool.http.request(method, url, auth=auth, timeout=self._timeout, **kwargs)
 
     # ------------------------------------------------------------------ plumbing
 
@@ -271,15 +289,13 @@ class ArrClient:
         attempts = self.settings.max_attempts
         for attempt in range(1, attempts + 1):
             try:
-                http = await self._http()
-                response = await http.request(
+                response = await self._request(
                     method,
                     url,
+                    authenticated=authenticated,
                     json=json,
                     params=params,
                     headers=headers,
-                    auth=self._auth if authenticated else httpx.USE_CLIENT_DEFAULT,
-                    timeout=self._timeout,
                 )
             except httpx.TransportError as exc:
                 if not idempotent and not _never_sent(exc):
