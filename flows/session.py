@@ -109,7 +109,54 @@ _owned: dict[str, set[str]] = {}
 # The credentials each session of this process was made with, for hooks running here
 # (an unsaved block has no name another process could load).
 _credentials_of: dict[str, RemoteRenderingCredentials] = {}
-_tag_locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = (
+
+
+class _TagWriter:
+    """Adds tags to one flow run, in batches: all the tags asked for while a write is in
+    flight go together in the next one (one read of the run's tags, one update).
+
+    Each read-then-update must not overlap another (the second would drop the first's
+    tag), and a write per tag under a lock made 200 sessions starting together wait for
+    400 API calls one after the other. ``add`` returns once its tag is written.
+    """
+
+    def __init__(self, flow_run_id: UUID) -> None:
+        self.flow_run_id = flow_run_id
+        self._pending: dict[str, None] = {}  # an ordered set: tags keep their order
+        self._batch: asyncio.Future[None] | None = None
+        self._writer: asyncio.Task[None] | None = None
+
+    async def add(self, tags: list[str]) -> None:
+        loop = asyncio.get_running_loop()
+        self._pending.update(dict.fromkeys(tags))
+        if self._batch is None:
+            self._batch = loop.create_future()
+        batch = self._batch
+        if self._writer is None or self._writer.done():
+            self._writer = loop.create_task(self._write(), name="arr-tag-writer")
+        await asyncio.shield(batch)
+
+    async def _write(self) -> None:
+        while self._pending:
+            tags, self._pending = self._pending, {}
+            batch, self._batch = self._batch, None
+            assert batch is not None
+            try:
+                async with get_client() as prefect:
+                    run = await prefect.read_flow_run(self.flow_run_id)
+                    missing = [t for t in tags if t not in run.tags]
+                    if missing:
+                        await prefect.update_flow_run(self.flow_run_id, tags=[*run.tags, *missing])
+            except Exception as exc:  # noqa: BLE001 - handed to every waiter of the batch
+                if not batch.done():
+                    batch.set_exception(exc)
+                    batch.exception()  # retrieved here too: a cancelled waiter may not
+            else:
+                if not batch.done():
+                    batch.set_result(None)
+
+
+_tag_writers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, _TagWriter]] = (
     weakref.WeakKeyDictionary()
 )
 
@@ -157,12 +204,11 @@ async def record_session_owner(
     if block is not None:
         tags.append(f"{CREDENTIALS_TAG_PREFIX}{block}")
     try:
-        lock = _tag_locks.setdefault(asyncio.get_running_loop(), asyncio.Lock())
-        async with lock, get_client() as prefect:
-            run = await prefect.read_flow_run(UUID(flow_run_id))
-            missing = [tag for tag in tags if tag not in run.tags]
-            if missing:
-                await prefect.update_flow_run(UUID(flow_run_id), tags=[*run.tags, *missing])
+        writers = _tag_writers.setdefault(asyncio.get_running_loop(), {})
+        writer = writers.get(flow_run_id)
+        if writer is None:
+            writer = writers[flow_run_id] = _TagWriter(UUID(flow_run_id))
+        await writer.add(tags)
     except Exception as exc:  # noqa: BLE001 - recording must never lose the session
         run_logger().warning(
             "Could not tag flow run %s with %s (%s); the rolling lease still bounds the session",
