@@ -1,0 +1,752 @@
+"""Performance benchmark: the emulator, the client and the flows, as ratios against floors.
+
+Run it (a few minutes; it starts and stops its own emulator, hello-world and Prefect
+server processes)::
+
+    .venv/bin/python scripts/bench.py                 # everything
+    .venv/bin/python scripts/bench.py --only emulator,client --rounds 3
+
+Every figure that can be is a ratio of two things measured side by side (A and B
+interleaved, several rounds, median and spread over the rounds), so that load from other
+jobs on a shared machine moves both sides. It prints a Markdown table with each goal of
+issue 9 and exits 1 when a goal is missed. Not part of the test suite (it measures time).
+
+What is measured:
+
+- emulator: p50 of a loopback GET on one keep-alive connection; GET throughput over 50
+  connections against a Starlette hello world served the same way (the same uvicorn
+  set-up, ``run_server`` on ``bind_socket``); that throughput with 10,000 sessions in
+  the ledger against one. The load comes from a minimal keep-alive HTTP/1.1 client on
+  raw asyncio streams, so the load generator costs as little as possible.
+- client: requests per lifecycle (token, create, poll, extend, stop) as the emulator
+  counted them, against a hand-written httpx lifecycle; lifecycle wall time of the client
+  (one reused, and a new one per lifecycle) against that raw httpx floor; the CPU time to
+  build a client.
+- scale: 1000 concurrent lifecycles (new client each, half per API version) in one child
+  process against one emulator (start-up 0): wall time, peak RSS, failures; again with
+  the child's open-file limit at 1024.
+- flows: ``render_batch`` (no-op job) against a flow of five no-op tasks, warm; 200
+  ``rendering_session``s in one flow run, per session, against the same flow without them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import platform
+import resource
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+ACCOUNT = "11111111-1111-1111-1111-111111111111"
+KEY = "arr-emulator-account-key"
+ALL = ("emulator", "client", "scale", "flows")
+
+
+# --------------------------------------------------------------------------- results
+
+
+@dataclass
+class Row:
+    area: str
+    what: str
+    value: str
+    goal: str
+    ok: bool
+    spread: str = ""
+
+
+ROWS: list[Row] = []
+
+
+def record(area: str, what: str, value: str, goal: str, ok: bool, spread: str = "") -> None:
+    ROWS.append(Row(area, what, value, goal, ok, spread))
+    print(f"  {what}: {value} (goal {goal}) {'ok' if ok else 'MISSED'} {spread}", flush=True)
+
+
+def summary(samples: Sequence[float], unit: str = "x", digits: int = 2) -> tuple[float, str]:
+    """Median, and the spread over the rounds as ``min-max``."""
+    med = statistics.median(samples)
+    return med, f"{min(samples):.{digits}f}-{max(samples):.{digits}f} {unit} over {len(samples)}"
+
+
+def table() -> str:
+    lines = [
+        "| area | what | measured | goal | met | spread (min-max, rounds) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for row in ROWS:
+        met = "yes" if row.ok else "**no**"
+        lines.append(
+            f"| {row.area} | {row.what} | {row.value} | {row.goal} | {met} | {row.spread} |"
+        )
+    return "\n".join(lines)
+
+
+def machine() -> str:
+    load = os.getloadavg()
+    return (
+        f"{platform.node()}: {os.cpu_count()} CPUs ({platform.processor() or platform.machine()}),"
+        f" Python {platform.python_version()}, {platform.system()} {platform.release()};"
+        f" load average at the end {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f}"
+        " (shared with other jobs)"
+    )
+
+
+# --------------------------------------------------------------------------- processes
+
+
+def _python() -> str:
+    return sys.executable
+
+
+@dataclass
+class Served:
+    url: str
+    pid: int
+
+    def cpu_seconds(self) -> float:
+        """CPU time (user + system) the process has used so far."""
+        fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@contextlib.contextmanager
+def served_process(args: list[str], env: dict[str, str] | None = None) -> Iterator[Served]:
+    """Start a process that prints ``... listening on http://...``; yield URL and pid."""
+    process = subprocess.Popen(
+        args,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env={**os.environ, **(env or {})},
+    )
+    try:
+        assert process.stdout is not None
+        line = process.stdout.readline()
+        if "listening on " not in line:
+            raise RuntimeError(f"{args[:3]} did not start: {line!r}")
+        yield Served(line.rsplit(" ", 1)[1].strip(), process.pid)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(5)
+
+
+@contextlib.contextmanager
+def emulator_process(*extra: str) -> Iterator[str]:
+    with emulator_served(*extra) as served:
+        yield served.url
+
+
+def emulator_served(*extra: str) -> contextlib.AbstractContextManager[Served]:
+    return served_process(
+        [
+            _python(),
+            "-m",
+            "arr_prefect.emulator",
+            "--port",
+            "0",
+            "--startup-seconds",
+            "0",
+            "--log-level",
+            "warning",
+            *extra,
+        ]
+    )
+
+
+def hello_process() -> contextlib.AbstractContextManager[Served]:
+    return served_process([_python(), str(Path(__file__).resolve()), "--serve-hello"])
+
+
+def serve_hello() -> int:
+    """A Starlette hello world served exactly as the emulator is (run_server, bind_socket)."""
+    from starlette.applications import Starlette
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
+    from arr_prefect.emulator.server import base_url_of, bind_socket, run_server
+
+    async def hello(request: Any) -> JSONResponse:
+        return JSONResponse({"hello": "world"})
+
+    app = Starlette(routes=[Route("/{path:path}", hello)])
+    sock = bind_socket("127.0.0.1", 0)
+    print(f"hello listening on {base_url_of(sock)}", flush=True)
+    run_server(app, sock, log_level="warning")
+    return 0
+
+
+# --------------------------------------------------------------------------- raw HTTP load
+
+
+def _host_port(url: str) -> tuple[str, int]:
+    rest = url.split("://", 1)[1]
+    host, _, port = rest.partition(":")
+    return host, int(port.split("/")[0])
+
+
+def _request(method: str, path: str, headers: dict[str, str], body: bytes = b"") -> bytes:
+    lines = [f"{method} {path} HTTP/1.1", "Host: bench"]
+    lines += [f"{k}: {v}" for k, v in headers.items()]
+    if body or method in ("POST", "PUT", "PATCH"):
+        lines.append(f"Content-Length: {len(body)}")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
+
+
+async def _exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, raw: bytes) -> int:
+    """Send one request on a keep-alive connection; read the answer; return its status."""
+    writer.write(raw)
+    head = await reader.readuntil(b"\r\n\r\n")
+    status = int(head[9:12])
+    length = 0
+    for line in head.split(b"\r\n"):
+        if line[:15].lower() == b"content-length:":
+            length = int(line[15:])
+    if length:
+        await reader.readexactly(length)
+    return status
+
+
+async def throughput(
+    served: Served, raw: bytes, requests: int, connections: int = 50
+) -> tuple[float, float]:
+    """``requests`` GETs over ``connections`` keep-alive connections (opened first).
+
+    Returns (requests per wall second, requests per CPU second of the server). The
+    server is one thread, so what it can answer is 1 / its CPU per request; that figure
+    is what the ratios use, since other jobs on a shared machine move wall time a lot
+    more than they move the server's own CPU time.
+    """
+    host, port = _host_port(served.url)
+    bad = 0
+    left = requests
+    opened = [await asyncio.open_connection(host, port) for _ in range(connections)]
+
+    async def worker(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal bad, left
+        while left > 0:
+            left -= 1
+            if await _exchange(reader, writer, raw) != 200:
+                bad += 1
+
+    cpu = served.cpu_seconds()
+    start = time.perf_counter()
+    await asyncio.gather(*(worker(r, w) for r, w in opened))
+    elapsed = time.perf_counter() - start
+    cpu = served.cpu_seconds() - cpu
+    for _, writer in opened:
+        writer.close()
+    if bad:
+        raise RuntimeError(f"{bad} requests were not answered 200")
+    return requests / elapsed, requests / max(cpu, 1e-3)
+
+
+async def latencies(url: str, raw: bytes, count: int) -> list[float]:
+    host, port = _host_port(url)
+    reader, writer = await asyncio.open_connection(host, port)
+    result = []
+    try:
+        for _ in range(count):
+            start = time.perf_counter()
+            status = await _exchange(reader, writer, raw)
+            result.append(time.perf_counter() - start)
+            if status != 200:
+                raise RuntimeError(f"answered {status}")
+    finally:
+        writer.close()
+    return result
+
+
+async def _token(url: str) -> str:
+    import httpx
+
+    async with httpx.AsyncClient(base_url=url) as http:
+        answer = await http.get(
+            f"/accounts/{ACCOUNT}/token", headers={"Authorization": f"Bearer {ACCOUNT}:{KEY}"}
+        )
+        return str(answer.json()["AccessToken"])
+
+
+async def _fill(url: str, token: str, sessions: int, connections: int = 50) -> str:
+    """Create ``sessions`` 2021-01-01 sessions (Ready at once, 24 h lease); return one id."""
+    host, port = _host_port(url)
+    counter = iter(range(sessions))
+    auth = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+    body = json.dumps({"maxLeaseTimeMinutes": 1440, "size": "Standard"}).encode()
+
+    async def worker() -> None:
+        reader, writer = await asyncio.open_connection(host, port)
+        try:
+            for index in counter:
+                path = f"/accounts/{ACCOUNT}/sessions/bench-{index}?api-version=2021-01-01"
+                status = await _exchange(reader, writer, _request("PUT", path, auth, body))
+                if status != 201:
+                    raise RuntimeError(f"create answered {status}")
+        finally:
+            writer.close()
+
+    await asyncio.gather(*(worker() for _ in range(connections)))
+    return "bench-0"
+
+
+def _get_raw(token: str, sid: str) -> bytes:
+    return _request(
+        "GET",
+        f"/accounts/{ACCOUNT}/sessions/{sid}?api-version=2021-01-01",
+        {"Authorization": f"Bearer {token}"},
+    )
+
+
+async def bench_emulator(rounds: int, requests: int) -> None:
+    print("== emulator", flush=True)
+    with emulator_served() as small, emulator_served() as big, hello_process() as hello:
+        small_token, big_token = await _token(small.url), await _token(big.url)
+        small_sid = await _fill(small.url, small_token, 1, connections=1)
+        started = time.perf_counter()
+        big_sid = await _fill(big.url, big_token, 10_000)
+        print(f"  10,000 sessions created in {time.perf_counter() - started:.1f} s", flush=True)
+        small_get, big_get = _get_raw(small_token, small_sid), _get_raw(big_token, big_sid)
+        hello_get = _request("GET", "/hello", {})
+
+        p50s = []
+        for _ in range(rounds):
+            lat = await latencies(small.url, small_get, 400)
+            p50s.append(statistics.median(lat) * 1000)
+        p50, spread = summary(p50s, "ms")
+        record("emulator", "GET p50 on loopback, one connection", f"{p50:.2f} ms", "<= 2 ms",
+               p50 <= 2.0, spread)  # fmt: skip
+
+        order = [("hello", hello, hello_get), ("small", small, small_get), ("big", big, big_get)]
+        for _, target, raw in order:  # warm
+            await throughput(target, raw, requests // 4)
+        vs_hello, vs_small = [], []
+        walls: dict[str, list[float]] = {"hello": [], "small": [], "big": []}
+        for index in range(rounds):
+            rate = {}
+            for name, target, raw in order[index % 3 :] + order[: index % 3]:
+                wall_rate, rate[name] = await throughput(target, raw, requests)
+                walls[name].append(wall_rate)
+            vs_hello.append(rate["small"] / rate["hello"])
+            vs_small.append(rate["big"] / rate["small"])
+
+        def wall(name: str) -> str:
+            return f"{statistics.median(walls[name]):.0f}"
+
+        ratio, spread = summary(vs_hello)
+        record("emulator",
+               "GET throughput (answers per server CPU-second) vs Starlette hello world,"
+               f" 50 connections; wall: {wall('small')} vs {wall('hello')} req/s",
+               f"{ratio:.2f}x", ">= 0.8x", ratio >= 0.8, spread)  # fmt: skip
+        ratio, spread = summary(vs_small)
+        record("emulator",
+               "GET throughput (per server CPU-second), 10,000 sessions in the ledger vs 1;"
+               f" wall: {wall('big')} vs {wall('small')} req/s",
+               f"{ratio:.2f}x", "0.9x-1.1x", 0.9 <= ratio <= 1.1, spread)  # fmt: skip
+
+
+# --------------------------------------------------------------------------- client
+
+
+def _settings(url: str, api_version: str) -> Any:
+    from arr_prefect.settings import load_settings
+
+    return load_settings(
+        _env_file=None,
+        account_id=ACCOUNT,
+        account_key=KEY,
+        service_url=url,
+        sts_url=url,
+        api_version=api_version,
+        poll_interval=0.05,
+    )
+
+
+class RawLifecycle:
+    """The floor: a hand-written httpx lifecycle (one AsyncClient, the token fetched once)."""
+
+    def __init__(self, url: str, api_version: str) -> None:
+        import httpx
+
+        self.url = url
+        self.v1 = api_version == "v1"
+        self.http = httpx.AsyncClient(base_url=url)
+        self.auth: dict[str, str] = {}
+        self.count = 0
+
+    async def token(self) -> None:
+        answer = await self.http.get(
+            f"/accounts/{ACCOUNT}/token", headers={"Authorization": f"Bearer {ACCOUNT}:{KEY}"}
+        )
+        self.auth = {"Authorization": f"Bearer {answer.json()['AccessToken']}"}
+
+    async def run(self) -> None:
+        if not self.auth:
+            await self.token()
+        http, auth = self.http, self.auth
+        if self.v1:
+            base = f"/v1/accounts/{ACCOUNT}/sessions"
+            created = await http.post(
+                f"{base}/create",
+                json={"maxLeaseTime": "0:10:0", "models": [], "size": "standard"},
+                headers=auth,
+            )
+            sid = created.json()["sessionId"]
+            while True:
+                props = (await http.get(f"{base}/{sid}/properties", headers=auth)).json()
+                if props["sessionStatus"] == "Ready":
+                    break
+                await asyncio.sleep(0.05)
+            (await http.patch(f"{base}/{sid}", json={"maxLeaseTime": "0:20:0"}, headers=auth))
+            (await http.delete(f"{base}/{sid}", headers=auth)).raise_for_status()
+        else:
+            self.count += 1
+            sid = f"raw-{id(self)}-{self.count}"
+            url = f"/accounts/{ACCOUNT}/sessions/{sid}"
+            params = {"api-version": "2021-01-01"}
+            body = {"maxLeaseTimeMinutes": 10, "size": "Standard"}
+            (await http.put(url, json=body, params=params, headers=auth)).raise_for_status()
+            while True:
+                props = (await http.get(url, params=params, headers=auth)).json()
+                if props["status"] == "Ready":
+                    break
+                await asyncio.sleep(0.05)
+            answer = await http.patch(
+                url, json={"maxLeaseTimeMinutes": 20}, params=params, headers=auth
+            )
+            answer.raise_for_status()
+            (await http.post(f"{url}/:stop", params=params, headers=auth)).raise_for_status()
+
+
+async def client_lifecycle(arr: Any) -> None:
+    session = await arr.create_session(lease=timedelta(minutes=10))
+    await arr.wait_until_ready(session.id)
+    await arr.extend_session(session.id, timedelta(minutes=20))
+    await arr.stop_session(session.id)
+
+
+async def _counts(url: str) -> dict[str, int]:
+    import httpx
+
+    async with httpx.AsyncClient(base_url=url) as http:
+        counts = (await http.get("/_emulator/requests")).json()["counts"]
+    return {
+        route: sum(by_status.values())
+        for route, by_status in counts.items()
+        if not route.startswith("admin.")
+    }
+
+
+async def bench_client(rounds: int, per_round: int) -> None:
+    print("== client", flush=True)
+    from arr_prefect.client import ArrClient
+
+    for api_version in ("v1", "2021-01-01"):
+        with emulator_process() as url:
+            settings = _settings(url, api_version)
+            raw = RawLifecycle(url, api_version)
+            before = await _counts(url)
+            await raw.run()
+            raw_count = sum((await _counts(url)).values()) - sum(before.values())
+            before = await _counts(url)
+            async with ArrClient(settings) as arr:
+                from arr_prefect.auth import PROCESS_TOKEN_CACHE
+
+                PROCESS_TOKEN_CACHE.clear()
+                await client_lifecycle(arr)
+            client_count = sum((await _counts(url)).values()) - sum(before.values())
+            record("client", f"requests per lifecycle, {api_version} (token included)",
+                   f"{client_count} vs {raw_count} by hand", "equal",
+                   client_count == raw_count)  # fmt: skip
+
+            reused = ArrClient(settings)
+
+            async def fresh(settings: Any = settings) -> None:
+                async with ArrClient(settings) as arr:
+                    await client_lifecycle(arr)
+
+            async def again(reused: Any = reused) -> None:
+                await client_lifecycle(reused)
+
+            variants: dict[str, Callable[[], Awaitable[None]]] = {
+                "raw": raw.run,
+                "reused": again,
+                "fresh": fresh,
+            }
+            for run in variants.values():  # warm: connections, token, imports
+                await run()
+            ratios: dict[str, list[float]] = {"reused": [], "fresh": []}
+            for index in range(rounds):
+                names = list(variants)
+                names = names[index % 3 :] + names[: index % 3]
+                wall = {}
+                for name in names:
+                    start = time.perf_counter()
+                    for _ in range(per_round):
+                        await variants[name]()
+                    wall[name] = (time.perf_counter() - start) / per_round
+                ratios["reused"].append(wall["reused"] / wall["raw"])
+                ratios["fresh"].append(wall["fresh"] / wall["raw"])
+            await reused.aclose()
+            await raw.http.aclose()
+            labels = {"reused": "one client reused", "fresh": "a client per lifecycle"}
+            for name, label in labels.items():
+                ratio, spread = summary(ratios[name])
+                record("client", f"lifecycle wall vs raw httpx, {api_version}, {label}",
+                       f"{ratio:.2f}x", "<= 1.05x", ratio <= 1.05, spread)  # fmt: skip
+
+    settings = _settings("http://127.0.0.1:9", "v1")
+    build_times = []
+    for _ in range(rounds):
+        start = time.process_time()
+        for _ in range(1000):
+            ArrClient(settings)
+        build_times.append((time.process_time() - start) / 1000 * 1000)
+    ms, spread = summary(build_times, "ms", 3)
+    record("client", "CPU to build a client (settings given)", f"{ms:.3f} ms", "< 1 ms",
+           ms < 1.0, spread)  # fmt: skip
+
+
+# --------------------------------------------------------------------------- scale
+
+
+async def _scale(url: str, lifecycles: int) -> dict[str, Any]:
+    from arr_prefect.client import ArrClient
+
+    settings = {v: _settings(url, v) for v in ("v1", "2021-01-01")}
+    failures: list[str] = []
+
+    async def one(index: int) -> None:
+        api_version = "v1" if index % 2 else "2021-01-01"
+        try:
+            async with ArrClient(settings[api_version]) as arr:
+                await client_lifecycle(arr)
+        except Exception as exc:  # noqa: BLE001 - counted and reported
+            failures.append(f"{type(exc).__name__}: {exc}")
+
+    start = time.perf_counter()
+    await asyncio.gather(*(one(i) for i in range(lifecycles)))
+    wall = time.perf_counter() - start
+    return {
+        "wall": wall,
+        "failures": len(failures),
+        "first_failure": failures[0] if failures else None,
+        "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "nofile": resource.getrlimit(resource.RLIMIT_NOFILE)[0],
+    }
+
+
+def scale_child(url: str, lifecycles: int, nofile: int | None) -> int:
+    if nofile is not None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
+    print(json.dumps(asyncio.run(_scale(url, lifecycles))), flush=True)
+    return 0
+
+
+def bench_scale(lifecycles: int) -> None:
+    print("== scale", flush=True)
+    for nofile in (None, 1024):
+        with emulator_process() as url:
+            args = [_python(), str(Path(__file__).resolve()), "--scale-child", url,
+                    "--lifecycles", str(lifecycles)]  # fmt: skip
+            if nofile is not None:
+                args += ["--nofile", str(nofile)]
+            out = subprocess.run(args, capture_output=True, text=True, timeout=600, check=False)
+            if out.returncode != 0:
+                raise RuntimeError(f"scale child failed: {out.stderr[-2000:]}")
+            result = json.loads(out.stdout.strip().splitlines()[-1])
+        limit = f"open files <= {result['nofile']}"
+        record("scale", f"{lifecycles} concurrent lifecycles, one process, {limit}: wall",
+               f"{result['wall']:.1f} s", "<= 15 s", result["wall"] <= 15)  # fmt: skip
+        rss = result["max_rss_mb"]
+        record("scale", f"{lifecycles} concurrent lifecycles, {limit}: peak RSS",
+               f"{rss:.0f} MB", "<= 250 MB", rss <= 250)  # fmt: skip
+        failed = f"{result['failures']}" + (
+            f" (first: {result['first_failure']})" if result["failures"] else ""
+        )
+        record("scale", f"{lifecycles} concurrent lifecycles, {limit}: failures", failed, "0",
+               result["failures"] == 0)  # fmt: skip
+
+
+# --------------------------------------------------------------------------- flows
+
+
+async def bench_flows(rounds: int, sessions: int) -> None:
+    print("== flows (starting a Prefect server)", flush=True)
+    from prefect import flow, task
+    from prefect.cache_policies import NO_CACHE
+    from prefect.testing.utilities import prefect_test_harness
+
+    from arr_prefect.flows.render_batch import render_batch
+    from arr_prefect.flows.session import rendering_session
+
+    # Declared as the project's own tasks are (no cache key to compute, no result kept),
+    # so that the ratio compares per-run overhead, not Prefect's default caching.
+    @task(cache_policy=NO_CACHE, persist_result=False)
+    async def noop() -> None:
+        return None
+
+    @flow
+    async def five_tasks() -> None:
+        for _ in range(5):
+            await noop()
+
+    from arr_prefect import tasks
+
+    @flow
+    async def many_sessions(count: int) -> None:
+        async def one() -> None:
+            async with rendering_session("standard", lease=timedelta(minutes=10)):
+                pass
+
+        await asyncio.gather(*(one() for _ in range(count)))
+
+    @flow
+    async def many_bare(count: int) -> None:
+        """The same sessions through the same tasks, without rendering_session around them."""
+
+        async def one() -> None:
+            session = await tasks.create_session(lease=timedelta(minutes=10))
+            await tasks.wait_until_ready(session.id)
+            await tasks.stop_session(session.id)
+
+        await asyncio.gather(*(one() for _ in range(count)))
+
+    with emulator_process() as url, prefect_test_harness(server_startup_timeout=180):
+        for name, value in {
+            "ARR_ACCOUNT_ID": ACCOUNT,
+            "ARR_ACCOUNT_KEY": KEY,
+            "ARR_SERVICE_URL": url,
+            "ARR_STS_URL": url,
+            "ARR_API_VERSION": "2021-01-01",
+            "ARR_POLL_INTERVAL": "0.05",
+        }.items():
+            os.environ[name] = value
+
+        async def batch() -> None:
+            await render_batch(job_callable="builtins:id")
+
+        for warm in (five_tasks, batch, five_tasks, batch):
+            await warm()
+        ratios = []
+        for index in range(rounds):
+            wall = {}
+            order: list[tuple[str, Callable[[], Awaitable[None]]]] = [
+                ("trivial", five_tasks),
+                ("batch", batch),
+            ]
+            if index % 2:
+                order.reverse()
+            for name, run in order:
+                start = time.perf_counter()
+                for _ in range(3):
+                    await run()
+                wall[name] = (time.perf_counter() - start) / 3
+            ratios.append(wall["batch"] / wall["trivial"])
+        ratio, spread = summary(ratios)
+        record("flows", "render_batch (no-op job) vs a flow of 5 no-op tasks, warm",
+               f"{ratio:.2f}x", "<= 1.3x", ratio <= 1.3, spread)  # fmt: skip
+
+        for quota in ("", "arr-sessions-{account_id}"):
+            os.environ["ARR_SESSION_LIMIT"] = quota
+            await _many(sessions, max(1, rounds // 2), quota, many_bare, many_sessions)
+
+
+async def _many(
+    sessions: int,
+    rounds: int,
+    quota: str,
+    many_bare: Callable[[int], Awaitable[None]],
+    many_sessions: Callable[[int], Awaitable[None]],
+) -> None:
+    own, whole = [], []
+    for index in range(rounds):
+        wall = {}
+        pairs: list[tuple[str, Callable[[int], Awaitable[None]]]] = [
+            ("bare", many_bare),
+            ("session", many_sessions),
+        ]
+        for name, run_flow in pairs if index % 2 == 0 else pairs[::-1]:
+            start = time.perf_counter()
+            await run_flow(sessions)
+            wall[name] = time.perf_counter() - start
+        own.append((wall["session"] - wall["bare"]) / sessions * 1000)
+        whole.append(wall["session"] / sessions * 1000)
+    ms, spread = summary(own, "ms", 1)
+    setting = (
+        f"ARR_SESSION_LIMIT={quota} (default: a slot of that Prefect concurrency limit per session)"
+        if quota
+        else "ARR_SESSION_LIMIT='' (no quota slot)"
+    )
+    record("flows", f"{sessions} concurrent rendering_sessions in one flow run, {setting}:"
+           " our own overhead per session (wall, vs the same create/wait/stop tasks"
+           f" without rendering_session; whole session {statistics.median(whole):.0f} ms)",
+           f"{ms:.1f} ms", "<= 50 ms", ms <= 50, spread)  # fmt: skip
+
+
+# --------------------------------------------------------------------------- main
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0] if __doc__ else None)
+    parser.add_argument("--only", default=",".join(ALL), help=f"comma-separated of {ALL}")
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds per ratio")
+    parser.add_argument("--requests", type=int, default=4000, help="per throughput trial")
+    parser.add_argument("--lifecycles", type=int, default=1000, help="scale: concurrent")
+    parser.add_argument("--sessions", type=int, default=200, help="flows: sessions in a run")
+    parser.add_argument("--per-round", type=int, default=20, help="client: lifecycles a round")
+    parser.add_argument("--serve-hello", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--scale-child", metavar="URL", help=argparse.SUPPRESS)
+    parser.add_argument("--nofile", type=int, default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.serve_hello:
+        return serve_hello()
+    if args.scale_child:
+        return scale_child(args.scale_child, args.lifecycles, args.nofile)
+    only = {part.strip() for part in args.only.split(",") if part.strip()}
+    unknown = only - set(ALL)
+    if unknown:
+        parser.error(f"unknown --only parts: {sorted(unknown)}")
+    started = time.perf_counter()
+    if "emulator" in only:
+        asyncio.run(bench_emulator(args.rounds, args.requests))
+    if "client" in only:
+        asyncio.run(bench_client(args.rounds, args.per_round))
+    if "scale" in only:
+        bench_scale(args.lifecycles)
+    if "flows" in only:
+        os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+        asyncio.run(bench_flows(args.rounds, args.sessions))
+    print()
+    print(table())
+    print()
+    print(f"Machine: {machine()}. Total {time.perf_counter() - started:.0f} s.")
+    missed = [row for row in ROWS if not row.ok]
+    if missed:
+        print(f"{len(missed)} goal(s) missed.", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
