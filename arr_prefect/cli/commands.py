@@ -192,7 +192,7 @@ class Common:
 
 
 def _load_block(name: str) -> dict[str, Any]:
-    """Settings fields from a saved credentials block (imports Prefect, so only on demand)."""
+    """The account of a saved credentials block (imports Prefect, so only on demand)."""
     from arr_prefect.cli.blocks import settings_from_block
 
     return settings_from_block(name)

@@ -2,7 +2,8 @@
 
 1. flags: ``--account-id``, ``--account-domain``, ``--region``, ``--service-url``,
    ``--api-version``;
-2. ``--block NAME``: a saved Prefect credentials block;
+2. ``--block NAME``: a saved ``RemoteRenderingCredentials`` block, whose account fields
+   all come from the block (:func:`arr_prefect.credentials.settings_from_block`);
 3. ``ARR_*`` environment variables and ``.env`` (:class:`~arr_prefect.ArrSettings`);
 4. ``--config arrconfig.json``, the file of the vendor's ``RenderingSession.ps1``.
 
@@ -225,7 +226,7 @@ class ConfigSources:
 
 
 BlockLoader = Callable[[str], Mapping[str, Any]]
-"""Turns a block name into settings fields (only those the block sets)."""
+"""Turns a block name into its account's settings fields (:data:`SETTING_NAMES`)."""
 
 
 def _environment_layer() -> dict[str, Any]:
@@ -234,10 +235,17 @@ def _environment_layer() -> dict[str, Any]:
     return {name: getattr(from_env, name) for name in from_env.model_fields_set}
 
 
-def _merge(layers: list[Mapping[str, Any]]) -> dict[str, Any]:
-    """Lowest layer first; an endpoint group is taken whole from the highest that sets it."""
+def _merge(layers: list[tuple[Mapping[str, Any], bool]]) -> dict[str, Any]:
+    """Lowest layer first; an endpoint group is taken whole from the highest that sets it.
+
+    A ``whole`` layer (a credentials block) sets every account field, unset ones to None:
+    a block's account is all the block's, never half from the layers below it.
+    """
     merged: dict[str, Any] = {}
-    for layer in layers:
+    for layer, whole in layers:
+        if whole:
+            merged.update({name: layer.get(name) for name in SETTING_NAMES})
+            continue
         for group in _GROUPS:
             if any(layer.get(name) is not None for name in group):
                 for name in group:
@@ -256,13 +264,13 @@ def resolve_settings(
     Raises :class:`ConfigurationError` (exit status 2) naming what is wrong or missing.
     """
     config = read_arrconfig(sources.config_file) if sources.config_file is not None else None
-    layers: list[Mapping[str, Any]] = [
-        config.settings if config is not None else {},
-        _environment_layer(),
+    layers: list[tuple[Mapping[str, Any], bool]] = [
+        (config.settings if config is not None else {}, False),
+        (_environment_layer(), False),
     ]
     if sources.block is not None:
-        layers.append(load_block(sources.block))
-    layers.append(sources.flags)
+        layers.append((load_block(sources.block), True))
+    layers.append((sources.flags, False))
     settings = load_settings(**_merge(layers))
     if not settings.is_configured:
         missing = []

@@ -417,9 +417,15 @@ def test_arrconfig_json_as_the_vendor_writes_it(
     assert emulator.running() == []
 
 
-def test_block_sits_between_flags_and_environment(arr: Arr) -> None:
+def test_block_sits_between_flags_and_environment(arr: Arr, api_version: str) -> None:
     """--block NAME supplies settings over ARR_*; a flag still beats the block."""
-    arr.blocks["ops"] = {"account_id": "22222222-2222-2222-2222-222222222222"}
+    arr.blocks["ops"] = {
+        "account_id": "22222222-2222-2222-2222-222222222222",
+        "account_key": KEY,
+        "service_url": URL,
+        "sts_url": URL,
+        "api_version": api_version,
+    }
     # The emulator knows no such account: 401, but the block's account was the one used.
     arr("sessions", "list", "--block", "ops", code=EXIT_FAILED)
     assert arr.clients[-1].account_id == "22222222-2222-2222-2222-222222222222"

@@ -243,14 +243,25 @@ def test_precedence_flags_block_env_config(tmp_path: Path, monkeypatch: pytest.M
     assert settings.account_key is not None
     assert settings.account_key.get_secret_value() == KEY  # still from the file
 
+    def block(name: str) -> dict[str, Any]:
+        assert name == "ops"
+        return {"account_id": THIRD, "account_key": "block-key", "region": "uksouth",
+                "account_domain": None, "service_url": None, "sts_url": None,
+                "api_version": "2021-01-01"}  # fmt: skip
+
     sources.block = "ops"
-    settings, _ = resolve_settings(sources, lambda name: {"account_id": THIRD, "region": "uksouth"})
-    assert settings.account_id == THIRD
+    monkeypatch.setenv("ARR_API_VERSION", "v1")
+    settings, _ = resolve_settings(sources, block)
+    assert (settings.account_id, settings.api_version) == (THIRD, "2021-01-01")
     assert settings.service_base_url == "https://remoterendering.uksouth.mixedreality.azure.com"
+    # The whole account is the block's: the file's account domain does not fill its gap.
+    assert settings.sts_base_url == "https://sts.mixedreality.azure.com"
 
     sources.flags = {"account_id": ACCOUNT, "api_version": "v1"}
-    settings, _ = resolve_settings(sources, lambda name: {"account_id": THIRD})
+    settings, _ = resolve_settings(sources, block)
     assert (settings.account_id, settings.api_version) == (ACCOUNT, "v1")
+    assert settings.account_key is not None
+    assert settings.account_key.get_secret_value() == "block-key"
 
 
 def test_endpoint_taken_whole_from_the_highest_source(monkeypatch: pytest.MonkeyPatch) -> None:
