@@ -65,6 +65,8 @@ __all__ = [
     "API_VERSION_2021",
     "MAX_BODY_BYTES",
     "MAX_JSON_DEPTH",
+    "MAX_MODELS",
+    "MAX_MODEL_CHARS",
     "SUPPORTED_API_VERSIONS",
     "EmulatedConnectionDrop",
     "EmulatorApp",
@@ -82,6 +84,11 @@ MAX_BODY_BYTES = 64 * 1024
 """The largest request body taken (413 beyond). A session call's body is a few hundred
 bytes; 64 KiB leaves room for long ``models`` lists and fault scripts, and keeps a hostile
 client from making the emulator hold (and serve back) megabytes."""
+MAX_MODELS = 64
+MAX_MODEL_CHARS = 2048
+"""v1 ``models`` are asset-container URLs, stored and served back by the ledger: at most
+:data:`MAX_MODELS` of them, each no longer than a URL a front end passes (2 KiB), so no
+stored field grows with what a client chooses to send (400 beyond)."""
 MAX_JSON_DEPTH = 32
 """The deepest nesting of arrays and objects a body may have (400 beyond). Nothing the
 service takes nests more than three levels; refusing before parsing means no body can make
@@ -416,6 +423,14 @@ async def _v1_create(call: _Call) -> Response:
     models = body.get("models", [])
     if not isinstance(models, list):
         raise ApiError(400, "BadRequest", "The models field must be a list.")
+    stored = [m if isinstance(m, str) else json.dumps(m) for m in models]
+    if len(stored) > MAX_MODELS or any(len(m) > MAX_MODEL_CHARS for m in stored):
+        raise ApiError(
+            400,
+            "BadRequest",
+            f"The models field takes at most {MAX_MODELS} entries of at most"
+            f" {MAX_MODEL_CHARS} characters each.",
+        )
     with call.lock:
         # Quota first: a refused create must not use up a scripted create fault.
         call.emulator.state.check_quota(call.account)
@@ -424,7 +439,7 @@ async def _v1_create(call: _Call) -> Response:
             call.account,
             size=size,
             max_lease=lease,
-            models=[m if isinstance(m, str) else json.dumps(m) for m in models],
+            models=stored,
             no_capacity=fault is not None and fault.kind == "no_capacity",
             fail_reason=fault.reason
             if fault is not None and fault.kind == "session_error"

@@ -215,3 +215,20 @@ def test_idle_connections_cannot_starve_a_descriptor_limited_emulator() -> None:
         finally:
             for sock in idle:
                 sock.close()
+
+
+def test_client_closing_mid_body_is_a_disconnect_not_an_error(
+    served: tuple[str, int], emu: Emulator, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A client that closes its socket mid-body is counted `disconnected`, with no traceback."""
+    with socket.create_connection(served) as sock:
+        sock.sendall(
+            b'POST /_emulator/faults HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{"kind"'
+        )
+        time.sleep(0.05)
+    deadline = time.monotonic() + 2
+    while emu.request_count("admin.faults.set") == 0 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert emu.request_counts()["admin.faults.set"] == {"disconnected": 1}
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
+    assert _health(served) < 1

@@ -10,7 +10,13 @@ import pytest
 
 from arr_prefect.clock import VirtualClock
 from arr_prefect.emulator import Emulator
-from arr_prefect.emulator.app import MAX_BODY_BYTES, MAX_JSON_DEPTH, json_depth
+from arr_prefect.emulator.app import (
+    MAX_BODY_BYTES,
+    MAX_JSON_DEPTH,
+    MAX_MODEL_CHARS,
+    MAX_MODELS,
+    json_depth,
+)
 from tests.emulator._support import (
     ACCOUNT,
     MS_CV,
@@ -127,6 +133,28 @@ async def test_huge_body_is_a_413_and_nothing_is_stored(
     response = await client.post(f"{V1}/create", json=body, headers=auth)
     _assert_service_error(response, 413, "PayloadTooLarge")
     assert emu.ledger()["sessions"] == []
+
+
+@pytest.mark.parametrize(
+    "models",
+    [
+        pytest.param(["https://a.blob.core.windows.net/c"] * (MAX_MODELS + 1), id="too-many"),
+        pytest.param(["x" * (MAX_MODEL_CHARS + 1)], id="too-long"),
+        pytest.param([{"url": "x" * MAX_MODEL_CHARS}], id="object-too-long"),
+    ],
+)
+async def test_stored_models_are_bounded(
+    client: httpx.AsyncClient, auth: dict[str, str], emu: Emulator, models: list[object]
+) -> None:
+    """models beyond the stored-field bounds are a 400, inside the body limit; nothing is made."""
+    body = {"maxLeaseTime": "4:0:0", "models": models, "size": "standard"}
+    response = await client.post(f"{V1}/create", json=body, headers=auth)
+    _assert_service_error(response, 400, "BadRequest")
+    assert emu.ledger()["sessions"] == []
+    at_limit = {**body, "models": ["x" * MAX_MODEL_CHARS] * MAX_MODELS}
+    assert (await client.post(f"{V1}/create", json=at_limit, headers=auth)).status_code == 413
+    within = {**body, "models": ["x" * MAX_MODEL_CHARS] * 4}
+    assert (await client.post(f"{V1}/create", json=within, headers=auth)).status_code == 202
 
 
 async def test_body_of_exactly_the_limit_is_read(
