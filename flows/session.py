@@ -89,6 +89,12 @@ CREATE_SHIELD_SECONDS = 300.0
 # How often a flow run started by a worker checks that the worker is still there.
 WORKER_CHECK_SECONDS = 1.0
 
+# When the owner tags could not be written (the Prefect API away: a server restart, its
+# database down), they are written again this often while the session lives.
+OWNER_TAG_RETRY_SECONDS = 5.0
+# ... and, once the session is stopped, waited for at most this long before giving up.
+OWNER_TAG_LAST_WAIT = 60.0
+
 
 def _starting_worker_pid() -> int | None:
     """The PID of the Prefect worker (or runner) that started this flow-run process.
@@ -176,7 +182,7 @@ async def record_session_owner(
     *,
     api_version: str | None = None,
     credentials: RemoteRenderingCredentials | None = None,
-) -> None:
+) -> bool:
     """Tie a session to a flow run (the current one by default), before anything can fail.
 
     Records it in this process, as the flow-run tag ``arr-session:<id>`` and as an
@@ -185,10 +191,12 @@ async def record_session_owner(
     tasks by hand; :func:`rendering_session` does it for you. Pass the ``credentials``
     the session was made with: a saved block's name is tagged too
     (``arr-credentials:<name>``) so hooks in another process reach the same account.
+    Returns False when the tags could not be written (``rendering_session`` then keeps
+    trying while the session lives).
     """
     flow_run_id = flow_run_id if flow_run_id is not None else _current_flow_run_id()
     if flow_run_id is None:
-        return
+        return True
     _owned.setdefault(flow_run_id, set()).add(session_id)
     block = credentials.block_name if credentials is not None else None
     if credentials is not None:
@@ -200,15 +208,11 @@ async def record_session_owner(
                 " there instead. Save the block and load it by name to avoid this",
                 session_id,
             )
-    tags = [f"{OWNER_TAG_PREFIX}{session_id}"]
-    if block is not None:
-        tags.append(f"{CREDENTIALS_TAG_PREFIX}{block}")
+    tags = _owner_tags(session_id, block)
+    tagged = False
     try:
-        writers = _tag_writers.setdefault(asyncio.get_running_loop(), {})
-        writer = writers.get(flow_run_id)
-        if writer is None:
-            writer = writers[flow_run_id] = _TagWriter(UUID(flow_run_id))
-        await writer.add(tags)
+        await _tag_flow_run(flow_run_id, tags)
+        tagged = True
     except Exception as exc:  # noqa: BLE001 - recording must never lose the session
         run_logger().warning(
             "Could not tag flow run %s with %s (%s); the rolling lease still bounds the session",
@@ -222,6 +226,38 @@ async def record_session_owner(
         flow_run_id,
         {"api_version": api_version or "", "credentials_block": block or ""},
     )
+    return tagged
+
+
+def _owner_tags(session_id: str, block: str | None) -> list[str]:
+    tags = [f"{OWNER_TAG_PREFIX}{session_id}"]
+    if block is not None:
+        tags.append(f"{CREDENTIALS_TAG_PREFIX}{block}")
+    return tags
+
+
+async def _tag_flow_run(flow_run_id: str, tags: list[str]) -> None:
+    """Add ``tags`` to the flow run through its batching writer (raises when the Prefect
+    API cannot be reached)."""
+    writers = _tag_writers.setdefault(asyncio.get_running_loop(), {})
+    writer = writers.get(flow_run_id)
+    if writer is None:
+        writer = writers[flow_run_id] = _TagWriter(UUID(flow_run_id))
+    await writer.add(tags)
+
+
+async def _tag_until_recorded(flow_run_id: str, tags: list[str]) -> None:
+    """Write owner tags that could not be written at first, retrying until they are: a
+    Prefect server restarting (or its database away) must not lose a run's ownership."""
+    while True:
+        await asyncio.sleep(OWNER_TAG_RETRY_SECONDS)
+        try:
+            await _tag_flow_run(flow_run_id, tags)
+        except Exception as exc:  # noqa: BLE001 - retried until the session ends
+            get_logger("arr.flows").debug("still cannot tag flow run %s: %s", flow_run_id, exc)
+            continue
+        run_logger().info("Flow run tagged with %s after all", ", ".join(tags))
+        return
 
 
 def emit_session_event(
@@ -745,11 +781,12 @@ async def rendering_session(
         report.size = session_size.value
         report.api_version = arr.api_version
         session_id: str | None = None
+        tagged = True
         if arr.api_version != "v1":
             # 2021-01-01: we choose the ID, so record it before the create is even sent.
             prefix = f"pf-{flow_run_id}" if flow_run_id else "arr"
             session_id = report.session_id = new_session_id(prefix)
-            await record_session_owner(
+            tagged = await record_session_owner(
                 session_id, flow_run_id, api_version=arr.api_version, credentials=used
             )
         report.created_at = arr.clock.time()
@@ -793,15 +830,23 @@ async def rendering_session(
             arr, session.id, lease=rolling, renew_every=renew_every, on_lost=on_lost
         )
         watchdog: asyncio.Task[None] | None = None
+        tagger: asyncio.Task[None] | None = None
         try:
             if cancels_seen:
                 raise asyncio.CancelledError  # held back during the create; now stop it
             if arr.api_version == "v1":
                 # Inside the try: a cancel arriving while the tag is written still stops it.
+                tagged = False
                 with anyio.CancelScope(shield=True), anyio.move_on_after(30):
-                    await record_session_owner(
+                    tagged = await record_session_owner(
                         session.id, flow_run_id, api_version=arr.api_version, credentials=used
                     )
+            if not tagged and flow_run_id is not None:
+                block = used.block_name if used is not None else None
+                tagger = asyncio.get_running_loop().create_task(
+                    _tag_until_recorded(flow_run_id, _owner_tags(session.id, block)),
+                    name=f"owner-tags-{session.id}",
+                )
             if in_flow:
                 session = await tasks.wait_until_ready(
                     session.id, timeout=ready_timeout, poll_interval=poll_interval, client=arr
@@ -848,6 +893,12 @@ async def rendering_session(
                 report.final_status or "status unknown",
                 report.lease_renewals,
             )
+            if tagger is not None:
+                # The session is down; its ownership record outlives it: a last chance for
+                # a tag the Prefect API could not take yet.
+                with anyio.CancelScope(shield=True), anyio.move_on_after(OWNER_TAG_LAST_WAIT):
+                    await asyncio.wait([tagger])
+                tagger.cancel()
             if len(cancels_seen) > held:
                 # A cancel arrived while the stop ran: deliver it now that the session is down.
                 raise asyncio.CancelledError
