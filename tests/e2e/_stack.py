@@ -197,6 +197,8 @@ class Stack:
     """Flow-run process groups seen by the tests: killed at teardown if still alive
     (a flow run orphaned by a killed worker outlives it)."""
     worker_starts: int = 0
+    emulator_args: list[str] = field(default_factory=list)
+    """Extra ``arr-emulator`` options (the fleet test's ``--max-sessions``)."""
 
     # --- environments ---------------------------------------------------------------
 
@@ -315,6 +317,7 @@ class Stack:
                 f"{STARTUP_SECONDS:g}",
                 "--log-level",
                 "warning",
+                *self.emulator_args,
             ],
             _clean_environment(),
             cwd=self.workdir,

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.e2e import _fleet
 from tests.e2e._stack import LEASE_MINUTES, TIME_SCALE, Stack, running_stack
 
 
@@ -119,6 +120,11 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
         terminalreporter.section("e2e set-up")
         for line in _timings:
             terminalreporter.write_line(line)
+    if _fleet.rows:
+        terminalreporter.section("e2e fleet")
+        for line in _fleet.timings:
+            terminalreporter.write_line(line)
+        terminalreporter.write_line(_fleet.render_table())
     if not _results:
         return
     terminalreporter.section("e2e session teardown")

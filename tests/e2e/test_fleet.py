@@ -1,0 +1,275 @@
+"""The fleet, end to end: PostgreSQL, a Prefect server on it, three process workers each in
+its own empty directory with only the built wheel installed (as a second machine would
+have), the account quota at 3 in the emulator and as a Prefect global concurrency limit.
+
+Phases, each a line of the fleet table (printed at the end of the run):
+
+1. 12 render-batch runs at once: every run completes, never more than 3 sessions at once
+   (the emulator's ledger), no create refused for the quota.
+2. Host loss: a worker and its flow runs are SIGKILLed mid-run. Their sessions end within
+   one rolling ARR lease (nobody renews it), and their Prefect slots come back within the
+   slot lease plus one repossessor pass (75 s); the other runs complete meanwhile.
+3. The Prefect server restarts mid-run: the runs go on, every session is stopped, and every
+   run is in the records with its final state and its summary.
+4. PostgreSQL is stopped for 30 s mid-run: the same.
+
+Run it alone with ``pytest -m fleet``. It takes several minutes (see the README).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from tests.e2e import _fleet
+from tests.e2e._fleet import (
+    LEASE_MINUTES,
+    QUOTA,
+    REPOSSESSOR_LOOP_SECONDS,
+    SLOT_LEASE_SECONDS,
+    FleetRow,
+    FleetStack,
+    billed_minutes,
+    parent_pid,
+    peak_concurrency,
+    run_pid,
+    sigkill,
+)
+from tests.e2e._postgres import missing_reason, temporary_postgres
+from tests.e2e._stack import free_port, parse_time, wait_for
+
+pytestmark = [pytest.mark.e2e, pytest.mark.fleet]
+
+RUNS = 12
+FAULT_RUNS = 6
+PHASE_TIMEOUT = 600.0
+PG_DOWN_SECONDS = 30.0
+SLOT_RETURN_SLACK = 15.0
+"""Real seconds allowed beyond lease + repossessor loop: the revocation is a queued task."""
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FleetStack]:
+    reason = missing_reason()
+    if reason is not None:
+        pytest.skip(reason)
+    workdir = tmp_path_factory.mktemp("fleet")
+    started = time.monotonic()
+    with temporary_postgres(free_port(), workdir / "postgres.log") as pg:
+        stack = FleetStack(workdir, pg=pg, emulator_args=["--max-sessions", str(QUOTA)])
+        try:
+            stack.start_server()
+            stack.start_emulator()
+            venv = stack.ensure_venv()
+            stack.wait_for_server()
+            stack.deploy()
+            stack.create_limit()
+            for _ in range(3):
+                stack.add_worker()
+            _fleet.timings.append(
+                f"fleet set-up {time.monotonic() - started:.0f} s (PostgreSQL, server, wheel"
+                f" built in {venv.build_seconds:.0f} s, venv in {venv.install_seconds:.0f} s,"
+                " deployments, limit, 3 workers)"
+            )
+            yield stack
+        finally:
+            stack.stop()
+            table = workdir / "fleet-table.txt"
+            if _fleet.rows:
+                table.write_text(_fleet.render_table() + "\n")
+
+
+def ledger_entries(fleet: FleetStack, session_ids: set[str]) -> list[dict[str, Any]]:
+    return [e for e in fleet.ledger()["sessions"] if e["id"] in session_ids]
+
+
+def until_sessions_running(fleet: FleetStack, count: int) -> None:
+    wait_for(
+        lambda: True if fleet.ledger()["running"] >= count else None,
+        timeout=PHASE_TIMEOUT,
+        what=f"{count} sessions running",
+        step=0.25,
+    )
+
+
+def record_phase(
+    fleet: FleetStack,
+    phase: str,
+    ids: list[str],
+    runs: list[dict[str, Any]],
+    started: float,
+    refusals_before: int,
+    note: str,
+) -> tuple[list[dict[str, Any]], int, int]:
+    """Measure a finished phase, add its row; return its sessions, peak and refusals."""
+    owned = fleet.sessions_of(ids)
+    session_ids = {s for sessions in owned.values() for s in sessions}
+    ledger = fleet.ledger()
+    entries = [e for e in ledger["sessions"] if e["id"] in session_ids]
+    now = parse_time(ledger["time"])
+    peak = peak_concurrency(ledger["sessions"], now)  # every session ever: the whole fleet
+    refusals = int(ledger["quota_refusals"]) - refusals_before
+    waits = fleet.slot_waits(ids)
+    completed = sum(1 for r in runs if r["state"]["type"] == "COMPLETED")
+    _fleet.rows.append(
+        FleetRow(
+            phase=phase,
+            runs=f"{completed}/{len(ids)}",
+            peak=peak,
+            refusals=refusals,
+            wait_total=sum(waits),
+            wait_max=max(waits, default=0.0),
+            billed_minutes=billed_minutes(entries),
+            seconds=time.monotonic() - started,
+            note=note,
+        )
+    )
+    return entries, peak, refusals
+
+
+def test_fleet_respects_the_quota_and_survives_faults(fleet: FleetStack) -> None:
+    """12 runs on 3 workers never exceed a quota of 3; a lost host, a server restart and a
+    30 s database outage lose no session and no run record."""
+    # --- 1. twelve runs at once ---------------------------------------------------------
+    started = time.monotonic()
+    ids = fleet.submit(RUNS)
+    runs = fleet.wait_final(ids, PHASE_TIMEOUT)
+    entries, peak, refusals = record_phase(
+        fleet, f"{RUNS} runs at once", ids, runs, started, 0, "baseline"
+    )
+    assert [r["state"]["type"] for r in runs] == ["COMPLETED"] * RUNS
+    assert len(entries) == RUNS
+    assert all(e["end_reason"] == "stopped" for e in entries)
+    assert peak == QUOTA, "the runs never used the whole quota, or exceeded it"
+    assert refusals == 0
+    assert fleet.ledger()["running"] == 0
+    assert not fleet.held_leases(), "a slot was not given back"
+
+    # --- 2. a host dies: its worker and its flow runs, SIGKILLed -------------------------
+    started = time.monotonic()
+    refusals_before = fleet.ledger()["quota_refusals"]
+    ids = fleet.submit(FAULT_RUNS)
+    until_sessions_running(fleet, QUOTA)
+    workers = {fleet.processes[name].pid: name for name in fleet.workers}
+    runs = fleet.runs(ids)
+    owned = fleet.sessions_of(ids)
+    active = {e["id"] for e in fleet.ledger()["sessions"] if e["status"] in ("Starting", "Ready")}
+    by_worker: dict[str, list[dict[str, Any]]] = {}
+    for run in runs:
+        pid = run_pid(run)
+        if pid is not None and (worker := workers.get(parent_pid(pid) or -1)):
+            by_worker.setdefault(worker, []).append(run)
+    victim = next(
+        name
+        for name, its_runs in by_worker.items()
+        if any(set(owned[str(r["id"])]) & active for r in its_runs)
+    )
+    killed_runs = by_worker[victim]
+    killed_ids = {str(r["id"]) for r in killed_runs}
+    killed_sessions = {s for r in killed_runs for s in owned[str(r["id"])]} & active
+    emulated_kill, _ = fleet.emulated_now()
+    killed_at = time.monotonic()
+    sigkill(fleet.processes[victim].pid)
+    for run in killed_runs:
+        pid = run_pid(run)
+        assert pid is not None
+        fleet.flow_run_pids.add(pid)
+        sigkill(pid)
+    fleet.workers.remove(victim)
+
+    def sessions_over() -> list[dict[str, Any]] | None:
+        entries = ledger_entries(fleet, killed_sessions)
+        return entries if all(e["ended_at"] for e in entries) else None
+
+    ended = wait_for(sessions_over, timeout=PHASE_TIMEOUT, what="the lost host's sessions to end")
+    session_overrun = max(parse_time(e["ended_at"]) for e in ended) - emulated_kill
+
+    def slots_back() -> float | None:
+        held = set(fleet.held_leases().values())
+        return time.monotonic() - killed_at if not held & killed_ids else None
+
+    slot_return = wait_for(
+        slots_back,
+        timeout=SLOT_LEASE_SECONDS + REPOSSESSOR_LOOP_SECONDS + 60,
+        what="the lost host's slots to come back",
+    )
+    survivors = [i for i in ids if i not in killed_ids]
+    fleet.add_worker()  # a replacement host, for the next phases
+    final = fleet.wait_final(survivors, PHASE_TIMEOUT)
+    lease = LEASE_MINUTES * 60
+    entries, peak, refusals = record_phase(
+        fleet,
+        f"SIGKILL {victim} + its {len(killed_runs)} flow runs",
+        ids,
+        final + [r for r in runs if str(r["id"]) in killed_ids],
+        started,
+        refusals_before,
+        f"lost sessions ({len(killed_sessions)}) ended {session_overrun:.0f} s emulated after"
+        f" the kill (lease {lease:.0f} s); slots back after {slot_return:.0f} s (bound"
+        f" {SLOT_LEASE_SECONDS + REPOSSESSOR_LOOP_SECONDS:.0f} s)",
+    )
+    assert [r["state"]["type"] for r in final] == ["COMPLETED"] * len(final)
+    assert killed_sessions, "the victim held no session"
+    assert all(e["end_reason"] == "expired" for e in ended), "who ended the lost sessions?"
+    assert session_overrun <= lease + 1, "a lost host's session outlived its rolling lease"
+    assert slot_return <= SLOT_LEASE_SECONDS + REPOSSESSOR_LOOP_SECONDS + SLOT_RETURN_SLACK
+    assert peak <= QUOTA
+    assert refusals == 0
+    assert fleet.ledger()["running"] == 0
+
+    # --- 3. the Prefect server restarts mid-run -------------------------------------------
+    started = time.monotonic()
+    refusals_before = fleet.ledger()["quota_refusals"]
+    ids = fleet.submit(FAULT_RUNS)
+    until_sessions_running(fleet, QUOTA)
+    downtime = fleet.restart_server()
+    runs = fleet.wait_final(ids, PHASE_TIMEOUT)
+    entries, peak, refusals = _check_no_loss(
+        fleet, "Prefect server restarted mid-run", ids, runs, started, refusals_before,
+        f"API down {downtime:.0f} s",
+    )  # fmt: skip
+
+    # --- 4. PostgreSQL away for 30 s mid-run ---------------------------------------------
+    started = time.monotonic()
+    refusals_before = fleet.ledger()["quota_refusals"]
+    ids = fleet.submit(FAULT_RUNS)
+    until_sessions_running(fleet, QUOTA)
+    assert fleet.pg is not None
+    fleet.pg.stop("fast")
+    time.sleep(PG_DOWN_SECONDS)
+    fleet.pg.start()
+    runs = fleet.wait_final(ids, PHASE_TIMEOUT)
+    _check_no_loss(
+        fleet, f"PostgreSQL stopped {PG_DOWN_SECONDS:.0f} s mid-run", ids, runs, started,
+        refusals_before, "database back",
+    )  # fmt: skip
+
+
+def _check_no_loss(
+    fleet: FleetStack,
+    phase: str,
+    ids: list[str],
+    runs: list[dict[str, Any]],
+    started: float,
+    refusals_before: int,
+    note: str,
+) -> tuple[list[dict[str, Any]], int, int]:
+    """Every run in the records and Completed with its summary; every session stopped."""
+    summaries = len(fleet.slot_waits(ids))
+    states = sorted(r["state"]["type"] for r in runs)
+    entries, peak, refusals = record_phase(
+        fleet, phase, ids, runs, started, refusals_before,
+        f"{note}; {len(runs)}/{len(ids)} runs in the records, {summaries} summaries",
+    )  # fmt: skip
+    assert len(runs) == len(ids), "a run is missing from the records"
+    assert states == ["COMPLETED"] * len(ids), states
+    assert summaries == len(ids), "a run's summary artifact is missing"
+    assert len(entries) == len(ids)
+    assert all(e["end_reason"] == "stopped" for e in entries)
+    assert peak <= QUOTA
+    assert refusals == 0
+    assert fleet.ledger()["running"] == 0
+    return entries, peak, refusals
