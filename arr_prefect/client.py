@@ -157,6 +157,9 @@ class ArrClient:
         self._sts = self.settings.sts_base_url
         self.clock: Clock = clock if clock is not None else default_clock()
         self._rng = rng if rng is not None else random.Random()
+        self.reaches_service_directly = transport is None
+        """False when a transport was injected (an in-process emulator): another process
+        with the same settings could not reach what this client talks to."""
         self._timeout = httpx.Timeout(
             self.settings.request_timeout, connect=self.settings.connect_timeout
         )

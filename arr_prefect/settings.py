@@ -157,6 +157,16 @@ class ArrSettings(BaseSettings):
             " comes back at most this plus the server's repossessor loop (15 s) later."
         ),
     )
+    stop_on_process_death: bool = Field(
+        default=True,
+        description=(
+            "In a flow run started by a Prefect worker or runner, start a small guard"
+            " process that stops the run's sessions the moment the flow-run process dies,"
+            " however it dies (SIGKILL, the OOM killer): no finally runs then, and Prefect's"
+            " crash hook starts seconds later. Set false to rely on the hook, the lease and"
+            " the reaper alone."
+        ),
+    )
     price_standard_per_hour: float | None = Field(
         default=None, ge=0, description="Hourly price of a Standard session, for cost estimates."
     )

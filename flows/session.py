@@ -20,6 +20,9 @@ Teardown in depth (DESIGN.md), the layers this module provides:
    the work is stopped and the session with it (:class:`WorkerLostError`).
 5. The account's session quota (:mod:`arr_prefect.flows.quota`): a leased slot of a Prefect
    global concurrency limit, taken before the create and given back after the stop.
+6. A session guard (:mod:`arr_prefect.guard`): in a flow run started by a worker, a helper
+   process stops the sessions the moment the flow-run process dies, even by SIGKILL (no
+   ``finally`` runs then, and Prefect's crash hook starts seconds later in a new process).
 """
 
 from __future__ import annotations
@@ -56,6 +59,7 @@ from arr_prefect.errors import (
     SessionNotFoundError,
 )
 from arr_prefect.flows.quota import SessionSlot, session_limit_name, session_slot
+from arr_prefect.guard import SessionGuard, session_guard
 from arr_prefect.models import MAX_LEASE, Session, SessionSize, parse_lease
 from arr_prefect.tasks.sessions import run_logger
 
@@ -656,6 +660,16 @@ class LeaseKeeper:
             )
 
 
+def _guard_for(arr: ArrClient) -> SessionGuard | None:
+    """The session guard, in a flow-run process a worker started (None elsewhere: in
+    tests, in-process runs, with an injected transport another process cannot use)."""
+    if _WORKER_PID is None or not arr.settings.stop_on_process_death:
+        return None
+    if not arr.reaches_service_directly:
+        return None
+    return session_guard()
+
+
 async def _stop_in_teardown(
     arr: ArrClient,
     session_id: str,
@@ -789,6 +803,9 @@ async def rendering_session(
             tagged = await record_session_owner(
                 session_id, flow_run_id, api_version=arr.api_version, credentials=used
             )
+        guard = _guard_for(arr)
+        if guard is not None and session_id is not None:
+            guard.watch(session_id, arr.settings, flow_run_id)
         report.created_at = arr.clock.time()
         cancels_seen: list[BaseException] = []
 
@@ -814,8 +831,12 @@ async def rendering_session(
             if session_id is not None:
                 # The PUT may have reached the service: stopping an unknown ID is harmless.
                 await _stop_in_teardown(arr, session_id, report, use_task=False)
+                if guard is not None and report.stop_error is None:
+                    guard.release(session_id)
             raise
         report.session_id = session.id
+        if guard is not None and session_id is None:
+            guard.watch(session.id, arr.settings, flow_run_id)
 
         host = asyncio.current_task()
         body_lost: SessionEndedError | WorkerLostError | None = None
@@ -878,6 +899,8 @@ async def rendering_session(
             await _stop_in_teardown(arr, session.id, report, in_flow, cancels_seen)
             if report.stop_error is None:
                 _credentials_of.pop(session.id, None)
+                if guard is not None:
+                    guard.release(session.id)
                 emit_session_event(
                     "arr.session.stopped", session.id, flow_run_id, {"stopped_by": "finally"}
                 )

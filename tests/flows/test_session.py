@@ -150,3 +150,17 @@ async def test_renew_every_out_of_bounds_is_refused_before_any_session(
         with pytest.raises(InvalidLeaseError, match="renew_every"):
             LeaseKeeper(arr, "any-session", lease=timedelta(minutes=4), renew_every=renew_every)
     assert emulator.ledger()["sessions"] == []
+
+
+async def test_guard_only_where_another_process_can_reach_the_service(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """No guard outside a worker-started flow run, nor for an in-process (injected) service."""
+    from arr_prefect.flows import session as session_module
+
+    async with open_client() as arr:
+        monkeypatch.setattr(session_module, "_WORKER_PID", None)
+        assert session_module._guard_for(arr) is None
+        monkeypatch.setattr(session_module, "_WORKER_PID", 1234)
+        assert not arr.reaches_service_directly
+        assert session_module._guard_for(arr) is None
