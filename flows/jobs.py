@@ -19,6 +19,7 @@ Three kinds, each given the session's connection details:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib
 import inspect
 import os
@@ -223,13 +224,24 @@ async def _run_callable(
 async def _run_command(command: list[str], session: Session) -> int:
     logger = run_logger()
     env = job_environment(session)
-    process = await asyncio.create_subprocess_exec(
-        *command,
-        env=env,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-        start_new_session=True,  # its own process group, so teardown ends its children too
+    spawn = asyncio.ensure_future(
+        asyncio.create_subprocess_exec(
+            *command,
+            env=env,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+            start_new_session=True,  # its own process group, so teardown ends its children too
+        )
     )
+    try:
+        process = await asyncio.shield(spawn)
+    except asyncio.CancelledError:
+        # The command may already run (and have started children) before the spawn returns:
+        # a cancel there would only SIGKILL the command itself as asyncio drops it, leaving
+        # its children running. Let the spawn finish, then end the whole group.
+        with contextlib.suppress(Exception):
+            await _terminate(await spawn)
+        raise
     logger.info("Job command started (pid %d): %s", process.pid, " ".join(command))
     try:
         assert process.stdout is not None
