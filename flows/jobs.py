@@ -27,13 +27,14 @@ import shutil
 import signal
 from collections.abc import Callable
 from typing import Any, Literal
+from uuid import UUID
 
 import anyio
 from prefect import get_client
-from prefect.client.schemas.objects import StateType
+from prefect.client.schemas.objects import State, StateType
 from prefect.deployments.flow_runs import arun_deployment
 from prefect.exceptions import ObjectNotFound
-from prefect.states import Cancelling
+from prefect.states import Cancelled, Cancelling
 from pydantic import BaseModel, ConfigDict
 
 from arr_prefect.errors import InvalidInputError
@@ -291,12 +292,9 @@ async def _run_deployment(name: str, session: Session, parameters: dict[str, Any
                 await asyncio.sleep(2)
     except BaseException:
         # Teardown is about to stop the session: do not leave the job running against it.
-
         with anyio.CancelScope(shield=True):
             try:
-                async with get_client() as prefect:
-                    await prefect.set_flow_run_state(run.id, Cancelling(), force=True)
-                logger.warning("Cancelled job flow run %s", run.id)
+                await _cancel_job_run(run.id)
             except Exception as exc:  # noqa: BLE001 - best effort; the session stops anyway
                 logger.warning("Could not cancel job flow run %s: %s", run.id, exc)
         raise
@@ -304,3 +302,22 @@ async def _run_deployment(name: str, session: Session, parameters: dict[str, Any
         state = run.state.name if run.state else "unknown"
         raise JobFailedError(f"job deployment {name} ended {state} (flow run {run.id})")
     return str(run.id)
+
+
+async def _cancel_job_run(run_id: UUID) -> None:
+    """Cancel the job's flow run the way the UI does.
+
+    A run a worker has picked up is set Cancelling, and its worker ends the process and
+    marks it Cancelled. A run still Scheduled (no worker has it, perhaps none is running)
+    has nobody to finish a Cancelling, so it is set Cancelled outright.
+    """
+    async with get_client() as prefect:
+        run = await prefect.read_flow_run(run_id)
+        if run.state is not None and run.state.is_final():
+            return
+        if run.state is None or run.state.type == StateType.SCHEDULED:
+            state: State[Any] = Cancelled(message="The session it was to render on was stopped")
+        else:
+            state = Cancelling()
+        await prefect.set_flow_run_state(run_id, state, force=True)
+    run_logger().warning("Job flow run %s: %s", run_id, state.name)

@@ -12,9 +12,11 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from prefect import flow, get_client
+from prefect.client.schemas.filters import FlowFilter, FlowFilterName
 
 from arr_prefect.emulator import Emulator
-from arr_prefect.flows import JobTimeoutError, rendering_session
+from arr_prefect.flows import JobTimeoutError, render_batch, rendering_session
 from arr_prefect.flows.jobs import JobSpec, run_job
 
 pytestmark = [pytest.mark.usefixtures("arr"), pytest.mark.realtime_job]
@@ -87,4 +89,39 @@ async def test_cancel_ends_the_job_and_its_children(emulator: Emulator, tmp_path
     with pytest.raises(asyncio.CancelledError):
         await task
     assert still_running(pids) == []
+    assert emulator.running() == []
+
+
+@flow(name="arr-test-job-nobody-runs")
+def job_nobody_runs(
+    session_id: str | None = None,
+    hostname: str | None = None,
+    handshake_port: int | None = None,
+    arr_inspector_port: int | None = None,
+    size: str | None = None,
+) -> None:
+    """A job flow deployed to a pool with no worker: its runs stay Scheduled."""
+
+
+async def test_deployment_job_past_its_timeout_is_cancelled(emulator: Emulator) -> None:
+    """A deployment job that never starts (no worker) is cancelled when the job times out:
+    its flow run ends Cancelled, not left Scheduled (or Cancelling, with nobody to finish
+    it), and the session is stopped."""
+    async with get_client() as prefect:
+        flow_id = await prefect.create_flow(job_nobody_runs)
+        await prefect.create_deployment(
+            flow_id=flow_id, name="no-worker", entrypoint="tests/flows/test_jobs.py:job_nobody_runs"
+        )
+    with pytest.raises(JobTimeoutError):
+        await render_batch(
+            job_deployment="arr-test-job-nobody-runs/no-worker", job_timeout_minutes=0.02
+        )
+    async with get_client() as prefect:
+        runs = await prefect.read_flow_runs(
+            flow_filter=FlowFilter(name=FlowFilterName(any_=["arr-test-job-nobody-runs"]))
+        )
+    assert len(runs) >= 1
+    latest = max(runs, key=lambda r: r.created or 0)
+    assert latest.state is not None
+    assert latest.state.name == "Cancelled", latest.state
     assert emulator.running() == []
