@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -52,6 +53,23 @@ SLOT_RETURN_SLACK = 15.0
 
 
 @pytest.fixture(scope="module")
+def session_guards_of(pid: int) -> list[int]:
+    """The session guard processes a flow-run process started (its ``arr_prefect.guard``
+    children)."""
+    guards = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            cmdline = (entry / "cmdline").read_bytes().split(b"\0")
+        except (OSError, IndexError, ValueError):
+            continue
+        if ppid == pid and b"arr_prefect.guard" in cmdline:
+            guards.append(int(entry.name))
+    return guards
+
+
 def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FleetStack]:
     reason = missing_reason()
     if reason is not None:
@@ -177,6 +195,10 @@ def test_fleet_respects_the_quota_and_survives_faults(fleet: FleetStack) -> None
         pid = run_pid(run)
         assert pid is not None
         fleet.flow_run_pids.add(pid)
+        # A lost host takes the runs' session guards (arr_prefect.guard, each in its own
+        # process group) down with it: only the rolling lease can end these sessions.
+        for guard in session_guards_of(pid):
+            sigkill(guard)
         sigkill(pid)
     fleet.workers.remove(victim)
 
