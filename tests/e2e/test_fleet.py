@@ -52,7 +52,6 @@ SLOT_RETURN_SLACK = 15.0
 """Real seconds allowed beyond lease + repossessor loop: the revocation is a queued task."""
 
 
-@pytest.fixture(scope="module")
 def session_guards_of(pid: int) -> list[int]:
     """The session guard processes a flow-run process started (its ``arr_prefect.guard``
     children)."""
@@ -70,6 +69,7 @@ def session_guards_of(pid: int) -> list[int]:
     return guards
 
 
+@pytest.fixture(scope="module")
 def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FleetStack]:
     reason = missing_reason()
     if reason is not None:
