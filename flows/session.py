@@ -433,6 +433,11 @@ def _silence_orphaned_output() -> None:
                 continue
 
 
+def _parent_pid() -> int:
+    """This process's parent (the watchdog's one probe, replaceable in tests)."""
+    return os.getppid()
+
+
 async def _watch_worker(worker_pid: int, on_lost: Callable[[WorkerLostError], None]) -> None:
     """Call ``on_lost`` once this process's parent is no longer ``worker_pid``.
 
@@ -440,7 +445,7 @@ async def _watch_worker(worker_pid: int, on_lost: Callable[[WorkerLostError], No
     worker died. Real time, not the session clock: it watches a local process.
     """
     while True:
-        parent = os.getppid()
+        parent = _parent_pid()
         if parent != worker_pid:
             _silence_orphaned_output()
             on_lost(
