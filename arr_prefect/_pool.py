@@ -30,13 +30,26 @@ from dataclasses import dataclass
 
 import httpx
 
-__all__ = ["MAX_CONNECTIONS", "Pool", "PoolKey", "close_pools", "pool_for", "shared_ssl_context"]
+__all__ = [
+    "KEEPALIVE_SECONDS",
+    "MAX_CONNECTIONS",
+    "Pool",
+    "PoolKey",
+    "close_pools",
+    "pool_for",
+    "shared_ssl_context",
+]
 
 MAX_CONNECTIONS = 32
 """Most connections one pool opens at once; further requests wait for a free one.
 
 Session management is light (a poll every few seconds per session): 32 requests in flight
 answer a thousand sessions' polls with room to spare, even at a WAN round trip."""
+
+KEEPALIVE_SECONDS = 4.0
+"""How long an idle connection is kept for reuse. Shorter than the emulator's 5 s (and
+httpx's default, which equals it): a request sent on a connection the server is closing
+at that instant fails with a ReadError, which for a v1 create means reconciling."""
 
 PoolKey = tuple[str, str, str]
 """(account id, session API base URL, STS base URL)."""
@@ -84,7 +97,9 @@ def _new_client() -> httpx.AsyncClient:
     return httpx.AsyncClient(
         verify=shared_ssl_context(),
         limits=httpx.Limits(
-            max_connections=MAX_CONNECTIONS, max_keepalive_connections=MAX_CONNECTIONS
+            max_connections=MAX_CONNECTIONS,
+            max_keepalive_connections=MAX_CONNECTIONS,
+            keepalive_expiry=KEEPALIVE_SECONDS,
         ),
         headers=HEADERS,
         follow_redirects=False,
