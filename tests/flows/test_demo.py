@@ -1,0 +1,52 @@
+"""The demo end to end, in-process: the emulator on loopback, a fast scaled clock."""
+
+from __future__ import annotations
+
+import pytest
+
+from arr_prefect.flows import demo
+
+FAST = ["--frames=2", "--seconds-per-frame=30", "--time-scale=120", "--startup-seconds=30"]
+
+
+@pytest.fixture(autouse=True)
+def _restore_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The demo points ARR_* at its emulator: undo that after each test."""
+    for name in (
+        "ARR_SERVICE_URL",
+        "ARR_STS_URL",
+        "ARR_ACCOUNT_ID",
+        "ARR_ACCOUNT_KEY",
+        "ARR_API_VERSION",
+        demo.EPHEMERAL_STARTUP_TIMEOUT_ENV,
+    ):
+        monkeypatch.delenv(name, raising=False)
+
+
+@pytest.mark.parametrize("api_version", ["v1", "2021-01-01"])
+def test_demo_renders_and_leaves_nothing_running(
+    api_version: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The demo renders on the chosen API version and exits 0 with nothing left running."""
+    assert demo.main([*FAST, f"--api-version={api_version}"]) == 0
+    out = capsys.readouterr().out
+    assert "OK: the batch rendered and no session is left running." in out
+
+
+def test_demo_fail_at_frame_shows_teardown(capsys: pytest.CaptureFixture[str]) -> None:
+    """--fail-at-frame fails the job on purpose; the session is stopped and the demo says so."""
+    assert demo.main([*FAST, "--fail-at-frame=1"]) == 0
+    out = capsys.readouterr().out
+    assert "The job failed as asked (sample job failed on purpose at frame 1)" in out
+    assert "the session was stopped all the same" in out
+
+
+def test_slow_first_start_hint() -> None:
+    """A temporary server that did not start in time gets advice, not a bare RuntimeError."""
+    hint = demo._explain_start_failure(
+        RuntimeError("Timed out while attempting to connect to ephemeral Prefect API server.")
+    )
+    assert hint is not None
+    assert demo.EPHEMERAL_STARTUP_TIMEOUT_ENV in hint
+    assert "PREFECT_API_URL" in hint
+    assert demo._explain_start_failure(RuntimeError("something else")) is None
