@@ -173,6 +173,11 @@ class ArrSettings(BaseSettings):
     price_premium_per_hour: float | None = Field(
         default=None, ge=0, description="Hourly price of a Premium session, for cost estimates."
     )
+    price_currency: str = Field(
+        default="USD",
+        pattern=r"^[A-Z]{3}$",
+        description="ISO 4217 code of the prices above (e.g. USD, EUR), shown with every cost.",
+    )
 
     @field_validator("account_id")
     @classmethod

@@ -145,19 +145,20 @@ def parse_args(
 
 
 def _print_ledger(ledger: dict[str, Any]) -> None:
+    from arr_prefect.units import format_duration
+
     print("\nEmulator ledger (every session ever created):")
-    print(f"  {'session':<38} {'status':<8} {'billed':>9}  end")
+    print(f"  {'session':<38} {'status':<8} {'ran':>12}  end")
     for entry in ledger["sessions"]:
-        billed = f"{entry['billed_seconds'] / 60:.1f} min"
+        ran = format_duration(entry["billed_seconds"])
         end = entry.get("end_reason") or "-"
-        print(f"  {entry['id']:<38} {entry['status']:<8} {billed:>9}  {end}")
-    print(f"  running: {ledger['running']}")
+        print(f"  {entry['id']:<38} {entry['status']:<8} {ran:>12}  {end}")
+    print(f"  still running: {ledger['running']}")
 
 
 def _print_summary(summary: RenderSummary) -> None:
     print("\nRender batch summary:")
-    for key, value in summary.model_dump().items():
-        print(f"  {key:<22} {value}")
+    print(summary.text())
 
 
 def _run(args: argparse.Namespace) -> RenderSummary:

@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import math
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -54,7 +53,9 @@ from prefect.artifacts import acreate_markdown_artifact
 from prefect.client.orchestration import PrefectClient
 from prefect.client.schemas.objects import ConcurrencyLeaseHolder
 
+from arr_prefect.flows.events import emit_quota_wait
 from arr_prefect.tasks.sessions import run_logger
+from arr_prefect.units import format_duration
 
 __all__ = [
     "DEFAULT_SESSION_LIMIT",
@@ -98,11 +99,8 @@ def slot_return_bound(
 
 
 def _duration(seconds: float) -> str:
-    """``42 s``, ``3 min 05 s``: a wait as an operator reads it."""
-    whole = max(0, math.floor(seconds))
-    if whole < 60:
-        return f"{whole} s"
-    return f"{whole // 60} min {whole % 60:02d} s"
+    """``42 s``, ``3 min 5 s``: a wait as an operator reads it (the project's one format)."""
+    return format_duration(seconds)
 
 
 class SlotWaitTimeoutError(TimeoutError):
@@ -144,6 +142,14 @@ async def report_slot_wait(wait: SlotWait, phase: WaitPhase) -> None:
     """
     logger = run_logger()
     waited = _duration(wait.waited_seconds)
+    emit_quota_wait(
+        wait.limit_name,
+        wait.waited_seconds,
+        run=wait.flow_run_id,
+        phase=phase,
+        limit_size=wait.limit,
+        in_use=wait.in_use,
+    )
     if phase == "waiting":
         logger.info(
             "Waiting for a session slot: %s; the session is created once one is free",

@@ -4,23 +4,47 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 from datetime import timedelta
 from typing import Annotated, Any, Literal
 
 import anyio
-from prefect import flow
+from prefect import flow, get_client
 from prefect.artifacts import acreate_markdown_artifact
+from prefect.client.schemas.objects import StateType
+from prefect.exceptions import TerminationSignal
 from pydantic import BaseModel, Field
 
+from arr_prefect.clock import default_clock
 from arr_prefect.credentials import load_credentials
-from arr_prefect.errors import InvalidInputError
-from arr_prefect.flows.jobs import DEFAULT_JOB, InvalidJobError, JobSpec, run_job, validate_job
-from arr_prefect.flows.session import SessionReport, rendering_session, stop_owned_sessions
+from arr_prefect.errors import InvalidInputError, SessionExpiredError, SessionFailedError
+from arr_prefect.flows.jobs import (
+    DEFAULT_JOB,
+    InvalidJobError,
+    JobSpec,
+    JobTimeoutError,
+    run_job,
+    validate_job,
+)
+from arr_prefect.flows.session import (
+    SessionReport,
+    WorkerLostError,
+    rendering_session,
+    stop_owned_sessions,
+)
 from arr_prefect.models import SessionSize, parse_lease
 from arr_prefect.settings import load_settings
 from arr_prefect.tasks.sessions import run_logger
+from arr_prefect.units import (
+    PRICE_HINT,
+    estimated_cost,
+    format_billing,
+    format_duration,
+    format_money,
+    round_seconds,
+)
 
-__all__ = ["RenderSummary", "render_batch"]
+__all__ = ["RenderSummary", "TimelinePhase", "render_batch"]
 
 JobOutcome = Literal["succeeded", "failed", "timed out", "cancelled", "not started"]
 
@@ -29,8 +53,21 @@ JobOutcome = Literal["succeeded", "failed", "timed out", "cancelled", "not start
 FLOW_TIMEOUT_SECONDS = float(os.environ.get("ARR_RENDER_BATCH_TIMEOUT_SECONDS", 25 * 3600))
 
 
+class TimelinePhase(BaseModel):
+    """One phase of a run: when it began (seconds after the create request) and how long."""
+
+    name: str
+    start_seconds: float
+    seconds: float | None
+
+
 class RenderSummary(BaseModel):
-    """What a render-batch run did: returned by the flow and shown as an artifact."""
+    """What a render-batch run did: returned by the flow and shown as an artifact.
+
+    Times are seconds (one decimal) counted from the session's create request; money is in
+    ``currency``. ``billed_minutes`` counts every minute started between the create
+    request and the stop, as the service billed (``run_seconds`` is the exact time).
+    """
 
     session_id: str | None
     size: str
@@ -46,36 +83,105 @@ class RenderSummary(BaseModel):
     estimated_cost: float | None = None
     session_slot_wait_seconds: float | None = None
     """Real seconds waited for a slot of the account's session quota (None: no quota)."""
+    currency: str = "USD"
+    run_seconds: float | None = None
+    job_seconds: float | None = None
+    stop_seconds: float | None = None
+    ended_by: str | None = None
+    """Who or what ended the run when it did not succeed (a cancel, a timeout, ...)."""
+    timeline: list[TimelinePhase] = Field(default_factory=list)
+
+    def _cost(self) -> str:
+        if self.estimated_cost is not None:
+            return format_money(self.estimated_cost, self.currency)
+        return "-" if self.billed_minutes is None else PRICE_HINT
+
+    def _outcome(self) -> str:
+        text: str = self.job_outcome
+        if self.ended_by:
+            text += f" ({self.ended_by})"
+        if self.job_error:
+            text += f": {self.job_error}"
+        return text
+
+    def rows(self) -> list[tuple[str, str]]:
+        """The summary as (label, value) pairs, for the artifact and the demo."""
+        return [
+            ("Session", f"`{self.session_id}`" if self.session_id else "none created"),
+            ("Size / API", f"{self.size} / {self.api_version}"),
+            ("Job", f"`{self.job}`"),
+            ("Outcome", self._outcome()),
+            *(
+                [("Waited for a session slot", format_duration(self.session_slot_wait_seconds))]
+                if self.session_slot_wait_seconds is not None
+                else []
+            ),
+            ("Time to Ready", format_duration(self.time_to_ready_seconds) + " after create"),
+            ("Job ran", format_duration(self.job_seconds)),
+            ("Lease renewals", str(self.lease_renewals)),
+            (
+                "Stopped",
+                (f"by {self.stopped_by} in {format_duration(self.stop_seconds)}")
+                if self.stopped_by
+                else "not by this run (see the log)",
+            ),
+            ("Final status", self.session_final_status or "-"),
+            ("Billed", format_billing(self.run_seconds)),
+            ("Estimated cost", self._cost()),
+        ]
+
+    def timeline_markdown(self) -> str:
+        """The phases as a table with a bar for each, to read at a glance."""
+        total = max((p.start_seconds + (p.seconds or 0.0) for p in self.timeline), default=0.0)
+        width = 24
+        lines = ["| Phase | Began | Took | |", "|---|---|---|---|"]
+        for phase in self.timeline:
+            took = phase.seconds or 0.0
+            if total > 0:
+                lead = round(phase.start_seconds / total * width)
+                bar = max(1, round(took / total * width))
+                bar = min(bar, width - lead) if lead < width else 1
+                chart = "`" + "·" * lead + "█" * bar + "·" * max(0, width - lead - bar) + "`"
+            else:
+                chart = ""
+            lines.append(
+                f"| {phase.name} | +{format_duration(phase.start_seconds)}"
+                f" | {format_duration(phase.seconds)} | {chart} |"
+            )
+        return "\n".join(lines)
 
     def markdown(self) -> str:
-        """The summary as a Markdown table."""
-        rows = [
-            ("Session", f"`{self.session_id}`" if self.session_id else "none created"),
-            ("Size", self.size),
-            ("API version", self.api_version),
-            (
-                "Time to Ready",
-                "-"
-                if self.time_to_ready_seconds is None
-                else f"{self.time_to_ready_seconds:.0f} s",
-            ),
-            ("Job", f"`{self.job}`"),
-            ("Job outcome", self.job_outcome + (f": {self.job_error}" if self.job_error else "")),
-            ("Lease renewals", str(self.lease_renewals)),
-            ("Session final status", self.session_final_status or "-"),
-            ("Stopped by", self.stopped_by or "-"),
-            ("Billed minutes", "-" if self.billed_minutes is None else str(self.billed_minutes)),
-            (
-                "Waited for a session slot",
-                "-"
-                if self.session_slot_wait_seconds is None
-                else f"{self.session_slot_wait_seconds:.0f} s",
-            ),
+        """The summary as Markdown: a two-column table and the timeline."""
+        body = "\n".join(f"| {k} | {v.replace('|', '/')} |" for k, v in self.rows())
+        text = f"## Render batch: {self.job_outcome}\n\n| What | This run |\n|---|---|\n{body}\n"
+        if self.timeline:
+            text += f"\n### Timeline (from the create request)\n\n{self.timeline_markdown()}\n"
+        return text
+
+    def text(self) -> str:
+        """The summary as aligned plain text (the demo prints it)."""
+        lines = [f"  {k:<15} {v.replace('`', '')}" for k, v in self.rows()]
+        for phase in self.timeline:
+            lines.append(
+                f"  {'  ' + phase.name:<15} +{format_duration(phase.start_seconds)},"
+                f" took {format_duration(phase.seconds)}"
+            )
+        return "\n".join(lines)
+
+    def one_line(self) -> str:
+        """The compact summary the run logs."""
+        parts = [
+            f"session {self.session_id or 'none'}",
+            f"{self.size}/{self.api_version}",
+            self._outcome(),
+            f"Ready after {format_duration(self.time_to_ready_seconds)}",
+            f"job {format_duration(self.job_seconds)}",
+            f"stopped by {self.stopped_by or 'nobody'} in {format_duration(self.stop_seconds)}",
+            f"billed {format_billing(self.run_seconds)}",
         ]
         if self.estimated_cost is not None:
-            rows.append(("Estimated cost", f"{self.estimated_cost:.2f}"))
-        body = "\n".join(f"| {k} | {v.replace('|', '/')} |" for k, v in rows)
-        return f"## Render batch\n\n| | |\n|---|---|\n{body}\n"
+            parts.append(f"~{format_money(self.estimated_cost, self.currency)}")
+        return "Render batch: " + ", ".join(parts)
 
 
 def _job_spec(
@@ -175,11 +281,15 @@ async def render_batch(
     await validate_job(job)
     # A block only by name: the run's parameters (and so the UI) never hold the key.
     credentials = await load_credentials(credentials_block) if credentials_block else None
-    settings = credentials.to_settings() if credentials is not None else load_settings()
+    # A configuration error, too, before any session exists.
+    _ = credentials.to_settings() if credentials is not None else load_settings()
 
     report = SessionReport()
     outcome: JobOutcome = "not started"
     job_error: str | None = None
+    ended_by: str | None = None
+    clock = default_clock()
+    job_times: list[float] = []
     try:
         async with rendering_session(
             session_size,
@@ -190,30 +300,38 @@ async def render_batch(
             ready_timeout_includes_slot_wait=ready_timeout_includes_slot_wait,
             credentials=credentials,
         ) as session:
-            logger.info(
-                "Session %s Ready after %.0fs; running job %s",
-                session.id,
-                report.time_to_ready or 0.0,
-                job.label,
-            )
+            logger.info("Running job %s on session %s", job.label, session.id)
             outcome = "failed"
-            await run_job(job, session)
+            job_times.append(clock.time())
+            try:
+                await run_job(job, session)
+            finally:
+                job_times.append(clock.time())
             outcome = "succeeded"
     except BaseException as exc:
         if outcome != "succeeded":
             outcome = _outcome_of(exc, outcome)
-            job_error = f"{type(exc).__name__}: {exc}"
+            job_error = _describe(exc)
+            ended_by = await _ended_by(exc)
         raise
     finally:
-        summary = _summary(report, job, outcome, job_error, settings.price_per_hour(size))
+        summary = _summary(report, job, outcome, job_error, ended_by, job_times)
         await _publish(summary)
-    logger.info(
-        "Render batch done: session %s, %s, billed %s min",
-        summary.session_id,
-        summary.job_outcome,
-        summary.billed_minutes,
-    )
     return summary
+
+
+def _describe(exc: BaseException) -> str:
+    """``Type: message``, or just the type when the message is empty."""
+    if isinstance(exc, TerminationSignal):
+        return f"TerminationSignal: signal {signal.Signals(exc.signal).name}"
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _is_cancel(exc: BaseException) -> bool:
+    return isinstance(
+        exc, asyncio.CancelledError | KeyboardInterrupt | SystemExit | TerminationSignal
+    )
 
 
 def _outcome_of(exc: BaseException, outcome: JobOutcome) -> JobOutcome:
@@ -221,9 +339,51 @@ def _outcome_of(exc: BaseException, outcome: JobOutcome) -> JobOutcome:
         return outcome
     if isinstance(exc, TimeoutError):
         return "timed out"
-    if isinstance(exc, asyncio.CancelledError | KeyboardInterrupt | SystemExit):
+    if _is_cancel(exc):
         return "cancelled"
     return "failed"
+
+
+async def _ended_by(exc: BaseException) -> str | None:
+    """Who or what ended the run, in words an operator can act on."""
+    if isinstance(exc, WorkerLostError):
+        return "the Prefect worker that started the run died"
+    if isinstance(exc, SessionFailedError):
+        return "the service ended the session in Error"
+    if isinstance(exc, SessionExpiredError):
+        return "the session's lease ran out"
+    if isinstance(exc, JobTimeoutError):
+        return "the job's timeout (job_timeout_minutes)"
+    if isinstance(exc, TimeoutError):
+        return "a timeout"
+    if not _is_cancel(exc):
+        return None
+    requested = await _cancel_requested()
+    if requested:
+        return requested
+    if isinstance(exc, TerminationSignal):
+        return f"signal {signal.Signals(exc.signal).name} sent to the flow-run process"
+    if isinstance(exc, KeyboardInterrupt):
+        return "Ctrl-C (KeyboardInterrupt)"
+    return "cancellation of the task running the flow"
+
+
+async def _cancel_requested() -> str | None:
+    """'a cancel from the Prefect UI or API' if the run's state says so (bounded, shielded)."""
+    from prefect.context import FlowRunContext
+
+    context = FlowRunContext.get()
+    if context is None or context.flow_run is None:
+        return None
+    try:
+        with anyio.CancelScope(shield=True), anyio.fail_after(10):
+            async with get_client() as prefect:
+                run = await prefect.read_flow_run(context.flow_run.id)
+    except Exception:  # noqa: BLE001 - the summary does without it
+        return None
+    if run.state is not None and run.state.type in (StateType.CANCELLING, StateType.CANCELLED):
+        return "a cancel from the Prefect UI or API"
+    return None
 
 
 def _summary(
@@ -231,26 +391,61 @@ def _summary(
     job: JobSpec,
     outcome: JobOutcome,
     job_error: str | None,
-    price_per_hour: float | None,
+    ended_by: str | None,
+    job_times: list[float],
 ) -> RenderSummary:
-    billed = report.billed_minutes
+    minutes = report.billed_minutes
+    currency = report.currency or "USD"
+    job_seconds = job_times[1] - job_times[0] if len(job_times) == 2 else None
     return RenderSummary(
         session_id=report.session_id,
-        size=report.size or "-",
+        size=(report.size or "-").lower(),
         api_version=report.api_version or "-",
-        time_to_ready_seconds=report.time_to_ready,
+        time_to_ready_seconds=round_seconds(report.time_to_ready),
         job=job.label,
         job_outcome=outcome,
         job_error=job_error,
         lease_renewals=report.lease_renewals,
         session_final_status=report.final_status,
         stopped_by=report.stopped_by,
-        billed_minutes=billed,
-        session_slot_wait_seconds=report.slot_wait_seconds,
-        estimated_cost=(
-            None if billed is None or price_per_hour is None else billed / 60 * price_per_hour
-        ),
+        billed_minutes=minutes,
+        session_slot_wait_seconds=round_seconds(report.slot_wait_seconds),
+        estimated_cost=estimated_cost(minutes, report.price_per_hour),
+        currency=currency,
+        run_seconds=round_seconds(report.run_seconds),
+        job_seconds=round_seconds(job_seconds),
+        stop_seconds=round_seconds(report.stop_seconds),
+        ended_by=ended_by,
+        timeline=_timeline(report, job_times),
     )
+
+
+def _timeline(report: SessionReport, job_times: list[float]) -> list[TimelinePhase]:
+    """create -> Ready -> job -> stop, each from the create request."""
+    origin = report.created_at
+    if origin is None:
+        return []
+
+    def phase(name: str, start: float | None, end: float | None) -> TimelinePhase | None:
+        if start is None:
+            return None
+        return TimelinePhase(
+            name=name,
+            start_seconds=round(start - origin, 1),
+            seconds=None if end is None else round(max(0.0, end - start), 1),
+        )
+
+    ready_end = report.ready_at or report.stop_started_at
+    phases = [
+        phase("create → Ready" if report.ready_at else "create → (never Ready)", origin, ready_end),
+        phase(
+            "job",
+            job_times[0] if job_times else None,
+            job_times[1] if len(job_times) == 2 else None,
+        ),
+        phase("stop", report.stop_started_at, report.stopped_at),
+    ]
+    return [p for p in phases if p is not None]
 
 
 async def _publish(summary: RenderSummary) -> None:
@@ -263,4 +458,5 @@ async def _publish(summary: RenderSummary) -> None:
             )
     except Exception as exc:  # noqa: BLE001 - the summary must not mask the run's outcome
         run_logger().warning("Could not publish the summary artifact: %s", exc)
-    run_logger().info("Summary:\n%s", summary.markdown())
+    log = run_logger().info if summary.job_outcome == "succeeded" else run_logger().warning
+    log("%s", summary.one_line())

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import os
 import stat
 import weakref
@@ -43,7 +42,6 @@ from uuid import UUID
 import anyio
 from prefect import get_client
 from prefect.client.schemas.objects import Flow, FlowRun, State
-from prefect.events import emit_event
 from prefect.logging import get_logger
 
 from arr_prefect import tasks
@@ -56,12 +54,15 @@ from arr_prefect.errors import (
     InvalidLeaseError,
     SessionEndedError,
     SessionExpiredError,
+    SessionFailedError,
     SessionNotFoundError,
 )
+from arr_prefect.flows.events import emit_session_event, run_of, session_payload
 from arr_prefect.flows.quota import SessionSlot, session_limit_name, session_slot
 from arr_prefect.guard import SessionGuard, session_guard
 from arr_prefect.models import MAX_LEASE, Session, SessionSize, parse_lease
 from arr_prefect.tasks.sessions import run_logger
+from arr_prefect.units import billed_minutes, format_billing, format_duration
 
 __all__ = [
     "CREDENTIALS_TAG_PREFIX",
@@ -70,6 +71,7 @@ __all__ = [
     "SessionReport",
     "WorkerLostError",
     "credentials_blocks_of",
+    "emit_session_event",
     "owned_session_ids",
     "record_session_owner",
     "rendering_session",
@@ -186,6 +188,8 @@ async def record_session_owner(
     *,
     api_version: str | None = None,
     credentials: RemoteRenderingCredentials | None = None,
+    size: str | None = None,
+    lease_seconds: float | None = None,
 ) -> bool:
     """Tie a session to a flow run (the current one by default), before anything can fail.
 
@@ -228,7 +232,14 @@ async def record_session_owner(
         "arr.session.created",
         session_id,
         flow_run_id,
-        {"api_version": api_version or "", "credentials_block": block or ""},
+        session_payload(
+            session_id,
+            size=size,
+            api_version=api_version,
+            elapsed_seconds=0.0,
+            lease_seconds=lease_seconds,
+            credentials_block=block or "",
+        ),
     )
     return tagged
 
@@ -262,32 +273,6 @@ async def _tag_until_recorded(flow_run_id: str, tags: list[str]) -> None:
             continue
         run_logger().info("Flow run tagged with %s after all", ", ".join(tags))
         return
-
-
-def emit_session_event(
-    event: str, session_id: str, flow_run_id: str | None, payload: dict[str, Any]
-) -> None:
-    """Emit a Prefect event about a session, related to its flow run (never fatal)."""
-    related = []
-    if flow_run_id is not None:
-        related.append(
-            {
-                "prefect.resource.id": f"prefect.flow-run.{flow_run_id}",
-                "prefect.resource.role": "flow-run",
-            }
-        )
-    try:
-        emit_event(
-            event,
-            resource={
-                "prefect.resource.id": f"arr.session.{session_id}",
-                "arr.session.id": session_id,
-            },
-            related=related,
-            payload=payload,
-        )
-    except Exception as exc:  # noqa: BLE001 - events are informative, never fatal
-        get_logger("arr.flows").debug("could not emit %s: %s", event, exc)
 
 
 async def _run_tags(flow_run_id: str) -> list[str]:
@@ -363,8 +348,10 @@ async def stop_owned_sessions(flow: Flow | Any, flow_run: FlowRun, state: State[
         try:
             async with open_client_for(credentials) as arr:
                 for session_id in targets:
+                    seen: list[Session] = []
+                    asked = arr.clock.time()
                     try:
-                        outcome = await _stop_if_active(arr, session_id, logger)
+                        outcome = await _stop_if_active(arr, session_id, logger, seen)
                     except ArrError as exc:
                         logger.error(
                             "Flow run %s (%s): could not stop session %s with %s: %s",
@@ -379,32 +366,80 @@ async def stop_owned_sessions(flow: Flow | Any, flow_run: FlowRun, state: State[
                         continue  # unknown to this account: the next one may know it
                     pending.discard(session_id)
                     if outcome == "stopped":
-                        logger.warning(
-                            "Flow run %s is %s: stopped its session %s",
-                            flow_run.name,
-                            state.name,
-                            session_id,
-                        )
-                        emit_session_event(
-                            "arr.session.stopped",
-                            session_id,
-                            str(flow_run.id),
-                            {"stopped_by": f"hook:{state.name}"},
-                        )
+                        _report_hook_stop(arr, flow_run, state, session_id, seen, asked, logger)
         except ConfigurationError as exc:
             log = logger.debug if len(accounts) > 1 else logger.error
             log("Flow run %s: no client from %s (%s)", flow_run.name, label, exc)
 
 
+def _report_hook_stop(
+    arr: ArrClient,
+    flow_run: FlowRun,
+    state: State[Any],
+    session_id: str,
+    seen: list[Session],
+    asked: float,
+    logger: logging.Logger | logging.LoggerAdapter[Any],
+) -> None:
+    """Log and emit a stop made by a hook: which hook, which session, how fast, the bill."""
+    now = arr.clock.time()
+    took = now - asked
+    session = seen[0] if seen else None
+    ran = _ran_seconds(session, now)
+    logger.warning(
+        "Flow run %s is %s: the %s hook stopped its session %s in %s (ran %s; billed %s)",
+        flow_run.name,
+        state.name,
+        "on_crashed" if state.is_crashed() else "on_cancellation",
+        session_id,
+        format_duration(took),
+        format_duration(ran),
+        format_billing(ran),
+    )
+    size = session.size.value if session is not None and session.size else None
+    emit_session_event(
+        "arr.session.stopped",
+        session_id,
+        run_of(flow_run),
+        session_payload(
+            session_id,
+            size=size,
+            api_version=arr.api_version,
+            elapsed_seconds=ran,
+            price_per_hour=arr.settings.price_per_hour(size) if size else None,
+            currency=arr.settings.price_currency,
+            stopped_by=f"hook:{state.name}",
+            reason=f"flow run {state.name}",
+            stop_seconds=round(took, 1),
+        ),
+    )
+
+
+def _ran_seconds(session: Session | None, now: float) -> float | None:
+    """How long a session has run, from what the service says of it."""
+    if session is None:
+        return None
+    if session.created_at is not None:
+        return max(0.0, now - session.created_at.timestamp())
+    return session.elapsed.total_seconds() if session.elapsed is not None else None
+
+
 async def _stop_if_active(
-    arr: ArrClient, session_id: str, logger: logging.Logger | logging.LoggerAdapter[Any]
+    arr: ArrClient,
+    session_id: str,
+    logger: logging.Logger | logging.LoggerAdapter[Any],
+    seen: list[Session] | None = None,
 ) -> Literal["stopped", "over", "absent"]:
-    """Stop the session if it is still active in ``arr``'s account."""
+    """Stop the session if it is still active in ``arr``'s account (``seen`` gets the
+    session as read before the stop)."""
     # Look first: a stop of a session already over is also answered 204, and the event
     # must say who really stopped it. If the look fails, stop anyway: stopping is
     # idempotent, and this may be the only layer left.
     try:
-        if not (await arr.get_session(session_id)).status.is_active:
+        current = await arr.get_session(session_id)
+        if seen is not None:
+            seen.append(current)
+        if not current.status.is_active:
             return "over"
     except SessionNotFoundError:
         return "absent"
@@ -504,20 +539,51 @@ class SessionReport:
     slot_wait_seconds: float | None = None
     """Real seconds spent waiting for that slot (0 when one was free at once)."""
     notes: list[str] = field(default_factory=list)
+    stop_started_at: float | None = None
+    """When teardown began stopping the session (``stopped_at`` is when it was done)."""
+    ended_reason: str | None = None
+    """Why the session ended, when not by a plain stop (the service's Error message...)."""
+    price_per_hour: float | None = None
+    currency: str | None = None
 
     @property
     def time_to_ready(self) -> float | None:
-        """Seconds from create to Ready."""
+        """Seconds from the create request to Ready."""
         if self.created_at is None or self.ready_at is None:
             return None
         return self.ready_at - self.created_at
 
     @property
-    def billed_minutes(self) -> int | None:
-        """Minutes from create to stop, rounded up (the service bills by the minute)."""
+    def run_seconds(self) -> float | None:
+        """Seconds from the create request to the stop: what the service billed."""
         if self.created_at is None or self.stopped_at is None:
             return None
-        return max(1, math.ceil((self.stopped_at - self.created_at) / 60 - 1e-9))
+        return self.stopped_at - self.created_at
+
+    @property
+    def stop_seconds(self) -> float | None:
+        """Seconds teardown took to stop the session."""
+        if self.stop_started_at is None or self.stopped_at is None:
+            return None
+        return self.stopped_at - self.stop_started_at
+
+    @property
+    def billed_minutes(self) -> int | None:
+        """Minutes billed: every minute started from the create request to the stop."""
+        return billed_minutes(self.run_seconds)
+
+    def payload(self, now: float, **extra: Any) -> dict[str, Any]:
+        """The payload of an event about this session, as of ``now``."""
+        assert self.session_id is not None
+        return session_payload(
+            self.session_id,
+            size=self.size,
+            api_version=self.api_version,
+            elapsed_seconds=None if self.created_at is None else now - self.created_at,
+            price_per_hour=self.price_per_hour,
+            currency=self.currency,
+            **extra,
+        )
 
 
 class LeaseKeeper:
@@ -545,6 +611,7 @@ class LeaseKeeper:
         lease: timedelta,
         renew_every: timedelta | None = None,
         on_lost: Callable[[SessionEndedError], None] | None = None,
+        on_renewed: Callable[[Session, int], None] | None = None,
         credentials: RemoteRenderingCredentials | None = None,
     ) -> None:
         if session_id is None:
@@ -556,6 +623,7 @@ class LeaseKeeper:
         self.lease = parse_lease(lease)
         self.renew_every = self.renewal_period(self.lease, renew_every)
         self.on_lost = on_lost
+        self.on_renewed = on_renewed
         self.renewals = 0
         self.failures = 0
         self.lost: SessionEndedError | None = None
@@ -607,9 +675,12 @@ class LeaseKeeper:
 
     async def _renew_with(self, arr: ArrClient) -> Session:
         after = await arr.extend_session_by(self.session_id, self.lease)
-        if self._last_lease is not None and after.max_lease != self._last_lease:
+        renewed = self._last_lease is not None and after.max_lease != self._last_lease
+        if renewed:
             self.renewals += 1
         self._last_lease = after.max_lease
+        if renewed and self.on_renewed is not None:
+            self.on_renewed(after, self.renewals)
         if after.max_lease is not None and after.max_lease >= MAX_LEASE and not self._at_max:
             self._at_max = True
             run_logger().warning(
@@ -650,18 +721,22 @@ class LeaseKeeper:
                 self.failures += 1
                 delay = max(1.0, self.renew_every.total_seconds() / 4)
                 logger.warning(
-                    "Lease keeper: renewing session %s failed (%s); retrying in %.0fs",
+                    "Lease keeper: renewing session %s failed (%s); retrying in %s",
                     self.session_id,
                     exc,
-                    delay,
+                    format_duration(delay),
                 )
                 continue
             delay = self.renew_every.total_seconds()
             logger.debug(
                 "Lease keeper: session %s lease %s, elapsed %s",
                 self.session_id,
-                session.max_lease,
-                session.elapsed,
+                format_duration(
+                    None if session.max_lease is None else session.max_lease.total_seconds()
+                ),
+                format_duration(
+                    None if session.elapsed is None else session.elapsed.total_seconds()
+                ),
             )
 
 
@@ -700,6 +775,7 @@ async def _stop_in_teardown(
                     )
             await arr.stop_session(session_id)
 
+    report.stop_started_at = arr.clock.time()
     try:
         await finish_despite_cancel(stop(), cancels_seen)
         report.stopped_by = "finally"
@@ -799,15 +875,26 @@ async def rendering_session(
                 ready_timeout = slot.ready_timeout_left
         report.size = session_size.value
         report.api_version = arr.api_version
+        report.price_per_hour = arr.settings.price_per_hour(session_size.value)
+        report.currency = arr.settings.price_currency
+
+        async def record_owner(sid: str) -> bool:
+            return await record_session_owner(
+                sid,
+                flow_run_id,
+                api_version=arr.api_version,
+                credentials=used,
+                size=session_size.value,
+                lease_seconds=rolling.total_seconds(),
+            )
+
         session_id: str | None = None
         tagged = True
         if arr.api_version != "v1":
             # 2021-01-01: we choose the ID, so record it before the create is even sent.
             prefix = f"pf-{flow_run_id}" if flow_run_id else "arr"
             session_id = report.session_id = new_session_id(prefix)
-            tagged = await record_session_owner(
-                session_id, flow_run_id, api_version=arr.api_version, credentials=used
-            )
+            tagged = await record_owner(session_id)
         guard = _guard_for(arr)
         if guard is not None and session_id is not None:
             guard.watch(session_id, arr.settings, flow_run_id)
@@ -852,8 +939,25 @@ async def rendering_session(
                 body_lost = error
                 host.cancel(f"session {session.id}: {error}")
 
+        def on_renewed(renewed: Session, renewals: int) -> None:
+            emit_session_event(
+                "arr.session.lease-renewed",
+                renewed.id,
+                flow_run_id,
+                report.payload(
+                    arr.clock.time(),
+                    lease_seconds=rolling.total_seconds(),
+                    renewals=renewals,
+                ),
+            )
+
         keeper = LeaseKeeper(
-            arr, session.id, lease=rolling, renew_every=renew_every, on_lost=on_lost
+            arr,
+            session.id,
+            lease=rolling,
+            renew_every=renew_every,
+            on_lost=on_lost,
+            on_renewed=on_renewed,
         )
         watchdog: asyncio.Task[None] | None = None
         tagger: asyncio.Task[None] | None = None
@@ -864,9 +968,7 @@ async def rendering_session(
                 # Inside the try: a cancel arriving while the tag is written still stops it.
                 tagged = False
                 with anyio.CancelScope(shield=True), anyio.move_on_after(30):
-                    tagged = await record_session_owner(
-                        session.id, flow_run_id, api_version=arr.api_version, credentials=used
-                    )
+                    tagged = await record_owner(session.id)
             if not tagged and flow_run_id is not None:
                 block = used.block_name if used is not None else None
                 tagger = asyncio.get_running_loop().create_task(
@@ -875,13 +977,28 @@ async def rendering_session(
                 )
             if in_flow:
                 session = await tasks.wait_until_ready(
-                    session.id, timeout=ready_timeout, poll_interval=poll_interval, client=arr
+                    session.id,
+                    timeout=ready_timeout,
+                    poll_interval=poll_interval,
+                    client=arr,
+                    created_at=report.created_at,
                 )
+                report.ready_at = arr.clock.time()
             else:
                 session = await arr.wait_until_ready(
                     session.id, timeout=ready_timeout, poll_interval=poll_interval
                 )
-            report.ready_at = arr.clock.time()
+                report.ready_at = arr.clock.time()
+            emit_session_event(
+                "arr.session.ready",
+                session.id,
+                flow_run_id,
+                report.payload(
+                    report.ready_at,
+                    time_to_ready_seconds=round(report.time_to_ready or 0.0, 1),
+                    hostname=session.hostname,
+                ),
+            )
             keeper.start(session.max_lease)
             if _WORKER_PID is not None and arr.settings.stop_on_worker_loss:
                 watchdog = asyncio.get_running_loop().create_task(
@@ -895,6 +1012,17 @@ async def rendering_session(
                         logger.error("%s", body_lost)
                     raise body_lost from None
                 raise
+        except (SessionFailedError, SessionExpiredError) as exc:
+            # The service ended it (Error, or the lease ran out): say so, for Automations.
+            report.ended_reason = str(exc)
+            failed = isinstance(exc, SessionFailedError)
+            emit_session_event(
+                "arr.session.failed" if failed else "arr.session.expired",
+                session.id,
+                flow_run_id,
+                report.payload(arr.clock.time(), reason=str(exc)),
+            )
+            raise
         finally:
             if watchdog is not None:
                 watchdog.cancel()
@@ -906,19 +1034,34 @@ async def rendering_session(
                 _credentials_of.pop(session.id, None)
                 if guard is not None:
                     guard.release(session.id)
-                emit_session_event(
-                    "arr.session.stopped", session.id, flow_run_id, {"stopped_by": "finally"}
-                )
                 try:
                     with anyio.CancelScope(shield=True), anyio.fail_after(30):
                         final = await arr.get_session(session.id)
                     report.final_status = final.status.value
                 except (ArrError, TimeoutError):
                     report.final_status = None
+                emit_session_event(
+                    "arr.session.stopped",
+                    session.id,
+                    flow_run_id,
+                    report.payload(
+                        report.stopped_at or arr.clock.time(),
+                        stopped_by="finally",
+                        reason=report.ended_reason,
+                        final_status=report.final_status,
+                        stop_seconds=(
+                            None if report.stop_seconds is None else round(report.stop_seconds, 1)
+                        ),
+                    ),
+                )
             logger.info(
-                "Session %s torn down (%s, %d lease renewals)",
+                "Session %s stopped by %s in %s: %s after %s; billed %s; %d lease renewals",
                 session.id,
+                report.stopped_by or "nobody (stop failed)",
+                format_duration(report.stop_seconds),
                 report.final_status or "status unknown",
+                format_duration(report.run_seconds),
+                format_billing(report.run_seconds),
                 report.lease_renewals,
             )
             if tagger is not None:

@@ -31,6 +31,7 @@ from arr_prefect.client import ArrClient
 from arr_prefect.credentials import RemoteRenderingCredentials, open_client_for
 from arr_prefect.errors import ArrTransportError, RateLimitedError, ServiceError
 from arr_prefect.models import Session, SessionSize, SessionStatus
+from arr_prefect.units import format_duration
 
 __all__ = [
     "create_session",
@@ -60,6 +61,10 @@ async def _transient(task: Any, task_run: TaskRun, state: State[Any]) -> bool:
     except BaseException:  # noqa: BLE001 - anything else is not worth a retry
         return False
     return False
+
+
+def _seconds(delta: timedelta | None) -> float | None:
+    return None if delta is None else delta.total_seconds()
 
 
 _COMMON: dict[str, Any] = {"cache_policy": NO_CACHE, "persist_result": False}
@@ -125,7 +130,10 @@ async def create_session(
             lease=lease, size=size, models=models or (), session_id=session_id
         )
     run_logger().info(
-        "Created session %s (%s, lease %s)", session.id, session.size, session.max_lease
+        "Created session %s (%s, lease %s)",
+        session.id,
+        session.size,
+        format_duration(_seconds(session.max_lease)),
     )
     return session
 
@@ -137,8 +145,12 @@ async def wait_until_ready(
     poll_interval: float | None = None,
     client: ArrClient | None = None,
     credentials: RemoteRenderingCredentials | None = None,
+    created_at: float | None = None,
 ) -> Session:
     """Poll until the session is Ready and return it, logging each status change.
+
+    Times in the log count from ``created_at`` (the create request, epoch seconds on the
+    client's clock) when given, so they match the run's summary; else from the call.
 
     Ends with ``SessionFailedError`` (Error, with the service's message),
     ``SessionExpiredError``, ``SessionStoppedError`` or ``ReadyTimeoutError`` after
@@ -154,28 +166,33 @@ async def wait_until_ready(
     """
     logger = run_logger()
     async with open_client_for(credentials, client) as arr:
-        started = arr.clock.time()
+        started = created_at if created_at is not None else arr.clock.time()
+        since = "the create request" if created_at is not None else "the wait began"
 
         def on_status(previous: SessionStatus | None, session: Session) -> None:
-            waited = arr.clock.time() - started
+            waited = format_duration(arr.clock.time() - started)
             if previous is None:
-                logger.info("Session %s is %s", session.id, session.status)
+                logger.info(
+                    "Session %s is %s (%s after %s)", session.id, session.status, waited, since
+                )
             else:
                 logger.info(
-                    "Session %s: %s -> %s after %.0fs",
+                    "Session %s: %s -> %s, %s after %s",
                     session.id,
                     previous,
                     session.status,
                     waited,
+                    since,
                 )
 
         session = await arr.wait_until_ready(
             session_id, timeout=timeout, poll_interval=poll_interval, on_status=on_status
         )
         logger.info(
-            "Session %s is Ready after %.0fs at %s (handshake port %s)",
+            "Session %s is Ready %s after %s, at %s (handshake port %s)",
             session.id,
-            arr.clock.time() - started,
+            format_duration(arr.clock.time() - started),
+            since,
             session.hostname,
             session.handshake_port,
         )
@@ -211,7 +228,10 @@ async def extend_session(
             assert extend_by is not None
             session = await arr.extend_session_by(session_id, extend_by)
     run_logger().info(
-        "Session %s lease is now %s (elapsed %s)", session.id, session.max_lease, session.elapsed
+        "Session %s lease is now %s (elapsed %s)",
+        session.id,
+        format_duration(_seconds(session.max_lease)),
+        format_duration(_seconds(session.elapsed)),
     )
     return session
 
