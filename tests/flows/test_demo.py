@@ -6,7 +6,8 @@ import pytest
 
 from arr_prefect.flows import demo
 
-FAST = ["--frames=2", "--seconds-per-frame=30", "--time-scale=120", "--startup-seconds=30"]
+# 60x (the demo's own pace) and a 10-minute lease: a loaded machine cannot outrun it.
+FAST = ["--frames=2", "--seconds-per-frame=30", "--startup-seconds=30", "--lease-minutes=10"]
 
 
 @pytest.fixture(autouse=True)
