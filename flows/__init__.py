@@ -7,6 +7,7 @@
 - :func:`stop_owned_sessions`: the flow hook that stops a run's sessions from any process.
 - :func:`reap_orphaned_sessions`: the scheduled last line: stops sessions whose owning
   flow run is over or gone.
+- :func:`report_progress`: a job's progress, shown as the run's progress artifact.
 - :class:`SessionSlot`: the account's session quota, a leased slot of a Prefect global
   concurrency limit (``rendering_session`` takes one for each session).
 """
@@ -21,6 +22,7 @@ from arr_prefect.flows.jobs import (
     session_environment,
     session_parameters,
 )
+from arr_prefect.flows.progress import report_progress
 from arr_prefect.flows.quota import SessionSlot, SlotWaitTimeoutError
 from arr_prefect.flows.reaper import ReapDecision, ReapReport, reap_orphaned_sessions
 from arr_prefect.flows.render_batch import RenderSummary, render_batch
@@ -58,6 +60,7 @@ __all__ = [
     "record_session_owner",
     "render_batch",
     "rendering_session",
+    "report_progress",
     "session_environment",
     "session_parameters",
     "stop_owned_sessions",

@@ -26,6 +26,7 @@ from arr_prefect.flows.jobs import (
     run_job,
     validate_job,
 )
+from arr_prefect.flows.progress import JOB_PROGRESS_KEY, ProgressArtifact, job_progress
 from arr_prefect.flows.session import (
     SessionReport,
     WorkerLostError,
@@ -290,6 +291,7 @@ async def render_batch(
     ended_by: str | None = None
     clock = default_clock()
     job_times: list[float] = []
+    job_artifact = ProgressArtifact(JOB_PROGRESS_KEY)
     try:
         async with rendering_session(
             session_size,
@@ -304,7 +306,8 @@ async def render_batch(
             outcome = "failed"
             job_times.append(clock.time())
             try:
-                await run_job(job, session)
+                with job_progress(job_artifact):
+                    await run_job(job, session)
             finally:
                 job_times.append(clock.time())
             outcome = "succeeded"
@@ -316,6 +319,9 @@ async def render_batch(
         raise
     finally:
         summary = _summary(report, job, outcome, job_error, ended_by, job_times)
+        # The job's last progress is written now that the session is down (bounded).
+        with anyio.CancelScope(shield=True), anyio.move_on_after(30):
+            await job_artifact.flush()
         await _publish(summary)
     return summary
 

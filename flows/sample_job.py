@@ -2,7 +2,8 @@
 
 It stands in for a real renderer: it "connects" to the session's host and handshake port
 and renders ``frames`` frames of ``seconds_per_frame`` each, logging progress. It can fail
-on purpose (``fail_at_frame``) to show teardown on job failure.
+on purpose (``fail_at_frame``) to show teardown on job failure. It reports each frame with
+:func:`arr_prefect.flows.report_progress` (the run's ``render-job-progress`` artifact).
 
 As a callable job: ``arr_prefect.flows.sample_job:render_frames``. As a command job::
 
@@ -25,6 +26,7 @@ import sys
 from pydantic import BaseModel
 
 from arr_prefect.clock import SystemClock, default_clock
+from arr_prefect.flows.progress import report_progress
 from arr_prefect.models import Session
 from arr_prefect.tasks.sessions import run_logger
 
@@ -66,6 +68,7 @@ async def render_frames(
         if fail_at_frame is not None and frame == fail_at_frame:
             raise SampleJobError(f"sample job failed on purpose at frame {frame}")
         await clock.sleep(seconds_per_frame)
+        await report_progress(frame, frames, f"frame {frame} of {frames} rendered")
         if frame == frames or frame % max(1, frames // 4) == 0:
             logger.info("Sample job: frame %d/%d rendered", frame, frames)
     return RenderResult(session_id=session.id, frames=frames, seconds=clock.time() - started)

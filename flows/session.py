@@ -58,6 +58,7 @@ from arr_prefect.errors import (
     SessionNotFoundError,
 )
 from arr_prefect.flows.events import emit_session_event, run_of, session_payload
+from arr_prefect.flows.progress import ready_wait_progress
 from arr_prefect.flows.quota import SessionSlot, session_limit_name, session_slot
 from arr_prefect.guard import SessionGuard, session_guard
 from arr_prefect.models import MAX_LEASE, Session, SessionSize, parse_lease
@@ -976,14 +977,23 @@ async def rendering_session(
                     name=f"owner-tags-{session.id}",
                 )
             if in_flow:
-                session = await tasks.wait_until_ready(
-                    session.id,
-                    timeout=ready_timeout,
-                    poll_interval=poll_interval,
-                    client=arr,
-                    created_at=report.created_at,
-                )
+                timeout = ready_timeout if ready_timeout is not None else arr.settings.ready_timeout
+                async with ready_wait_progress(
+                    session.id, arr.clock, report.created_at, timeout
+                ) as progress:
+                    session = await tasks.wait_until_ready(
+                        session.id,
+                        timeout=ready_timeout,
+                        poll_interval=poll_interval,
+                        client=arr,
+                        created_at=report.created_at,
+                    )
                 report.ready_at = arr.clock.time()
+                await progress.update(
+                    100,
+                    f"Session {session.id} is Ready,"
+                    f" {format_duration(report.time_to_ready)} after the create request",
+                )
             else:
                 session = await arr.wait_until_ready(
                     session.id, timeout=ready_timeout, poll_interval=poll_interval

@@ -191,6 +191,37 @@ async def test_waiting_for_a_session_slot_emits_quota_wait(emitted: list[Event])
     assert event.related[0].id == f"prefect.flow-run.{run_id}"
 
 
+async def test_progress_artifacts_follow_the_wait_and_the_job(emulator: Emulator) -> None:
+    """The run shows its wait for Ready and its job's frames as progress artifacts, both at
+    100 % when done, described in words."""
+    from prefect import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    state = await render_batch(
+        job_parameters={"frames": 4, "seconds_per_frame": 30}, return_state=True
+    )
+    async with get_client() as prefect:
+        artifacts = await prefect.read_artifacts(
+            artifact_filter=ArtifactFilter(
+                flow_run_id=ArtifactFilterFlowRunId(any_=[state.state_details.flow_run_id])
+            )
+        )
+    by_key = {a.key: a for a in artifacts}
+    wait, job = by_key["session-ready-wait"], by_key["render-job-progress"]
+    assert (wait.type, job.type) == ("progress", "progress")
+    assert (wait.data, job.data) == (100.0, 100.0)
+    assert wait.description is not None
+    assert "is Ready, 1 min after the create request" in wait.description
+    assert job.description == "4 of 4 done: frame 4 of 4 rendered"
+
+
+async def test_report_progress_outside_a_job_does_nothing() -> None:
+    """A callable used outside render-batch can call report_progress harmlessly."""
+    from arr_prefect.flows import report_progress
+
+    await report_progress(1, 2, "half")
+
+
 async def test_summary_reads_at_a_glance(emulator: Emulator) -> None:
     """The artifact's table has a real header, durations in words, billing explained, a
     timeline of create -> Ready -> job -> stop; the log gets one compact line."""
