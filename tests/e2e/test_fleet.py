@@ -188,18 +188,18 @@ def test_fleet_respects_the_quota_and_survives_faults(fleet: FleetStack) -> None
     killed_runs = by_worker[victim]
     killed_ids = {str(r["id"]) for r in killed_runs}
     killed_sessions = {s for r in killed_runs for s in owned[str(r["id"])]} & active
+    # A lost host takes the runs' session guards (arr_prefect.guard, each in its own
+    # process group) down with it: only the rolling lease can end these sessions. Found
+    # before the kill's instant is read: scanning /proc must not delay the kills after it.
+    run_pids = [pid for run in killed_runs if (pid := run_pid(run)) is not None]
+    assert len(run_pids) == len(killed_runs)
+    guards = [guard for pid in run_pids for guard in session_guards_of(pid)]
     emulated_kill, _ = fleet.emulated_now()
     killed_at = time.monotonic()
     sigkill(fleet.processes[victim].pid)
-    for run in killed_runs:
-        pid = run_pid(run)
-        assert pid is not None
-        fleet.flow_run_pids.add(pid)
-        # A lost host takes the runs' session guards (arr_prefect.guard, each in its own
-        # process group) down with it: only the rolling lease can end these sessions.
-        for guard in session_guards_of(pid):
-            sigkill(guard)
+    for pid in [*guards, *run_pids]:
         sigkill(pid)
+    fleet.flow_run_pids.update(run_pids)
     fleet.workers.remove(victim)
 
     def sessions_over() -> list[dict[str, Any]] | None:
