@@ -419,10 +419,13 @@ class Stack:
         def online() -> bool | None:
             if not worker.alive():
                 raise StackError(f"the worker exited:\n{tail(worker.log)}")
-            response = httpx.post(
-                f"{self.api_url}/work_pools/{POOL}/workers/filter", json={}, timeout=5
-            )
-            response.raise_for_status()
+            try:
+                response = httpx.post(
+                    f"{self.api_url}/work_pools/{POOL}/workers/filter", json={}, timeout=5
+                )
+                response.raise_for_status()
+            except httpx.HTTPError:
+                return None  # a server slow to answer on a loaded machine: ask again
             names = {w["name"] for w in response.json() if w.get("status") == "ONLINE"}
             return True if worker.name in names else None
 

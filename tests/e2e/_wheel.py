@@ -5,6 +5,10 @@ checkout can add stale modules to the wheel), ``wheel_venv`` creates a virtual
 environment with no access to this one's packages and installs the wheel, non-editable,
 with the pinned versions of ``constraints.txt`` (from pip's cache when it holds them, as
 it does after ``scripts/_venv.sh`` ran). Both are timed: the e2e summary shows the figures.
+
+For quicker iterations while developing, ``E2E_REUSE_VENV=/some/dir`` keeps the venv
+there between runs: created as above the first time, then only the freshly built wheel is
+reinstalled into it (``--no-deps --force-reinstall``). CI never sets it.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ INSTALL_TIMEOUT = 900.0
 """Real seconds to create the venv and install the wheel with its dependencies."""
 
 _SOURCES = ("pyproject.toml", "README.md", "arr_prefect", "flows", "tasks")
+REUSE_VARIABLE = "E2E_REUSE_VENV"
 
 
 class WheelError(RuntimeError):
@@ -41,6 +46,8 @@ class WheelVenv:
     wheel: Path
     build_seconds: float
     install_seconds: float
+    reused: bool = False
+    """True when an existing venv (``E2E_REUSE_VENV``) only got the new wheel."""
 
     @property
     def bin_dir(self) -> Path:
@@ -123,11 +130,39 @@ def top_level_names(wheel: Path) -> set[str]:
 
 
 def wheel_venv(root: Path, *, log: Path) -> WheelVenv:
-    """Build the wheel and install it into a fresh venv at ``root / "venv"``."""
+    """Build the wheel and install it into a fresh venv at ``root / "venv"`` (or the
+    venv named by ``E2E_REUSE_VENV``)."""
     started = time.monotonic()
     wheel = build_wheel(root / "wheel", log=log)
     built = time.monotonic()
-    venv = root / "venv"
+    reuse = os.environ.get(REUSE_VARIABLE)
+    venv = Path(reuse) if reuse else root / "venv"
+    if reuse and (venv / "pyvenv.cfg").exists():
+        existing = WheelVenv(venv, wheel, build_seconds=built - started, install_seconds=0.0)
+        _run(
+            [
+                str(existing.python),
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+                "--no-deps",
+                "--force-reinstall",
+                str(wheel),
+            ],
+            cwd=root,
+            timeout=INSTALL_TIMEOUT,
+            what="pip install of the wheel into the reused venv",
+            log=log,
+        )
+        return WheelVenv(
+            venv,
+            wheel,
+            build_seconds=built - started,
+            install_seconds=time.monotonic() - built,
+            reused=True,
+        )
     # The base interpreter, not this venv's: the new venv must not see our packages.
     base_python = getattr(sys, "_base_executable", sys.executable)
     _run(

@@ -110,7 +110,11 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             venv = running.ensure_venv()
             note_timing(
                 f"worker venv (wheel only): wheel built in {venv.build_seconds:.1f} s,"
-                f" fresh venv + pip install in {venv.install_seconds:.1f} s"
+                + (
+                    f" reinstalled into the reused venv in {venv.install_seconds:.1f} s"
+                    if venv.reused
+                    else f" fresh venv + pip install in {venv.install_seconds:.1f} s"
+                )
             )
             yield running
     finally:

@@ -9,15 +9,22 @@ server and emulator.
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
+import signal
 import subprocess
 import textwrap
+import time
 import zipfile
 from pathlib import Path
 
 import pytest
+from prefect.client.orchestration import PrefectClient
+from prefect.events.filters import EventFilter, EventNameFilter, EventResourceFilter
 
-from tests.e2e._stack import Stack, session_entry
+from arr_prefect.flows.session import OWNER_TAG_PREFIX
+from tests.e2e._stack import TIME_SCALE, Stack, StackError, session_entry, tail
 from tests.e2e._wheel import top_level_names
 
 pytestmark = pytest.mark.e2e
@@ -186,3 +193,76 @@ def test_project_with_own_flows_and_tasks_composes_ours(stack: Stack, tmp_path: 
         assert entry is not None, (session_id, ledger)
         assert entry["status"] == "Stopped", entry
     assert ledger["running"] == 0, ledger
+
+
+HOOK_LEASE_MINUTES = 20.0
+"""A rolling lease of 60 real seconds: only the crash hook can stop the session sooner
+(the reaper's trigger waits a minute and a minute of grace)."""
+
+
+async def test_crash_hook_finds_the_installed_code(live_worker: Stack) -> None:
+    """SIGKILL a render-batch run on the wheel-only worker: the on_crashed hook, which
+    Prefect runs in a new process from the worker's empty directory, loads our flow from
+    the installed package and stops the session, long before its lease would end it."""
+    stack = live_worker
+    async with PrefectClient(stack.api_url) as prefect:
+        deployment = await prefect.read_deployment_by_name("render-batch/render-batch")
+        run = await prefect.create_flow_run_from_deployment(
+            deployment.id,
+            parameters={
+                "lease_minutes": HOOK_LEASE_MINUTES,
+                "job_parameters": {"frames": 1000, "seconds_per_frame": 60.0},
+                "job_timeout_minutes": 24 * 60,
+            },
+            tags=["e2e", "crash-hook"],
+        )
+        deadline = time.monotonic() + 120
+        while True:
+            current = await prefect.read_flow_run(run.id)
+            if current.state is not None and current.state.is_final():
+                raise StackError(f"the run ended before its job was in progress: {current.state}")
+            owned = [
+                t.removeprefix(OWNER_TAG_PREFIX)
+                for t in current.tags
+                if t.startswith(OWNER_TAG_PREFIX)
+            ]
+            entry = session_entry(stack.ledger(), owned[0]) if owned else None
+            if entry and entry["status"] == "Ready" and current.infrastructure_pid:
+                break
+            if time.monotonic() > deadline:
+                raise StackError(
+                    f"timed out waiting for the job; worker log:\n{tail(stack.processes['worker'].log)}"
+                )
+            await asyncio.sleep(0.25)
+        session_id = owned[0]
+        pid = int(str(current.infrastructure_pid).rsplit(":", 1)[-1])
+        stack.flow_run_pids.add(pid)
+        killed = time.monotonic()
+        os.kill(pid, signal.SIGKILL)
+
+        while (entry := session_entry(stack.ledger(), session_id)) and entry["status"] in (
+            "Starting",
+            "Ready",
+        ):
+            if time.monotonic() - killed > HOOK_LEASE_MINUTES * 60 / TIME_SCALE:
+                raise StackError(f"session {session_id} outlived the hook's chance: {entry}")
+            await asyncio.sleep(0.25)
+        assert entry is not None
+        assert entry["end_reason"] == "stopped", entry
+
+        # Who stopped it: the hook's arr.session.stopped event (events become readable
+        # about a second after they are emitted).
+        stopped_by: set[str] = set()
+        deadline = time.monotonic() + 30
+        while not stopped_by and time.monotonic() < deadline:
+            page = await prefect.read_events(
+                filter=EventFilter(
+                    event=EventNameFilter(name=["arr.session.stopped"]),
+                    resource=EventResourceFilter(id=[f"arr.session.{session_id}"]),
+                ),
+                limit=10,
+            )
+            stopped_by = {str(event.payload.get("stopped_by")) for event in page.events}
+            await asyncio.sleep(0.5)
+        assert stopped_by == {"hook:Crashed"}, (stopped_by, tail(stack.processes["worker"].log))
+    assert stack.ledger()["running"] == 0
