@@ -5,15 +5,23 @@
   composing into your own flows.
 - :class:`LeaseKeeper`: the rolling lease on its own.
 - :func:`stop_owned_sessions`: the flow hook that stops a run's sessions from any process.
-- :func:`reap_orphaned_sessions`: the scheduled last line: stops sessions whose owning
-  flow run is over or gone.
+- :func:`reap_orphaned_sessions`: the last line: stops sessions whose owning flow run is
+  over or gone (triggered by crashed or cancelled owners, and hourly).
 - :func:`report_progress`: a job's progress, shown as the run's progress artifact.
 - :class:`SessionSlot`: the account's session quota, a leased slot of a Prefect global
   concurrency limit (``rendering_session`` takes one for each session).
+- :func:`run_render_batch`: run the ``render-batch`` deployment from another flow, get
+  its :class:`RenderSummary`, and cancel it with the caller.
 """
 
 from __future__ import annotations
 
+from arr_prefect.flows.deployment_runs import (
+    RENDER_BATCH_DEPLOYMENT,
+    RenderBatchRunError,
+    RenderBatchTimeoutError,
+    run_render_batch,
+)
 from arr_prefect.flows.jobs import (
     InvalidJobError,
     JobFailedError,
@@ -42,6 +50,7 @@ from arr_prefect.flows.session import (
 __all__ = [
     "CREDENTIALS_TAG_PREFIX",
     "OWNER_TAG_PREFIX",
+    "RENDER_BATCH_DEPLOYMENT",
     "InvalidJobError",
     "JobFailedError",
     "JobSpec",
@@ -49,6 +58,8 @@ __all__ = [
     "LeaseKeeper",
     "ReapDecision",
     "ReapReport",
+    "RenderBatchRunError",
+    "RenderBatchTimeoutError",
     "RenderSummary",
     "SessionReport",
     "SessionSlot",
@@ -61,6 +72,7 @@ __all__ = [
     "render_batch",
     "rendering_session",
     "report_progress",
+    "run_render_batch",
     "session_environment",
     "session_parameters",
     "stop_owned_sessions",

@@ -223,6 +223,12 @@ def _job_spec(
     on_crashed=[stop_owned_sessions],
     timeout_seconds=FLOW_TIMEOUT_SECONDS,
     log_prints=True,
+    # The summary is the run's result, so run_deployment callers read it with
+    # state.result(). JSON, not pickle: it holds no secret (no key, no token) and is read
+    # back as a RenderSummary by whoever has arr_prefect installed. Stored where Prefect's
+    # default result storage says (README: PREFECT_RESULTS_DEFAULT_STORAGE_BLOCK).
+    persist_result=True,
+    result_serializer="json",
 )
 async def render_batch(
     size: Literal["standard", "premium"] = "standard",
