@@ -266,3 +266,41 @@ async def test_crash_hook_finds_the_installed_code(live_worker: Stack) -> None:
             await asyncio.sleep(0.5)
         assert stopped_by == {"hook:Crashed"}, (stopped_by, tail(stack.processes["worker"].log))
     assert stack.ledger()["running"] == 0
+
+
+@pytest.mark.parametrize(
+    ("deployment", "parameters"),
+    [
+        pytest.param(
+            "render-batch/render-batch-nightly",
+            {"lease_minutes": 2, "job_parameters": {"frames": 2, "seconds_per_frame": 60.0}},
+            id="render-batch-nightly",
+        ),
+        pytest.param(
+            "reap-orphaned-sessions/reap-orphaned-sessions",
+            {"grace_minutes": 0, "dry_run": True},
+            id="reap-orphaned-sessions",
+        ),
+    ],
+)
+async def test_deployment_runs_on_the_wheel_only_worker(
+    live_worker: Stack, deployment: str, parameters: dict[str, object]
+) -> None:
+    """The scheduled batch and the reaper run to Completed on the worker that has only the
+    wheel (render-batch itself: every other e2e test)."""
+    stack = live_worker
+    async with PrefectClient(stack.api_url) as prefect:
+        found = await prefect.read_deployment_by_name(deployment)
+        run = await prefect.create_flow_run_from_deployment(
+            found.id, parameters=parameters, tags=["e2e", "wheel-only"]
+        )
+        deadline = time.monotonic() + 180
+        while (current := await prefect.read_flow_run(run.id)).state is None or not (
+            current.state.is_final()
+        ):
+            if time.monotonic() > deadline:
+                raise StackError(f"{deployment} run did not end: {current.state}")
+            await asyncio.sleep(0.25)
+    assert current.state is not None
+    assert current.state.name == "Completed", (current.state, tail(stack.processes["worker"].log))
+    assert stack.ledger()["running"] == 0
