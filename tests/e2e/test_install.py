@@ -214,6 +214,9 @@ async def test_crash_hook_finds_the_installed_code(live_worker: Stack) -> None:
                 "job_parameters": {"frames": 1000, "seconds_per_frame": 60.0},
                 "job_timeout_minutes": 24 * 60,
             },
+            # The session guard would stop it within a second of the SIGKILL: off, so only
+            # the hook can (as in the kill matrix's row (g)).
+            job_variables={"env": {"ARR_STOP_ON_PROCESS_DEATH": "false"}},
             tags=["e2e", "crash-hook"],
         )
         deadline = time.monotonic() + 120
