@@ -114,7 +114,11 @@ async def test_deployment_job_past_its_timeout_is_cancelled(emulator: Emulator) 
         )
     with pytest.raises(JobTimeoutError):
         await render_batch(
-            job_deployment="arr-test-job-nobody-runs/no-worker", job_timeout_minutes=0.02
+            # 6 s: at 1.2 s the job's run_deployment had not created the flow run yet on a
+            # loaded machine once render_batch persists its result (failed twice at 1.2 s,
+            # passed at 6 s); a job that never starts is cancelled at any timeout.
+            job_deployment="arr-test-job-nobody-runs/no-worker",
+            job_timeout_minutes=0.1,
         )
     async with get_client() as prefect:
         runs = await prefect.read_flow_runs(
