@@ -241,7 +241,9 @@ def test_fleet_respects_the_quota_and_survives_faults(fleet: FleetStack) -> None
     assert [r["state"]["type"] for r in final] == ["COMPLETED"] * len(final)
     assert killed_sessions, "the victim held no session"
     assert all(e["end_reason"] == "expired" for e in ended), "who ended the lost sessions?"
-    assert session_overrun <= lease + 1, "a lost host's session outlived its rolling lease"
+    # Slack: a renewal landing between reading the emulated clock and the SIGKILL extends
+    # the lease by that gap, x20 in emulated time (10 s emulated is 0.5 s real).
+    assert session_overrun <= lease + 10, "a lost host's session outlived its rolling lease"
     assert slot_return <= SLOT_LEASE_SECONDS + REPOSSESSOR_LOOP_SECONDS + SLOT_RETURN_SLACK
     assert peak <= QUOTA
     assert refusals == 0
