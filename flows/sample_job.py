@@ -5,7 +5,13 @@ and renders ``frames`` frames of ``seconds_per_frame`` each, logging progress. I
 on purpose (``fail_at_frame``) to show teardown on job failure. It reports each frame with
 :func:`arr_prefect.flows.report_progress` (the run's ``render-job-progress`` artifact).
 
-As a callable job: ``arr_prefect.flows.sample_job:render_frames``. As a command job::
+As a callable job: ``arr_prefect.flows.sample_job:render_frames``. As a deployment job,
+the flow :func:`sample_render_job`, deployed by prefect.yaml as ``sample-render-job``::
+
+    render_batch(job_deployment="sample-render-job/sample-render-job",
+                 job_parameters={"frames": 12, "seconds_per_frame": 5.0})
+
+As a command job::
 
     python -m arr_prefect.flows.sample_job --frames 12 --seconds-per-frame 5
 
@@ -23,14 +29,15 @@ import asyncio
 import os
 import sys
 
+from prefect import flow
 from pydantic import BaseModel
 
 from arr_prefect.clock import SystemClock, default_clock
 from arr_prefect.flows.progress import report_progress
-from arr_prefect.models import Session
+from arr_prefect.models import Session, SessionSize
 from arr_prefect.tasks.sessions import run_logger
 
-__all__ = ["RenderResult", "SampleJobError", "render_frames"]
+__all__ = ["RenderResult", "SampleJobError", "render_frames", "sample_render_job"]
 
 
 class SampleJobError(RuntimeError):
@@ -72,6 +79,43 @@ async def render_frames(
         if frame == frames or frame % max(1, frames // 4) == 0:
             logger.info("Sample job: frame %d/%d rendered", frame, frames)
     return RenderResult(session_id=session.id, frames=frames, seconds=clock.time() - started)
+
+
+@flow(name="sample-render-job", log_prints=True)
+async def sample_render_job(
+    session_id: str,
+    hostname: str | None = None,
+    handshake_port: int | None = None,
+    arr_inspector_port: int | None = None,
+    size: str | None = None,
+    frames: int = 12,
+    seconds_per_frame: float = 5.0,
+    fail_at_frame: int | None = None,
+) -> RenderResult:
+    """The sample job as a flow, for ``render_batch(job_deployment=...)``: render-batch
+    passes the Ready session's details (``session_id``, ``hostname``, ``handshake_port``,
+    ``arr_inspector_port``, ``size``) and the job parameters (``frames``,
+    ``seconds_per_frame``, ``fail_at_frame``); the run must end Completed.
+
+    Args:
+        session_id: The Ready session to render on (render-batch fills it in).
+        hostname: The session's host (render-batch fills it in).
+        handshake_port: The session's handshake port (render-batch fills it in).
+        arr_inspector_port: The session's ArrInspector port (render-batch fills it in).
+        size: The session's size (render-batch fills it in).
+        frames: How many frames to render.
+        seconds_per_frame: How long each frame takes.
+        fail_at_frame: Fail on purpose at this frame (to watch teardown).
+    """
+    session = Session(
+        id=session_id,
+        status="Ready",
+        hostname=hostname,
+        handshake_port=handshake_port,
+        arr_inspector_port=arr_inspector_port,
+        size=SessionSize.parse(size) if size else None,
+    )
+    return await render_frames(session, frames, seconds_per_frame, fail_at_frame)
 
 
 def main(argv: list[str] | None = None) -> int:
