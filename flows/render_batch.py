@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 import signal
+import time
 from datetime import timedelta
 from typing import Annotated, Any, Literal
+from uuid import UUID
 
 import anyio
 from prefect import flow, get_client
@@ -274,6 +277,7 @@ async def render_batch(
         credentials_block: Name of a saved Remote Rendering Credentials block (UI: Blocks)
             holding the ARR account to use. Empty: the worker's ARR_* settings.
     """
+    started = time.monotonic()  # a moment after the engine armed the flow's timeout
     logger = run_logger()
     # Every check happens before a session exists: bad input costs nothing.
     session_size = SessionSize.parse(size)
@@ -319,9 +323,7 @@ async def render_batch(
             outcome = "succeeded"
     except BaseException as exc:
         if outcome != "succeeded":
-            outcome = _outcome_of(exc, outcome)
-            job_error = _describe(exc)
-            ended_by = await _ended_by(exc)
+            outcome, ended_by, job_error = await _ending(exc, outcome, started)
         raise
     finally:
         summary = _summary(report, job, outcome, job_error, ended_by, job_times)
@@ -332,10 +334,23 @@ async def render_batch(
     return summary
 
 
+CANCELLED_FROM_PREFECT = "a cancel from the Prefect UI or API"
+
+
+async def _ending(
+    exc: BaseException, outcome: JobOutcome, started: float
+) -> tuple[JobOutcome, str | None, str | None]:
+    """What ended the run: its outcome, who or what ended it, and the job's error (None
+    for a cancel or the flow's timeout: a bare CancelledError says nothing more)."""
+    if _is_cancel(exc) and (timeout := _flow_timeout_passed(started)) is not None:
+        by_timeout = f"the flow's timeout of {format_duration(timeout)}"
+        return ("not started" if outcome == "not started" else "timed out"), by_timeout, None
+    job_error = None if _is_cancel(exc) else _describe(exc)
+    return _outcome_of(exc, outcome), await _ended_by(exc), job_error
+
+
 def _describe(exc: BaseException) -> str:
     """``Type: message``, or just the type when the message is empty."""
-    if isinstance(exc, TerminationSignal):
-        return f"TerminationSignal: signal {signal.Signals(exc.signal).name}"
     text = str(exc).strip()
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
@@ -344,6 +359,43 @@ def _is_cancel(exc: BaseException) -> bool:
     return isinstance(
         exc, asyncio.CancelledError | KeyboardInterrupt | SystemExit | TerminationSignal
     )
+
+
+def _flow_timeout_passed(started: float) -> float | None:
+    """The flow's ``timeout_seconds`` if it has run out: the engine's timeout is an anyio
+    cancel scope around the flow, which cancels it with a bare CancelledError (the
+    engine raises its timeout error only once the flow has returned)."""
+    from prefect.context import FlowRunContext
+
+    context = FlowRunContext.get()
+    flow_ = context.flow if context is not None else None
+    timeout = flow_.timeout_seconds if flow_ is not None else None
+    if not timeout:
+        return None
+    # An enclosing cancel scope was cancelled (not a plain task.cancel()), and the time
+    # is up. ``started`` is taken a moment after the engine armed the scope: 1 s of slack.
+    scope_cancelled = anyio.current_effective_deadline() == -math.inf
+    if scope_cancelled and time.monotonic() - started >= timeout - 1.0:
+        return float(timeout)
+    return None
+
+
+def _signal_behind(exc: BaseException) -> TerminationSignal | None:
+    """The TerminationSignal a cancellation stands for, if any.
+
+    Prefect's SIGTERM handler raises TerminationSignal wherever the main thread is; an
+    idle event loop is in ``select``, outside the flow's task, which asyncio.run's
+    shutdown then cancels: the flow sees a CancelledError raised while the signal was
+    being handled, so the signal is in its ``__context__`` chain.
+    """
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, TerminationSignal):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
 
 
 def _outcome_of(exc: BaseException, outcome: JobOutcome) -> JobOutcome:
@@ -370,32 +422,40 @@ async def _ended_by(exc: BaseException) -> str | None:
         return "a timeout"
     if not _is_cancel(exc):
         return None
-    requested = await _cancel_requested()
-    if requested:
-        return requested
-    if isinstance(exc, TerminationSignal):
-        return f"signal {signal.Signals(exc.signal).name} sent to the flow-run process"
+    if await _cancel_requested():
+        return CANCELLED_FROM_PREFECT
+    if (sent := _signal_behind(exc)) is not None:
+        return f"signal {signal.Signals(sent.signal).name} sent to the flow-run process"
     if isinstance(exc, KeyboardInterrupt):
         return "Ctrl-C (KeyboardInterrupt)"
     return "cancellation of the task running the flow"
 
 
-async def _cancel_requested() -> str | None:
-    """'a cancel from the Prefect UI or API' if the run's state says so (bounded, shielded)."""
+def _flow_run_id() -> str | None:
     from prefect.context import FlowRunContext
 
     context = FlowRunContext.get()
     if context is None or context.flow_run is None:
         return None
+    return str(context.flow_run.id)
+
+
+async def _cancel_requested() -> bool:
+    """Whether the run's state says it was cancelled from the Prefect UI or API
+    (bounded, shielded)."""
+    run_id = _flow_run_id()
+    if run_id is None:
+        return False
     try:
         with anyio.CancelScope(shield=True), anyio.fail_after(10):
             async with get_client() as prefect:
-                run = await prefect.read_flow_run(context.flow_run.id)
+                run = await prefect.read_flow_run(UUID(run_id))
     except Exception:  # noqa: BLE001 - the summary does without it
-        return None
-    if run.state is not None and run.state.type in (StateType.CANCELLING, StateType.CANCELLED):
-        return "a cancel from the Prefect UI or API"
-    return None
+        return False
+    return run.state is not None and run.state.type in (
+        StateType.CANCELLING,
+        StateType.CANCELLED,
+    )
 
 
 def _summary(

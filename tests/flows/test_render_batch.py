@@ -201,6 +201,18 @@ async def test_flow_timeout_stops_session(api_version: str) -> None:
     entry = only_session(emulator)
     assert entry["status"] == "Stopped"
     assert emulator.running() == []
+    # The summary names the timeout, not the bare CancelledError the flow saw.
+    async with get_client() as prefect:
+        from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+        artifacts = await prefect.read_artifacts(
+            artifact_filter=ArtifactFilter(
+                flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id(state)])
+            )
+        )
+    [summary] = [a for a in artifacts if a.key == "render-batch-summary"]
+    assert "timed out (the flow's timeout of 3 s)" in str(summary.data)
+    assert "CancelledError" not in str(summary.data)
 
 
 async def test_parent_flow_failing_inside_rendering_session(emulator: Emulator) -> None:
