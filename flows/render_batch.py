@@ -21,6 +21,7 @@ from pydantic import BaseModel, Field
 from arr_prefect.clock import default_clock
 from arr_prefect.credentials import load_credentials
 from arr_prefect.errors import InvalidInputError, SessionExpiredError, SessionFailedError
+from arr_prefect.flows.cancel_noise import drop_after_prefect_cancel
 from arr_prefect.flows.jobs import (
     DEFAULT_JOB,
     InvalidJobError,
@@ -532,3 +533,6 @@ async def _publish(summary: RenderSummary) -> None:
         run_logger().warning("Could not publish the summary artifact: %s", exc)
     log = run_logger().info if summary.job_outcome == "succeeded" else run_logger().warning
     log("%s", summary.one_line())
+    if summary.ended_by == CANCELLED_FROM_PREFECT and (run_id := _flow_run_id()) is not None:
+        # Said who cancelled and what was stopped: Prefect's two false alarms may go.
+        drop_after_prefect_cancel(run_id)
