@@ -25,7 +25,7 @@ import inspect
 import os
 import shutil
 import signal
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any, Literal
 from uuid import UUID
 
@@ -37,6 +37,7 @@ from prefect.exceptions import ObjectNotFound
 from prefect.states import Cancelled, Cancelling
 from pydantic import BaseModel, ConfigDict
 
+from arr_prefect.clock import Clock, default_clock
 from arr_prefect.errors import InvalidInputError
 from arr_prefect.models import Session
 from arr_prefect.tasks.sessions import run_logger
@@ -193,10 +194,14 @@ async def validate_job(job: JobSpec) -> None:
             raise InvalidJobError(f"deployment {job.target!r} does not exist") from None
 
 
-async def run_job(job: JobSpec, session: Session) -> Any:
-    """Run the job against the Ready session; raise :class:`JobFailedError` if it fails."""
+async def run_job(job: JobSpec, session: Session, clock: Clock | None = None) -> Any:
+    """Run the job against the Ready session; raise :class:`JobFailedError` if it fails.
+
+    The timeout is measured on ``clock`` (the process default: real time, or the
+    emulator's scaled time under ``ARR_TIME_SCALE``), like every other wait of a run.
+    """
     try:
-        async with asyncio.timeout(job.timeout_seconds):
+        async with _clock_timeout(job.timeout_seconds, clock or default_clock()):
             if job.kind == "callable":
                 assert isinstance(job.target, str)
                 return await _run_callable(resolve_callable(job.target), session, job.parameters)
@@ -211,6 +216,28 @@ async def run_job(job: JobSpec, session: Session) -> Any:
         raise JobTimeoutError(
             f"job {job.label} did not finish within {job.timeout_seconds:.0f}s"
         ) from None
+
+
+@contextlib.asynccontextmanager
+async def _clock_timeout(seconds: float | None, clock: Clock) -> AsyncIterator[None]:
+    """``asyncio.timeout(seconds)``, with the seconds counted on ``clock``: a timer task
+    sleeps on the clock, then expires the timeout at once. The body sees the cancel, and
+    ``TimeoutError`` leaves the block, exactly as with a real-time ``asyncio.timeout``."""
+    async with asyncio.timeout(None) as timeout:
+        if seconds is None:
+            yield
+            return
+        loop = asyncio.get_running_loop()
+
+        async def expire() -> None:
+            await clock.sleep(seconds)
+            timeout.reschedule(loop.time())
+
+        timer = asyncio.ensure_future(expire())
+        try:
+            yield
+        finally:
+            timer.cancel()
 
 
 async def _run_callable(

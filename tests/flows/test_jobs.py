@@ -15,11 +15,16 @@ import pytest
 from prefect import flow, get_client
 from prefect.client.schemas.filters import FlowFilter, FlowFilterName
 
+from arr_prefect.clock import VirtualClock
 from arr_prefect.emulator import Emulator
 from arr_prefect.flows import JobTimeoutError, render_batch, rendering_session
 from arr_prefect.flows.jobs import JobSpec, run_job
+from arr_prefect.models import Session
 
 pytestmark = [pytest.mark.usefixtures("arr"), pytest.mark.realtime_job]
+
+
+NOBODY_RUNS = FlowFilter(name=FlowFilterName(any_=["arr-test-job-nobody-runs"]))
 
 
 def job_writing_pids(path: Path) -> JobSpec:
@@ -61,17 +66,50 @@ def still_running(pids: list[int]) -> list[int]:
 
 
 async def test_job_timeout_ends_the_job_and_its_children(
-    emulator: Emulator, tmp_path: Path
+    emulator: Emulator, clock: VirtualClock, tmp_path: Path
 ) -> None:
-    """Past its timeout the job's whole process group is ended, children included."""
+    """Past its timeout (on the run's clock, moved by the test) the job's whole process
+    group is ended, children included."""
     pid_file = tmp_path / "pids"
-    job = job_writing_pids(pid_file).model_copy(update={"timeout_seconds": 1.0})
-    with pytest.raises(JobTimeoutError):
+    job = job_writing_pids(pid_file).model_copy(update={"timeout_seconds": 60.0})
+
+    async def pipeline() -> None:
         async with rendering_session(lease=timedelta(minutes=5)) as session:
             await run_job(job, session)
+
+    task = asyncio.create_task(pipeline())
     pids = await pids_written(pid_file)
+    assert [p for p in pids if running(p)] == pids
+    clock.advance(60)
+    with pytest.raises(JobTimeoutError):
+        await asyncio.wait_for(task, 10)  # bounds a failure only: it ends at once
     assert still_running(pids) == []
     assert emulator.running() == []
+
+
+async def test_job_timeout_counts_on_the_runs_clock(clock: VirtualClock) -> None:
+    """The job's timeout is measured on the run's clock (real time in production, the
+    emulator's time in tests and demos): not a moment early, and at once when it is due."""
+    session = Session(id="s", status="Ready")
+    job = JobSpec(
+        kind="callable", target="tests.flows.sample_jobs:block_forever", timeout_seconds=60.0
+    )
+    task = asyncio.create_task(run_job(job, session))
+
+    async def settle() -> None:
+        # The job, once cancelled, ends within a few steps of the loop: give it many.
+        for _ in range(100):
+            await asyncio.sleep(0)
+
+    await settle()
+    clock.advance(59.9)
+    await settle()
+    assert not task.done(), "the job timed out before its timeout"
+    clock.advance(0.1)
+    await settle()
+    assert task.done(), "the job did not time out when its timeout was due"
+    with pytest.raises(JobTimeoutError, match="within 60s"):
+        await task
 
 
 async def test_cancel_ends_the_job_and_its_children(emulator: Emulator, tmp_path: Path) -> None:
@@ -103,29 +141,37 @@ def job_nobody_runs(
     """A job flow deployed to a pool with no worker: its runs stay Scheduled."""
 
 
-async def test_deployment_job_past_its_timeout_is_cancelled(emulator: Emulator) -> None:
+async def test_deployment_job_past_its_timeout_is_cancelled(
+    emulator: Emulator, clock: VirtualClock
+) -> None:
     """A deployment job that never starts (no worker) is cancelled when the job times out:
     its flow run ends Cancelled, not left Scheduled (or Cancelling, with nobody to finish
-    it), and the session is stopped."""
+    it), and the session is stopped. The timeout is on the run's clock: the test moves it
+    once the job's flow run exists."""
     async with get_client() as prefect:
         flow_id = await prefect.create_flow(job_nobody_runs)
         await prefect.create_deployment(
             flow_id=flow_id, name="no-worker", entrypoint="tests/flows/test_jobs.py:job_nobody_runs"
         )
-    with pytest.raises(JobTimeoutError):
-        await render_batch(
-            # 6 s: at 1.2 s the job's run_deployment had not created the flow run yet on a
-            # loaded machine once render_batch persists its result (failed twice at 1.2 s,
-            # passed at 6 s); a job that never starts is cancelled at any timeout.
-            job_deployment="arr-test-job-nobody-runs/no-worker",
-            job_timeout_minutes=0.1,
+        before = {r.id for r in await prefect.read_flow_runs(flow_filter=NOBODY_RUNS)}
+        batch = asyncio.create_task(
+            render_batch(job_deployment="arr-test-job-nobody-runs/no-worker", job_timeout_minutes=1)
         )
-    async with get_client() as prefect:
-        runs = await prefect.read_flow_runs(
-            flow_filter=FlowFilter(name=FlowFilterName(any_=["arr-test-job-nobody-runs"]))
-        )
-    assert len(runs) >= 1
-    latest = max(runs, key=lambda r: r.created or 0)
-    assert latest.state is not None
-    assert latest.state.name == "Cancelled", latest.state
+        for _ in range(600):  # 60 s at most: bounds a failure only
+            runs = [
+                r
+                for r in await prefect.read_flow_runs(flow_filter=NOBODY_RUNS)
+                if r.id not in before
+            ]
+            if runs or batch.done():
+                break
+            await asyncio.sleep(0.1)
+        assert len(runs) == 1, (runs, batch)
+        assert not batch.done()
+        clock.advance(60)
+        with pytest.raises(JobTimeoutError):
+            await asyncio.wait_for(batch, 60)  # bounds a failure only
+        job = await prefect.read_flow_run(runs[0].id)
+    assert job.state is not None
+    assert job.state.name == "Cancelled", job.state
     assert emulator.running() == []

@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import sys
+from collections.abc import Iterator
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 from uuid import UUID
 
+import httpx
 import pytest
 from prefect import flow, get_client
+from prefect._internal.concurrency.cancellation import AsyncCancelScope, cancel_async_after
 from prefect.client.schemas.objects import State
 from prefect.exceptions import ParameterTypeError
+from prefect.utilities import timeout as prefect_timeout
 
 from arr_prefect.auth import TokenCache
 from arr_prefect.client import ArrClient, use_client_factory
@@ -32,6 +39,7 @@ from arr_prefect.flows import (
 )
 from arr_prefect.flows import session as session_module
 from arr_prefect.flows.sample_job import SampleJobError
+from tests.flows import sample_jobs
 from tests.flows.conftest import make_settings
 
 pytestmark = pytest.mark.usefixtures("arr")
@@ -43,6 +51,29 @@ def only_session(emulator: Emulator) -> dict[str, Any]:
     sessions: list[dict[str, Any]] = emulator.ledger()["sessions"]
     assert len(sessions) == 1, sessions
     return sessions[0]
+
+
+def alive(pid: int) -> bool:
+    """True while ``pid`` runs (a zombie nobody reaped yet runs no more)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except FileNotFoundError:
+        return False
+
+
+def read_pid(path: Path) -> int | None:
+    text = path.read_text() if path.exists() else ""
+    return int(text) if text.endswith("\n") else None
+
+
+async def pid_written(path: Path) -> int:
+    """The PID a command job wrote to ``path``, once written (it starts in milliseconds)."""
+    for _ in range(3000):  # 30 s at most: bounds a failure only
+        if (pid := read_pid(path)) is not None:
+            return pid
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"the job never wrote its PID to {path}")
 
 
 def flow_run_id(state: State[Any]) -> UUID:
@@ -171,33 +202,105 @@ async def test_command_job_exit_code_decides(emulator: Emulator) -> None:
 
 
 @pytest.mark.realtime_job
-async def test_command_job_timeout_kills_it(emulator: Emulator) -> None:
-    """A command job past its timeout is ended and the run fails; the session is stopped."""
-    command = [sys.executable, "-c", "import time; time.sleep(60)"]
-    with pytest.raises(JobTimeoutError):
-        await render_batch(job_command=command, job_timeout_minutes=0.02)
+async def test_command_job_timeout_kills_it(
+    emulator: Emulator, clock: VirtualClock, tmp_path: Path
+) -> None:
+    """A command job past its timeout, counted on the run's clock, is ended and the run
+    fails; the session is stopped. The test moves the clock: no real time waited."""
+    pid_file = tmp_path / "pid"
+    command = ["sh", "-c", f'echo $$ > "{pid_file}"; exec sleep 600']
+    run = asyncio.create_task(render_batch(job_command=command, job_timeout_minutes=1))
+    pid = await pid_written(pid_file)
+    assert alive(pid)
+    clock.advance(60)
+    with pytest.raises(JobTimeoutError, match="within 60s"):
+        await asyncio.wait_for(run, 10)  # bounds a failure only: it ends at once
+    assert not alive(pid)
     assert only_session(emulator)["status"] == "Stopped"
 
 
-async def test_flow_timeout_stops_session(api_version: str) -> None:
-    """The flow's own timeout cancels the job, and teardown still stops the session."""
-    clock = VirtualClock()  # no autojump: the job blocks in real time until the timeout
+class YieldingTransport(httpx.AsyncBaseTransport):
+    """``inner``, suspending the caller once per request, as any network round trip does."""
+
+    def __init__(self, inner: httpx.AsyncBaseTransport) -> None:
+        self.inner = inner
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        await asyncio.sleep(0)
+        return await self.inner.handle_async_request(request)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+FLOW_TIMEOUT = 1.0
+"""The flow's ``timeout_seconds`` in the flow-timeout test (its deadline is the test's)."""
+
+
+async def test_flow_timeout_stops_session(
+    api_version: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The flow's own timeout cancels the job, teardown still stops the session, and the
+    summary says the flow's timeout ended the run.
+
+    Prefect's timeout is a cancel scope around the flow, with a real-time deadline armed
+    when the flow starts. A 3 s deadline raced the run's set-up, and lost it on a loaded
+    machine: it fired before the create was sent, and there was no session at all. Here
+    the engine's scope for this flow is armed without a deadline and recorded, and the
+    test expires it (``cancel()``: what the deadline does when it passes) once the job
+    runs on the Ready session. The flow's ``timeout_seconds`` stays 1 s, so the engine
+    reports "exceeded timeout of 1.0 second(s)" and render-batch's summary the flow's
+    timeout (its check that the time is up allows 1 s of slack, so it holds here).
+
+    Every request yields to the event loop once, as a network round trip does (the
+    in-process transport may answer without ever suspending): an unshielded stop would
+    then be cancelled by the expired scope, which re-cancels at every await inside it.
+    """
+    clock = VirtualClock()  # no autojump: nothing moves but what the test moves
     emulator = Emulator(clock=clock, startup_seconds=0)
     settings = make_settings(api_version)
     cache = TokenCache()
+    flow_timeouts: list[AsyncCancelScope] = []
+    arm = cancel_async_after  # what prefect.utilities.timeout arms the flow's timeout with
+
+    @contextlib.contextmanager
+    def recording(timeout: float | None, name: str | None = None) -> Iterator[Any]:
+        if timeout != FLOW_TIMEOUT:
+            with arm(timeout=timeout, name=name) as scope:
+                yield scope
+            return
+        with arm(timeout=None, name=name) as scope:  # the test is the deadline
+            flow_timeouts.append(scope)
+            yield scope
+
+    monkeypatch.setattr(prefect_timeout, "cancel_async_after", recording)
+    job_started = asyncio.Event()
+    monkeypatch.setattr(sample_jobs, "on_start", lambda session: job_started.set())
     with (
         use_clock(clock),
         use_client_factory(
             lambda chosen=None: ArrClient(
-                chosen or settings, transport=emulator.transport(), clock=clock, token_cache=cache
+                chosen or settings,
+                transport=YieldingTransport(emulator.transport()),
+                clock=clock,
+                token_cache=cache,
             )
         ),
     ):
-        state = await render_batch.with_options(timeout_seconds=3)(
-            job_callable="tests.flows.sample_jobs:block_forever", return_state=True
-        )
+
+        async def timed_run() -> State[Any]:
+            return await render_batch.with_options(timeout_seconds=FLOW_TIMEOUT)(
+                job_callable="tests.flows.sample_jobs:block_forever", return_state=True
+            )
+
+        run = asyncio.create_task(timed_run())
+        await asyncio.wait_for(job_started.wait(), 60)  # bounds a failure only
+        assert only_session(emulator)["status"] == "Ready"
+        [timeout] = flow_timeouts
+        timeout.cancel()
+        state = await asyncio.wait_for(run, 60)
     assert state.is_failed()
-    assert "exceeded timeout" in (state.message or "")
+    assert f"exceeded timeout of {FLOW_TIMEOUT}" in (state.message or "")
     entry = only_session(emulator)
     assert entry["status"] == "Stopped"
     assert emulator.running() == []
@@ -211,7 +314,7 @@ async def test_flow_timeout_stops_session(api_version: str) -> None:
             )
         )
     [summary] = [a for a in artifacts if a.key == "render-batch-summary"]
-    assert "timed out (the flow's timeout of 3 s)" in str(summary.data)
+    assert "timed out (the flow's timeout of 1 s)" in str(summary.data)
     assert "CancelledError" not in str(summary.data)
 
 
