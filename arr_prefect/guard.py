@@ -11,13 +11,16 @@ The guard is a small helper process the flow-run process starts at its first ses
 reads a pipe whose only writer is the flow-run process; the kernel closes that end when
 the process dies, however it dies, so the guard sees end-of-file at once and stops every
 session still registered with it (looked up first: only what is still active), then
-emits ``arr.session.stopped`` with ``stopped_by: guard``. ``rendering_session`` registers
+emits ``arr.session.stopped`` with ``stopped_by: guard`` and the payload every session
+event carries (size, API version, elapsed and billed time, estimated cost, from the
+session's properties as the service gives them after the stop), related to the flow run,
+flow and deployment the flow-run process registered it with. ``rendering_session`` registers
 a session as soon as its ID is known and releases it once teardown has stopped it, so
 after a normal end the guard has nothing to do; a session whose stop failed stays
 registered and is tried once more when the process exits.
 
 This module imports no Prefect (the guard starts in well under a second); the guard
-imports ``prefect.events`` only after the sessions are stopped, to say so.
+imports it (``arr_prefect.flows.events``) only after the sessions are stopped, to say so.
 """
 
 from __future__ import annotations
@@ -30,8 +33,10 @@ import os
 import subprocess
 import sys
 import threading
+from dataclasses import dataclass
 from typing import Any
 
+from arr_prefect.models import Session
 from arr_prefect.settings import ArrSettings, load_settings
 
 __all__ = ["STOPPED_BY", "SessionGuard", "session_guard"]
@@ -70,13 +75,33 @@ class SessionGuard:
     def alive(self) -> bool:
         return not self._broken and self.process.poll() is None
 
-    def watch(self, session_id: str, settings: ArrSettings, flow_run_id: str | None) -> None:
-        """Stop ``session_id`` (with these settings) if this process dies before release."""
+    def watch(
+        self,
+        session_id: str,
+        settings: ArrSettings,
+        flow_run_id: str | None,
+        *,
+        flow_run_name: str | None = None,
+        flow_id: str | None = None,
+        deployment_id: str | None = None,
+    ) -> None:
+        """Stop ``session_id`` (with these settings) if this process dies before release;
+        its ``arr.session.stopped`` event is then related to this flow run (and its flow
+        and deployment)."""
         values = settings.model_dump(mode="json")
         if settings.account_key is not None:
             # Through a private pipe to our own child: never argv, env or a file.
             values["account_key"] = settings.account_key.get_secret_value()
-        self._send({"watch": session_id, "settings": values, "flow_run_id": flow_run_id})
+        self._send(
+            {
+                "watch": session_id,
+                "settings": values,
+                "flow_run_id": flow_run_id,
+                "flow_run_name": flow_run_name,
+                "flow_id": flow_id,
+                "deployment_id": deployment_id,
+            }
+        )
 
     def release(self, session_id: str) -> None:
         """Teardown stopped ``session_id``: the guard forgets it."""
@@ -132,25 +157,96 @@ def _say(text: str) -> None:
         print(f"arr session guard: {text}", file=sys.stderr, flush=True)
 
 
-async def _stop_one(session_id: str, values: dict[str, Any]) -> bool:
-    """Stop the session if still active; True when this call stopped it."""
+@dataclass(frozen=True)
+class _Stopped:
+    """A session the guard stopped, and what the service said of it."""
+
+    session_id: str
+    before: Session
+    """As read just before the stop."""
+    after: Session | None
+    """As read after the stop (its final properties), if that read succeeded."""
+    asked: float
+    """The guard's clock when it looked the session up."""
+    stopped: float
+    """The guard's clock once the service accepted the stop."""
+    api_version: str
+    price_per_hour: float | None
+    currency: str
+
+    @property
+    def elapsed_seconds(self) -> float | None:
+        """How long the session ran: since its create request where the guard can tell
+        (its clock against the service's creation time, as the hooks count), and never
+        less than the service's own count of its time Ready (all a v1 session says, and
+        all that compares when the guard's clock is an emulator's scaled one)."""
+        ready: float | None = None
+        if self.after is not None and self.after.elapsed is not None:
+            ready = self.after.elapsed.total_seconds()
+        elif self.before.elapsed is not None:
+            ready = self.before.elapsed.total_seconds() + (self.stopped - self.asked)
+        created = self.before.created_at
+        since_create = self.stopped - created.timestamp() if created is not None else None
+        known = [s for s in (ready, since_create) if s is not None]
+        return max(known) if known else None
+
+    def payload(self, owner: str) -> dict[str, Any]:
+        """The ``arr.session.stopped`` payload (flows.events' schema: imports Prefect)."""
+        from arr_prefect.flows.events import session_payload
+
+        return session_payload(
+            self.session_id,
+            size=self.before.size.value if self.before.size else None,
+            api_version=self.api_version,
+            elapsed_seconds=self.elapsed_seconds,
+            price_per_hour=self.price_per_hour,
+            currency=self.currency,
+            stopped_by=STOPPED_BY,
+            reason=f"the flow-run process {owner} died",
+            final_status=self.after.status.value if self.after is not None else None,
+            stop_seconds=round(self.stopped - self.asked, 1),
+        )
+
+
+async def _stop_one(session_id: str, values: dict[str, Any]) -> _Stopped | None:
+    """Stop the session if still active; what it was, when this call stopped it."""
     from arr_prefect.client import ArrClient
-    from arr_prefect.errors import SessionNotFoundError
+    from arr_prefect.errors import ArrError, SessionNotFoundError
 
-    async with ArrClient(load_settings(_env_file=None, **values)) as arr:
+    settings = load_settings(_env_file=None, **values)
+    async with ArrClient(settings) as arr:
+        asked = arr.clock.time()
         try:
-            if not (await arr.get_session(session_id)).status.is_active:
-                return False
+            before = await arr.get_session(session_id)
         except SessionNotFoundError:
-            return False
-        return await arr.stop_session(session_id)
-
-
-async def _stop_all(watched: dict[str, dict[str, Any]]) -> list[str]:
-    async def one(session_id: str, message: dict[str, Any]) -> str | None:
+            return None
+        if not before.status.is_active:
+            return None
+        if not await arr.stop_session(session_id):
+            return None
+        stopped = arr.clock.time()
         try:
-            if await _stop_one(session_id, message["settings"]):
-                return session_id
+            # The final properties, for the event only: the stop is done.
+            after: Session | None = await arr.get_session(session_id)
+        except ArrError:
+            after = None
+        size = before.size.value if before.size else None
+        return _Stopped(
+            session_id=session_id,
+            before=before,
+            after=after,
+            asked=asked,
+            stopped=stopped,
+            api_version=arr.api_version,
+            price_per_hour=settings.price_per_hour(size) if size else None,
+            currency=settings.price_currency,
+        )
+
+
+async def _stop_all(watched: dict[str, dict[str, Any]]) -> list[_Stopped]:
+    async def one(session_id: str, message: dict[str, Any]) -> _Stopped | None:
+        try:
+            return await _stop_one(session_id, message["settings"])
         except Exception as exc:  # noqa: BLE001 - one failure must not spare the others
             _say(f"could not stop session {session_id}: {exc}")
         return None
@@ -164,30 +260,27 @@ async def _stop_all(watched: dict[str, dict[str, Any]]) -> list[str]:
     return [s for s in done if s is not None]
 
 
-def _announce(stopped: list[str], watched: dict[str, dict[str, Any]]) -> None:
-    """Emit ``arr.session.stopped`` (stopped_by guard) for each session a flow run owned."""
-    stopped = [s for s in stopped if watched[s].get("flow_run_id")]
-    if not stopped:
+def _announce(stopped: list[_Stopped], watched: dict[str, dict[str, Any]], owner: str) -> None:
+    """Emit ``arr.session.stopped`` (stopped_by guard) for each session a flow run owned,
+    with the session events' payload and related resources (:mod:`arr_prefect.flows.events`)."""
+    owned = [s for s in stopped if watched[s.session_id].get("flow_run_id")]
+    if not owned:
         return
     try:
-        from prefect.events import emit_event
         from prefect.events.worker import EventsWorker
 
-        for session_id in stopped:
-            flow_run_id = watched[session_id]["flow_run_id"]
-            emit_event(
-                "arr.session.stopped",
-                resource={
-                    "prefect.resource.id": f"arr.session.{session_id}",
-                    "arr.session.id": session_id,
-                },
-                related=[
-                    {
-                        "prefect.resource.id": f"prefect.flow-run.{flow_run_id}",
-                        "prefect.resource.role": "flow-run",
-                    }
-                ],
-                payload={"stopped_by": STOPPED_BY},
+        from arr_prefect.flows.events import RunRef, emit_session_event
+
+        for session in owned:
+            message = watched[session.session_id]
+            run = RunRef(
+                flow_run_id=str(message["flow_run_id"]),
+                flow_run_name=message.get("flow_run_name"),
+                flow_id=message.get("flow_id"),
+                deployment_id=message.get("deployment_id"),
+            )
+            emit_session_event(
+                "arr.session.stopped", session.session_id, run, session.payload(owner)
             )
         EventsWorker.drain_all(timeout=30)
     except Exception as exc:  # noqa: BLE001 - the sessions are stopped; the event is a note
@@ -215,9 +308,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     _say(f"process {owner} is gone; stopping its sessions {', '.join(sorted(watched))}")
     stopped = asyncio.run(_stop_all(watched))
-    for session_id in stopped:
-        _say(f"stopped session {session_id} of dead process {owner}")
-    _announce(stopped, watched)
+    for session in stopped:
+        _say(f"stopped session {session.session_id} of dead process {owner}")
+    _announce(stopped, watched, owner)
     return 0
 
 

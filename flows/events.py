@@ -20,9 +20,10 @@ Events, when each is emitted, and their extra payload fields:
   request), ``hostname``.
 - ``arr.session.lease-renewed``: the rolling lease was renewed. ``lease_seconds``,
   ``renewals``.
-- ``arr.session.stopped``: we stopped it. ``stopped_by`` (``finally``, or
-  ``hook:<flow-run state>`` when a Prefect hook did), ``reason`` (why it ended, if not
-  finished normally), ``final_status``, ``stop_seconds``.
+- ``arr.session.stopped``: we stopped it. ``stopped_by`` (``finally``,
+  ``hook:<flow-run state>`` when a Prefect hook did, or ``guard`` when the session guard
+  did, the flow-run process having died), ``reason`` (why it ended, if not finished
+  normally), ``final_status``, ``stop_seconds``.
 - ``arr.session.failed``: the service ended it in Error. ``reason`` (the service's
   message).
 - ``arr.session.expired``: its lease ran out. ``reason``.

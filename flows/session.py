@@ -57,7 +57,13 @@ from arr_prefect.errors import (
     SessionFailedError,
     SessionNotFoundError,
 )
-from arr_prefect.flows.events import emit_session_event, run_of, session_payload
+from arr_prefect.flows.events import (
+    RunRef,
+    current_run,
+    emit_session_event,
+    run_of,
+    session_payload,
+)
 from arr_prefect.flows.progress import ready_wait_progress
 from arr_prefect.flows.quota import SessionSlot, session_limit_name, session_slot
 from arr_prefect.guard import SessionGuard, session_guard
@@ -751,6 +757,24 @@ def _guard_for(arr: ArrClient) -> SessionGuard | None:
     return session_guard()
 
 
+def _guard_watch(
+    guard: SessionGuard, session_id: str, arr: ArrClient, flow_run_id: str | None
+) -> None:
+    """Register the session with the guard, with the flow run (and its flow and
+    deployment) that the guard's ``arr.session.stopped`` event is to be related to."""
+    ref = current_run()
+    if ref is None or ref.flow_run_id != flow_run_id:
+        ref = RunRef(flow_run_id) if flow_run_id is not None else None
+    guard.watch(
+        session_id,
+        arr.settings,
+        flow_run_id,
+        flow_run_name=ref.flow_run_name if ref is not None else None,
+        flow_id=ref.flow_id if ref is not None else None,
+        deployment_id=ref.deployment_id if ref is not None else None,
+    )
+
+
 async def _stop_in_teardown(
     arr: ArrClient,
     session_id: str,
@@ -898,7 +922,7 @@ async def rendering_session(
             tagged = await record_owner(session_id)
         guard = _guard_for(arr)
         if guard is not None and session_id is not None:
-            guard.watch(session_id, arr.settings, flow_run_id)
+            _guard_watch(guard, session_id, arr, flow_run_id)
         report.created_at = arr.clock.time()
         cancels_seen: list[BaseException] = []
 
@@ -929,7 +953,7 @@ async def rendering_session(
             raise
         report.session_id = session.id
         if guard is not None and session_id is None:
-            guard.watch(session.id, arr.settings, flow_run_id)
+            _guard_watch(guard, session.id, arr, flow_run_id)
 
         host = asyncio.current_task()
         body_lost: SessionEndedError | WorkerLostError | None = None

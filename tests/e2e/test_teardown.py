@@ -24,6 +24,7 @@ import httpx
 import pytest
 from prefect.client.orchestration import PrefectClient
 from prefect.client.schemas.objects import FlowRun
+from prefect.events import Event
 from prefect.events.filters import EventFilter, EventNameFilter, EventResourceFilter
 from prefect.states import Cancelling
 
@@ -366,8 +367,9 @@ class Scene:
         assert self.run_id is not None
         return await self.wait_final(self.run_id, "the render-batch run to end")
 
-    async def stop_events(self) -> list[tuple[float, str]]:
-        """(occurred, who) of every event saying who stopped the session, oldest first."""
+    async def stop_events(self) -> list[tuple[float, str, Event]]:
+        """(occurred, who, event) of every event saying who stopped the session, oldest
+        first."""
         page = await self.prefect.read_events(
             filter=EventFilter(
                 event=EventNameFilter(name=["arr.session.stopped", "arr.reaper.stopped"]),
@@ -382,18 +384,18 @@ class Scene:
                 if event.event == "arr.reaper.stopped"
                 else str(event.payload.get("stopped_by", "?"))
             )
-            found.append((event.occurred.timestamp(), who))
-        return sorted(found)
+            found.append((event.occurred.timestamp(), who, event))
+        return sorted(found, key=lambda f: f[0])
 
-    async def who_stopped(self, entry: dict[str, Any]) -> str:
+    async def who_stopped(self, entry: dict[str, Any]) -> tuple[str, Event | None]:
         """The ledger says stopped or expired; for a stop, Prefect's events say by whom
         (the earliest: a later hook stopping an already stopped session is a no-op)."""
         if entry["end_reason"] == "expired":
-            return "rolling lease (expired)"
+            return "rolling lease (expired)", None
         if entry["end_reason"] != "stopped":
-            return f"? ({entry['end_reason']})"
+            return f"? ({entry['end_reason']})", None
 
-        async def events() -> list[tuple[float, str]] | None:
+        async def events() -> list[tuple[float, str, Event]] | None:
             return (await self.stop_events()) or None
 
         found = await until(
@@ -403,7 +405,25 @@ class Scene:
             describe=self.describe,
             step=0.5,
         )
-        return found[0][1]
+        return found[0][1], found[0][2]
+
+
+SESSION_PAYLOAD = ("session_id", "size", "api_version", "elapsed_seconds", "billed_minutes")
+"""Payload fields every arr.session.* event carries (issue 12), never null in a stop."""
+
+
+def check_stop_event(event: Event, session_id: str) -> None:
+    """The arr.session.stopped event, whichever layer emitted it (finally, a hook, the
+    guard), carries the session events' payload and is related to the flow run, its flow
+    and its deployment."""
+    context = f"{event.event} {event.payload} related {event.related}"
+    for name in SESSION_PAYLOAD:
+        assert event.payload.get(name) is not None, f"no {name}: {context}"
+    assert event.payload["session_id"] == session_id, context
+    # (final_status: finally's and the guard's events have it, the hooks' not yet.)
+    assert {"estimated_cost", "currency", "stop_seconds"} <= set(event.payload), context
+    roles = {r.role for r in event.related}
+    assert {"flow-run", "flow", "deployment"} <= roles, context
 
 
 @dataclass(frozen=True)
@@ -418,6 +438,8 @@ class Observed:
     """Real seconds from the trigger until the test saw the session over."""
     who: str
     state: str
+    event: Event | None
+    """The arr.session.stopped (or arr.reaper.stopped) event of who stopped it."""
 
 
 async def observe(scene: Scene) -> Observed:
@@ -431,9 +453,9 @@ async def observe(scene: Scene) -> Observed:
     assert entry["ended_at"] is not None
     overrun = parse_time(entry["ended_at"]) - triggered
     run = await scene.wait_run_final()
-    who = await scene.who_stopped(entry)
+    who, event = await scene.who_stopped(entry)
     state = (run.state.name if run.state else None) or "?"
-    return Observed(entry, overrun, observed_real, who, state)
+    return Observed(entry, overrun, observed_real, who, state, event)
 
 
 @pytest.mark.parametrize("scenario", SCENARIOS)
@@ -471,8 +493,10 @@ async def test_session_is_stopped_within_one_lease(live_worker: Stack, scenario:
     )
     context = f"{scenario.name}: stopped by {seen.who}, run {seen.state}, entry {seen.entry}"
 
-    assert seen.entry["end_reason"] == "stopped", context
     assert seen.who == scenario.stopped_by, context
+    assert seen.entry["end_reason"] == "stopped", context
+    if seen.event is not None and seen.event.event == "arr.session.stopped":
+        check_stop_event(seen.event, seen.entry["id"])
     assert seconds_to_stop <= scenario.within, context
     assert seen.overrun <= scenario.lease_minutes * 60 + OVERRUN_TOLERANCE, context
     assert seen.state in scenario.final_states, context
