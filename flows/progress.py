@@ -51,6 +51,10 @@ JOB_PROGRESS_KEY = "render-job-progress"
 
 # How often the Ready wait's artifact is refreshed (session clock seconds).
 READY_WAIT_UPDATE_SECONDS = 15.0
+# How long a wait for Ready lasts before its artifact is first written (session clock
+# seconds): a real start takes minutes, and a session Ready sooner has no wait to show, so
+# it costs the Prefect API nothing (two writes per session otherwise).
+READY_WAIT_FIRST_SECONDS = 10.0
 _WRITE_TIMEOUT_SECONDS = 10.0
 
 
@@ -138,7 +142,10 @@ async def ready_wait_progress(
     ready_timeout: float | None,
 ) -> AsyncIterator[ProgressArtifact]:
     """While the body waits for Ready, refresh the ``session-ready-wait`` artifact every
-    15 s of session time: the time since the create request, as a share of the timeout."""
+    15 s of session time: the time since the create request, as a share of the timeout.
+
+    The artifact is first written once the wait has lasted 10 s of session time; a
+    session Ready sooner gets none (and the caller's 100 % update is then skipped)."""
     artifact = ProgressArtifact(READY_WAIT_KEY)
     limit = f" (gives up after {format_duration(ready_timeout)})" if ready_timeout else ""
 
@@ -156,6 +163,7 @@ async def ready_wait_progress(
 
     async def refresh() -> None:
         nonlocal writing
+        await clock.sleep(READY_WAIT_FIRST_SECONDS)
         while not done:
             writing = True
             try:

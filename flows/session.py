@@ -1013,11 +1013,12 @@ async def rendering_session(
                         created_at=report.created_at,
                     )
                 report.ready_at = arr.clock.time()
-                await progress.update(
-                    100,
-                    f"Session {session.id} is Ready,"
-                    f" {format_duration(report.time_to_ready)} after the create request",
-                )
+                if progress.artifact_id is not None:  # none for a wait too short to show
+                    await progress.update(
+                        100,
+                        f"Session {session.id} is Ready,"
+                        f" {format_duration(report.time_to_ready)} after the create request",
+                    )
             else:
                 session = await arr.wait_until_ready(
                     session.id, timeout=ready_timeout, poll_interval=poll_interval

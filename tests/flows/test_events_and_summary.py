@@ -215,6 +215,27 @@ async def test_progress_artifacts_follow_the_wait_and_the_job(emulator: Emulator
     assert job.description == "4 of 4 done: frame 4 of 4 rendered"
 
 
+async def test_a_session_ready_at_once_writes_no_wait_artifact(emulator: Emulator) -> None:
+    """A wait for Ready too short to show (under 10 s of session time) costs the Prefect API
+    nothing: no session-ready-wait artifact, created or updated."""
+    from prefect import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    emulator.state.startup_seconds = 5
+    state = await render_batch(
+        job_parameters={"frames": 1, "seconds_per_frame": 1}, return_state=True
+    )
+    async with get_client() as prefect:
+        artifacts = await prefect.read_artifacts(
+            artifact_filter=ArtifactFilter(
+                flow_run_id=ArtifactFilterFlowRunId(any_=[state.state_details.flow_run_id])
+            )
+        )
+    keys = {a.key for a in artifacts if a.key}
+    assert "session-ready-wait" not in keys
+    assert {"render-batch-summary", "render-job-progress"} <= keys
+
+
 async def test_report_progress_outside_a_job_does_nothing() -> None:
     """A callable used outside render-batch can call report_progress harmlessly."""
     from arr_prefect.flows import report_progress
