@@ -8,7 +8,10 @@ the session is stopped. Create the limit once per account::
 
     prefect global-concurrency-limit create arr-sessions-<account id> --limit 3
 
-No such limit, no quota: the session is created at once (one log line says so).
+No such limit, no quota: the session is created at once (one log line says so). The
+answer holds for the rest of the flow run: its other sessions do not ask again, and
+sessions starting together ask once between them (the first one's question), so a run of
+200 sessions without a limit costs the Prefect server one request, not 400.
 
 Slots are **leased** (Prefect 3's ``/v2/concurrency_limits/increment-with-lease``): the
 server grants the slot for ``ARR_SESSION_SLOT_LEASE_SECONDS`` (60 s by default, the least
@@ -41,6 +44,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -83,6 +87,16 @@ PROGRESS_EVERY_SECONDS = 30.0
 # database away) are retried this often while waiting, renewing or releasing.
 _RETRY_SECONDS = 2.0
 _RELEASE_TIMEOUT_SECONDS = 30.0
+
+
+_AbsenceKey = tuple[str, str, str]
+"""(Prefect API URL, flow run ID, limit name)."""
+
+_ABSENT: OrderedDict[_AbsenceKey, None] = OrderedDict()
+"""Limits found missing, per flow run: the run's quota stays off (most recent last)."""
+_ABSENT_MAX = 4096
+_ASKING: dict[tuple[asyncio.AbstractEventLoop, _AbsenceKey], asyncio.Future[None]] = {}
+"""A first question in flight, per event loop: sessions starting with it await its answer."""
 
 
 def session_limit_name(template: str, account_id: str | None) -> str:
@@ -263,7 +277,11 @@ class SessionSlot:
         body: dict[str, Any] = response.json()
         lease_id = UUID(body["lease_id"])
         if not body.get("limits"):
-            # No such limit: the server made an empty lease; hand it back, quota off.
+            # No such limit: the server made an empty lease; hand it back, quota off (for
+            # the rest of this flow run: its other sessions do not ask again).
+            _ABSENT[self._absence_key(client)] = None
+            while len(_ABSENT) > _ABSENT_MAX:
+                _ABSENT.popitem(last=False)
             with contextlib.suppress(Exception):
                 await client.release_concurrency_slots_with_lease(lease_id=lease_id)
             run_logger().info(
@@ -275,6 +293,33 @@ class SessionSlot:
         self.lease_id = lease_id
         self.enforced = True
         return None
+
+    def _absence_key(self, client: PrefectClient) -> _AbsenceKey:
+        return (str(client.api_url), self.flow_run_id or "", self.limit_name)
+
+    async def _first_attempt(self, client: PrefectClient) -> float | None:
+        """The first :meth:`_try_acquire`, unless this flow run already learnt that the
+        limit does not exist. While another session of the run is asking the same
+        question, wait for its answer instead of asking too: 200 sessions starting
+        together ask once when there is no limit (and each takes its own slot when
+        there is)."""
+        key = self._absence_key(client)
+        loop = asyncio.get_running_loop()
+        while True:
+            if key in _ABSENT:
+                return None
+            asking = _ASKING.get((loop, key))
+            if asking is None:
+                break
+            # Shielded: a cancel of ours must not cancel the question other sessions await.
+            await asyncio.shield(asking)
+        answered: asyncio.Future[None] = loop.create_future()
+        _ASKING[(loop, key)] = answered
+        try:
+            return await self._try_acquire(client)
+        finally:
+            del _ASKING[(loop, key)]
+            answered.set_result(None)
 
     async def _describe_limit(self, client: PrefectClient, wait: SlotWait) -> None:
         with contextlib.suppress(Exception):
@@ -311,7 +356,7 @@ class SessionSlot:
         deadline_clock: Callable[[], float] | None,
         timeout_reason: str,
     ) -> None:
-        retry_after = await self._try_acquire(client)
+        retry_after = await self._first_attempt(client)
         if retry_after is None:
             return
         wait = self.wait = SlotWait(self.limit_name, self.flow_run_id, started_at=self.clock())

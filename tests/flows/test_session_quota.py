@@ -113,6 +113,83 @@ async def test_no_limit_no_quota(limit_name: str, emulator: Emulator) -> None:
     assert len(emulator.ledger()["sessions"]) == 1
 
 
+@pytest.fixture
+def asked(monkeypatch: pytest.MonkeyPatch, limit_name: str) -> list[str]:
+    """The names every slot request to the Prefect server asked for."""
+    from prefect.client.orchestration import PrefectClient
+
+    names: list[str] = []
+    ask = PrefectClient.increment_concurrency_slots_with_lease
+
+    async def counted(self: PrefectClient, *args: Any, **kwargs: Any) -> Any:
+        names.extend(n for n in kwargs["names"] if n == limit_name)
+        return await ask(self, *args, **kwargs)
+
+    monkeypatch.setattr(PrefectClient, "increment_concurrency_slots_with_lease", counted)
+    return names
+
+
+async def test_no_limit_is_asked_once_per_run(
+    limit_name: str, emulator: Emulator, asked: list[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Sessions starting together in a run without the limit ask the server once between
+    them, later sessions of the run not at all, and the run logs it once; the next run
+    asks again (the limit may exist by then)."""
+
+    @flow
+    async def several() -> None:
+        async def one() -> None:
+            async with rendering_session(lease=timedelta(minutes=10)):
+                pass
+
+        await asyncio.gather(*(one() for _ in range(6)))
+        await one()
+
+    await several()
+    assert asked == [limit_name]
+    said = [r for r in caplog.records if "No Prefect global concurrency limit named" in r.message]
+    assert len(said) == 1
+    assert len(emulator.ledger()["sessions"]) == 7
+
+    await create_limit(limit_name, 2)
+    report = SessionReport()
+
+    @flow
+    async def next_run() -> int:
+        async with rendering_session(lease=timedelta(minutes=10), report=report):
+            return await slots_in_use(limit_name)
+
+    assert await next_run() == 1
+    assert report.slot_limit == limit_name
+    assert asked == [limit_name, limit_name]
+
+
+@pytest.mark.realtime_job  # the bodies wait on the Prefect API: the session clock stands still
+async def test_sessions_starting_together_each_take_a_slot(
+    limit_name: str, emulator: Emulator, asked: list[str]
+) -> None:
+    """With the limit there, sessions starting together each take (and give back) a slot
+    of their own: waiting on the first one's question does not share its slot."""
+    await create_limit(limit_name, 5)
+    in_use: list[int] = []
+
+    @flow
+    async def several() -> None:
+        ready = asyncio.Barrier(4)
+
+        async def one() -> None:
+            async with rendering_session(lease=timedelta(minutes=10)):
+                await ready.wait()
+                in_use.append(await slots_in_use(limit_name))
+
+        await asyncio.gather(*(one() for _ in range(4)))
+
+    await several()
+    assert in_use == [4, 4, 4, 4]
+    assert len(asked) == 4
+    assert await slots_in_use(limit_name) == 0
+
+
 async def test_outside_a_flow_run_there_is_no_quota(limit_name: str, emulator: Emulator) -> None:
     """No flow run, no Prefect server to count on: the limit is not consulted."""
     await create_limit(limit_name, 1)
