@@ -22,13 +22,15 @@ by the request counts and by fault scripts.
 from __future__ import annotations
 
 import base64
+import binascii
+import functools
 import hmac
 import json
 import logging
 import math
+import os
 import re
-import secrets
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -59,6 +61,25 @@ class JSONResponse(_StarletteJSONResponse):
     """JSON with the service's exact Content-Type, ``application/json; charset=utf-8``."""
 
     media_type = "application/json; charset=utf-8"
+
+    def __init__(
+        self, content: Any, status_code: int = 200, headers: Mapping[str, str] | None = None
+    ) -> None:
+        if headers is not None:
+            super().__init__(content, status_code, headers)
+            return
+        # Starlette's own steps for an answer with no extra headers (render, then the two
+        # headers), without its generic header merging: every GET passes here.
+        self.status_code = status_code
+        self.background = None
+        self.body = body = self.render(content)
+        self.raw_headers = [
+            (b"content-length", str(len(body)).encode("latin-1")),
+            (b"content-type", _JSON_CONTENT_TYPE),
+        ]
+
+
+_JSON_CONTENT_TYPE = JSONResponse.media_type.encode("latin-1")
 
 
 __all__ = [
@@ -116,7 +137,8 @@ _API_VERSION_QUERY = f"api-version={API_VERSION_2021}".encode("ascii")
 
 def new_correlation_vector() -> str:
     """A correlation vector like the service's ``MS-CV``: ``<base64 of 16 bytes>.0``."""
-    return base64.b64encode(secrets.token_bytes(16)).decode("ascii").rstrip("=") + ".0"
+    # 16 bytes are 22 base64 characters and "==" of padding.
+    return binascii.b2a_base64(os.urandom(16), newline=False)[:22].decode("ascii") + ".0"
 
 
 def error_response(
@@ -180,6 +202,7 @@ def v1_properties(record: SessionRecord, now: float) -> dict[str, Any]:
     }
 
 
+@functools.lru_cache(maxsize=16384)  # a session's creationTime, asked on every GET
 def service_datetime(timestamp: float) -> str:
     """A time as the service wrote ``creationTime``: 7 fractional digits (.NET ticks) and
     ``+00:00``, e.g. ``2022-03-01T10:00:00.1234560+00:00`` (the recorded exchange)."""
@@ -722,7 +745,19 @@ ROUTES: tuple[_RouteSpec, ...] = (
 ROUTE_NAMES: tuple[str, ...] = tuple(spec.name for spec in ROUTES)
 
 
+_ROUTES_BY_METHOD: dict[str, tuple[_RouteSpec, ...]] = {
+    method: tuple(spec for spec in ROUTES if spec.method == method)
+    for method in {spec.method for spec in ROUTES}
+}
+
+
 def _resolve(method: str, path: str) -> tuple[_RouteSpec | None, re.Match[str] | None, list[str]]:
+    # The method's own routes first (every request a client sends right); only a request
+    # no route of its method takes is matched against them all, to answer 405 or 404.
+    for spec in _ROUTES_BY_METHOD.get(method, ()):
+        match = spec.pattern.fullmatch(path)
+        if match is not None:
+            return spec, match, []
     allowed: list[str] = []
     for spec in ROUTES:
         # fullmatch: "$" would also match before a trailing newline ("/sessions\n").
@@ -761,6 +796,8 @@ def _request_path(scope: Scope) -> str:
     """The path to route. An absolute-form target (``GET http://host/x``), which HTTP/1.1
     servers must accept (RFC 9112 §3.2.2), routes by its path."""
     path = str(scope.get("path") or "")
+    if path.startswith("/"):
+        return path  # origin-form, as every client sends
     absolute = _ABSOLUTE_FORM.fullmatch(path)
     if absolute is not None:
         path = absolute["path"] or "/"
@@ -905,10 +942,15 @@ def add_service_headers(response: Response) -> None:
     """The headers every answer of the service carries, a fresh ``MS-CV`` first."""
     # Straight onto the raw list (MutableHeaders rescans it on every set: a tenth of a GET).
     raw = response.raw_headers
+    cv = (b"ms-cv", new_correlation_vector().encode("latin-1"))
+    if len(raw) == 2 and raw[0][0] == b"content-length" and raw[1][0] == b"content-type":
+        raw.append(cv)  # what JSONResponse builds: nothing of ours there yet
+        raw.extend(_RAW_SERVICE_HEADERS)
+        return
     present = {name for name, _ in raw}
     if b"ms-cv" in present:
         raw[:] = [(name, value) for name, value in raw if name != b"ms-cv"]
-    raw.append((b"ms-cv", new_correlation_vector().encode("latin-1")))
+    raw.append(cv)
     raw.extend(item for item in _RAW_SERVICE_HEADERS if item[0] not in present)
 
 
