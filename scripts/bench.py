@@ -496,15 +496,16 @@ async def bench_client(rounds: int, per_round: int) -> None:
             for run in variants.values():  # warm: connections, token, imports
                 await run()
             ratios: dict[str, list[float]] = {"reused": [], "fresh": []}
-            for index in range(rounds):
+            for _ in range(rounds):
+                # Interleaved lifecycle by lifecycle (in a rotating order), so that load
+                # from other jobs, which comes and goes within a round, falls on all three.
+                wall = dict.fromkeys(variants, 0.0)
                 names = list(variants)
-                names = names[index % 3 :] + names[: index % 3]
-                wall = {}
-                for name in names:
-                    start = time.perf_counter()
-                    for _ in range(per_round):
+                for index in range(per_round):
+                    for name in names[index % 3 :] + names[: index % 3]:
+                        start = time.perf_counter()
                         await variants[name]()
-                    wall[name] = (time.perf_counter() - start) / per_round
+                        wall[name] += time.perf_counter() - start
                 ratios["reused"].append(wall["reused"] / wall["raw"])
                 ratios["fresh"].append(wall["fresh"] / wall["raw"])
             await reused.aclose()
@@ -751,7 +752,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, default=4000, help="per throughput trial")
     parser.add_argument("--lifecycles", type=int, default=1000, help="scale: concurrent")
     parser.add_argument("--sessions", type=int, default=200, help="flows: sessions in a run")
-    parser.add_argument("--per-round", type=int, default=20, help="client: lifecycles a round")
+    parser.add_argument("--per-round", type=int, default=60, help="client: lifecycles a round")
     parser.add_argument(
         "--with-session-quota",
         action="store_true",
