@@ -95,8 +95,16 @@ _AbsenceKey = tuple[str, str, str]
 _ABSENT: OrderedDict[_AbsenceKey, None] = OrderedDict()
 """Limits found missing, per flow run: the run's quota stays off (most recent last)."""
 _ABSENT_MAX = 4096
+_PRESENT: OrderedDict[_AbsenceKey, None] = OrderedDict()
+"""Limits found to exist, per flow run: the run's sessions ask for slots side by side."""
 _ASKING: dict[tuple[asyncio.AbstractEventLoop, _AbsenceKey], asyncio.Future[None]] = {}
 """A first question in flight, per event loop: sessions starting with it await its answer."""
+
+
+def _remember(found: OrderedDict[_AbsenceKey, None], key: _AbsenceKey) -> None:
+    found[key] = None
+    while len(found) > _ABSENT_MAX:
+        found.popitem(last=False)
 
 
 def session_limit_name(template: str, account_id: str | None) -> str:
@@ -258,6 +266,7 @@ class SessionSlot:
             )
         except httpx.HTTPStatusError as exc:
             if exc.response.status_code == 423:
+                _remember(_PRESENT, self._absence_key(client))  # every slot taken: it exists
                 return float(exc.response.headers.get("Retry-After", _RETRY_SECONDS))
             if _is_transient(exc):
                 run_logger().warning(
@@ -279,9 +288,7 @@ class SessionSlot:
         if not body.get("limits"):
             # No such limit: the server made an empty lease; hand it back, quota off (for
             # the rest of this flow run: its other sessions do not ask again).
-            _ABSENT[self._absence_key(client)] = None
-            while len(_ABSENT) > _ABSENT_MAX:
-                _ABSENT.popitem(last=False)
+            _remember(_ABSENT, self._absence_key(client))
             with contextlib.suppress(Exception):
                 await client.release_concurrency_slots_with_lease(lease_id=lease_id)
             run_logger().info(
@@ -292,6 +299,7 @@ class SessionSlot:
             return None
         self.lease_id = lease_id
         self.enforced = True
+        _remember(_PRESENT, self._absence_key(client))
         return None
 
     def _absence_key(self, client: PrefectClient) -> _AbsenceKey:
@@ -299,15 +307,18 @@ class SessionSlot:
 
     async def _first_attempt(self, client: PrefectClient) -> float | None:
         """The first :meth:`_try_acquire`, unless this flow run already learnt that the
-        limit does not exist. While another session of the run is asking the same
-        question, wait for its answer instead of asking too: 200 sessions starting
-        together ask once when there is no limit (and each takes its own slot when
-        there is)."""
+        limit does not exist. Until the run knows whether it exists, a session whose
+        sibling is already asking waits for that answer instead of asking too: 200
+        sessions starting together ask once when there is no limit; once it is known to
+        exist, each asks for its own slot at once."""
         key = self._absence_key(client)
         loop = asyncio.get_running_loop()
         while True:
             if key in _ABSENT:
                 return None
+            if key in _PRESENT:
+                # The limit exists: each session takes its own slot, side by side.
+                return await self._try_acquire(client)
             asking = _ASKING.get((loop, key))
             if asking is None:
                 break

@@ -113,24 +113,38 @@ async def test_no_limit_no_quota(limit_name: str, emulator: Emulator) -> None:
     assert len(emulator.ledger()["sessions"]) == 1
 
 
+class _Asked(list[str]):
+    """The names asked for, and the most slot requests in flight at once."""
+
+    in_flight = 0
+    peak = 0
+
+
 @pytest.fixture
-def asked(monkeypatch: pytest.MonkeyPatch, limit_name: str) -> list[str]:
+def asked(monkeypatch: pytest.MonkeyPatch, limit_name: str) -> _Asked:
     """The names every slot request to the Prefect server asked for."""
     from prefect.client.orchestration import PrefectClient
 
-    names: list[str] = []
+    names = _Asked()
     ask = PrefectClient.increment_concurrency_slots_with_lease
 
     async def counted(self: PrefectClient, *args: Any, **kwargs: Any) -> Any:
-        names.extend(n for n in kwargs["names"] if n == limit_name)
-        return await ask(self, *args, **kwargs)
+        mine = [n for n in kwargs["names"] if n == limit_name]
+        names.extend(mine)
+        names.in_flight += len(mine)
+        names.peak = max(names.peak, names.in_flight)
+        try:
+            await asyncio.sleep(0.05)  # a server that takes its time: asks can overlap
+            return await ask(self, *args, **kwargs)
+        finally:
+            names.in_flight -= len(mine)
 
     monkeypatch.setattr(PrefectClient, "increment_concurrency_slots_with_lease", counted)
     return names
 
 
 async def test_no_limit_is_asked_once_per_run(
-    limit_name: str, emulator: Emulator, asked: list[str], caplog: pytest.LogCaptureFixture
+    limit_name: str, emulator: Emulator, asked: _Asked, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Sessions starting together in a run without the limit ask the server once between
     them, later sessions of the run not at all, and the run logs it once; the next run
@@ -166,7 +180,7 @@ async def test_no_limit_is_asked_once_per_run(
 
 @pytest.mark.realtime_job  # the bodies wait on the Prefect API: the session clock stands still
 async def test_sessions_starting_together_each_take_a_slot(
-    limit_name: str, emulator: Emulator, asked: list[str]
+    limit_name: str, emulator: Emulator, asked: _Asked
 ) -> None:
     """With the limit there, sessions starting together each take (and give back) a slot
     of their own: waiting on the first one's question does not share its slot."""
@@ -187,6 +201,8 @@ async def test_sessions_starting_together_each_take_a_slot(
     await several()
     assert in_use == [4, 4, 4, 4]
     assert len(asked) == 4
+    # The first answer says the limit exists: the other three then ask side by side.
+    assert asked.peak == 3
     assert await slots_in_use(limit_name) == 0
 
 
