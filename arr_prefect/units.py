@@ -39,11 +39,14 @@ def format_duration(seconds: float | None) -> str:
     """``45 s``, ``1 min 34 s``, ``2 h 5 min``; ``-`` for None. Below 10 s, one decimal."""
     if seconds is None:
         return "-"
-    seconds = max(0.0, seconds)
+    # To the tenth first, as round_seconds keeps figures, then half up: a time shown from
+    # its exact value and from its kept figure reads the same (455.49 s and 455.5 s are
+    # both 7 min 36 s; Python's round() alone gave 7 min 35 s and 7 min 36 s).
+    seconds = round(max(0.0, seconds), 1)
     if seconds < 10:
         text = f"{seconds:.1f}".rstrip("0").rstrip(".")
         return f"{text} s"
-    total = round(seconds)
+    total = math.floor(seconds + 0.5)
     hours, rest = divmod(total, 3600)
     minutes, secs = divmod(rest, 60)
     if hours:
