@@ -89,22 +89,21 @@ _RETRY_SECONDS = 2.0
 _RELEASE_TIMEOUT_SECONDS = 30.0
 
 
-_AbsenceKey = tuple[str, str, str]
+_LimitKey = tuple[str, str, str]
 """(Prefect API URL, flow run ID, limit name)."""
 
-_ABSENT: OrderedDict[_AbsenceKey, None] = OrderedDict()
-"""Limits found missing, per flow run: the run's quota stays off (most recent last)."""
-_ABSENT_MAX = 4096
-_PRESENT: OrderedDict[_AbsenceKey, None] = OrderedDict()
-"""Limits found to exist, per flow run: the run's sessions ask for slots side by side."""
-_ASKING: dict[tuple[asyncio.AbstractEventLoop, _AbsenceKey], asyncio.Future[None]] = {}
+_LIMIT_EXISTS: OrderedDict[_LimitKey, bool] = OrderedDict()
+"""What each flow run learnt of its limit (most recent last): False, the run's quota is off;
+True, its sessions ask for slots side by side."""
+_KNOWN_MAX = 4096
+_ASKING: dict[tuple[asyncio.AbstractEventLoop, _LimitKey], asyncio.Future[None]] = {}
 """A first question in flight, per event loop: sessions starting with it await its answer."""
 
 
-def _remember(found: OrderedDict[_AbsenceKey, None], key: _AbsenceKey) -> None:
-    found[key] = None
-    while len(found) > _ABSENT_MAX:
-        found.popitem(last=False)
+def _learnt(key: _LimitKey, exists: bool) -> None:
+    _LIMIT_EXISTS[key] = exists
+    while len(_LIMIT_EXISTS) > _KNOWN_MAX:
+        _LIMIT_EXISTS.popitem(last=False)
 
 
 def session_limit_name(template: str, account_id: str | None) -> str:
@@ -266,7 +265,7 @@ class SessionSlot:
             )
         except httpx.HTTPStatusError as exc:
             if exc.response.status_code == 423:
-                _remember(_PRESENT, self._absence_key(client))  # every slot taken: it exists
+                _learnt(self._limit_key(client), exists=True)  # every slot taken: it exists
                 return float(exc.response.headers.get("Retry-After", _RETRY_SECONDS))
             if _is_transient(exc):
                 run_logger().warning(
@@ -288,7 +287,7 @@ class SessionSlot:
         if not body.get("limits"):
             # No such limit: the server made an empty lease; hand it back, quota off (for
             # the rest of this flow run: its other sessions do not ask again).
-            _remember(_ABSENT, self._absence_key(client))
+            _learnt(self._limit_key(client), exists=False)
             with contextlib.suppress(Exception):
                 await client.release_concurrency_slots_with_lease(lease_id=lease_id)
             run_logger().info(
@@ -299,10 +298,10 @@ class SessionSlot:
             return None
         self.lease_id = lease_id
         self.enforced = True
-        _remember(_PRESENT, self._absence_key(client))
+        _learnt(self._limit_key(client), exists=True)
         return None
 
-    def _absence_key(self, client: PrefectClient) -> _AbsenceKey:
+    def _limit_key(self, client: PrefectClient) -> _LimitKey:
         return (str(client.api_url), self.flow_run_id or "", self.limit_name)
 
     async def _first_attempt(self, client: PrefectClient) -> float | None:
@@ -311,12 +310,13 @@ class SessionSlot:
         sibling is already asking waits for that answer instead of asking too: 200
         sessions starting together ask once when there is no limit; once it is known to
         exist, each asks for its own slot at once."""
-        key = self._absence_key(client)
+        key = self._limit_key(client)
         loop = asyncio.get_running_loop()
         while True:
-            if key in _ABSENT:
+            exists = _LIMIT_EXISTS.get(key)
+            if exists is False:
                 return None
-            if key in _PRESENT:
+            if exists:
                 # The limit exists: each session takes its own slot, side by side.
                 return await self._try_acquire(client)
             asking = _ASKING.get((loop, key))
