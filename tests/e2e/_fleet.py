@@ -23,7 +23,6 @@ import httpx
 from arr_prefect.emulator import DEFAULT_ACCOUNT_ID
 from tests.e2e._postgres import Postgres
 from tests.e2e._stack import (
-    BIN_DIR,
     TIME_SCALE,
     Stack,
     StackError,
@@ -65,44 +64,23 @@ class FleetStack(Stack):
     def lease_dir(self) -> Any:
         return self.workdir / "prefect-home" / "concurrency_leases"
 
-    def start_server(self) -> None:
+    def start_server(self, port: int = 0, settings: Mapping[str, str] | None = None) -> None:
         """``prefect server start`` on PostgreSQL, leases on disk, on a port kept across
         restarts."""
         assert self.pg is not None
-        if not self.server_port:
-            self.server_port = free_port()
-        port = self.server_port
-        self.api_url = f"http://127.0.0.1:{port}/api"
-        env = self.prefect_env
-        env.update(
-            {
-                "PREFECT_SERVER_API_HOST": "127.0.0.1",
-                "PREFECT_SERVER_API_PORT": str(port),
-                "PREFECT_API_DATABASE_CONNECTION_URL": self.pg.url,
-                # Leases on disk: a restarted server still knows who holds which slot.
-                "PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE": (
-                    "prefect.server.concurrency.lease_storage.filesystem"
-                ),
-                "PREFECT_SERVER_SERVICES_REPOSSESSOR_LOOP_SECONDS": f"{REPOSSESSOR_LOOP_SECONDS:g}",
-                "PREFECT_SERVER_CONCURRENCY_MAXIMUM_CONCURRENCY_SLOT_WAIT_SECONDS": (
-                    f"{SLOT_WAIT_SECONDS:g}"
-                ),
-            }
-        )
-        self._spawn(
-            "server",
-            [
-                str(BIN_DIR / "prefect"),
-                "server",
-                "start",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-            ],
-            env,
-            cwd=self.workdir,
-        )
+        self.server_port = port or self.server_port or free_port()
+        fleet_settings = {
+            "PREFECT_API_DATABASE_CONNECTION_URL": self.pg.url,
+            # Leases on disk: a restarted server still knows who holds which slot.
+            "PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE": (
+                "prefect.server.concurrency.lease_storage.filesystem"
+            ),
+            "PREFECT_SERVER_SERVICES_REPOSSESSOR_LOOP_SECONDS": f"{REPOSSESSOR_LOOP_SECONDS:g}",
+            "PREFECT_SERVER_CONCURRENCY_MAXIMUM_CONCURRENCY_SLOT_WAIT_SECONDS": (
+                f"{SLOT_WAIT_SECONDS:g}"
+            ),
+        }
+        super().start_server(self.server_port, {**fleet_settings, **(settings or {})})
 
     def restart_server(self) -> float:
         """Stop the server (SIGTERM, as a restart does) and start it again on the same

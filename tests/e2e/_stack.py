@@ -338,12 +338,14 @@ class Stack:
             )
         self.emulator_url = line.removeprefix(prefix)
 
-    def start_server(self) -> None:
-        """``prefect server start`` on a free loopback port (SQLite in the private home)."""
-        port = free_port()
+    def start_server(self, port: int = 0, settings: Mapping[str, str] | None = None) -> None:
+        """``prefect server start`` on loopback: on ``port``, or a free one (SQLite in the
+        private home unless ``settings`` name another database)."""
+        port = port or free_port()
         self.api_url = f"http://127.0.0.1:{port}/api"
         env = self.prefect_env
         env.update({"PREFECT_SERVER_API_HOST": "127.0.0.1", "PREFECT_SERVER_API_PORT": str(port)})
+        env.update(settings or {})
         self._spawn(
             "server",
             [
