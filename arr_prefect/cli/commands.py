@@ -42,7 +42,7 @@ from arr_prefect.cli.config import (
     resolve_settings,
 )
 from arr_prefect.cli.durations import format_duration, parse_duration
-from arr_prefect.cli.output import Output
+from arr_prefect.cli.output import Output, session_json
 from arr_prefect.client import ArrClient
 from arr_prefect.errors import (
     ArrError,
@@ -216,6 +216,12 @@ class _Done(Exception):
         self.code = code
 
 
+def _stop_json(session: Session, stopped: bool) -> dict[str, Any]:
+    """What ``arr sessions stop --json`` prints for a session: the session, and whether
+    this command stopped it."""
+    return {**session_json(session), "stopped": stopped}
+
+
 def _interactive() -> bool:
     """True when a person can answer a question (stdin is a terminal)."""
     return sys.stdin.isatty()
@@ -345,20 +351,27 @@ def build_app(
         inv.out.note(f"{label}: Ready after {elapsed()}", style="green")
         return ready
 
-    async def stop_one(inv: Invocation, session_id: str) -> tuple[bool, str]:
-        """Stop a session unless it is already over; (stopped, why not).
+    async def stop_one(inv: Invocation, session_id: str) -> tuple[bool, str, dict[str, Any] | None]:
+        """Stop a session unless it is already over: (stopped, why not, what --json prints).
 
         The service answers a stop of a session already over with 204 too, so the status
         is looked at first: the operator learns whether this command stopped anything.
+        The session is read again after the stop (a 204 has no body) so that --json
+        prints it as every other command does, with ``"stopped"`` added; if that read
+        fails, the session stopped all the same and is printed as last seen, Stopped.
         """
         try:
             current = await inv.arr.get_session(session_id)
         except SessionNotFoundError:
-            return False, "is unknown to this account"
+            return False, "is unknown to this account", None
         if current.status.is_terminal:
-            return False, f"is already {current.status.value}"
+            return False, f"is already {current.status.value}", _stop_json(current, False)
         stopped = await inv.arr.stop_session(session_id)
-        return stopped, "was already over"
+        try:
+            final = await inv.arr.get_session(session_id)
+        except (ArrHTTPError, ArrTransportError):
+            final = current.model_copy(update={"status": SessionStatus.STOPPED})
+        return stopped, "was already over", _stop_json(final, stopped)
 
     # ------------------------------------------------------------------ token
 
@@ -641,8 +654,9 @@ def build_app(
         """Stop a session, or every active session with --all --yes.
 
         Stopping is idempotent: a session already over, or unknown, is reported and is
-        not an error. With --json: {"id", "stopped"} (false: there was nothing to stop),
-        or an array of them for --all.
+        not an error. With --json: the session as it is after the stop, with "stopped"
+        added (false: there was nothing to stop; an unknown ID gives only "id" and
+        "stopped"), or an array of them for --all.
         """
         leaf = Common(
             account_id, account_domain, region, service_url, api_version, block, config, as_json
@@ -660,9 +674,9 @@ def build_app(
 
         async def body(inv: Invocation) -> None:
             if session_id is not None:
-                stopped, why = await stop_one(inv, session_id)
+                stopped, why, document = await stop_one(inv, session_id)
                 if inv.out.as_json:
-                    inv.out.json({"id": session_id, "stopped": stopped})
+                    inv.out.json(document or {"id": session_id, "stopped": stopped})
                 elif stopped:
                     inv.out.line(f"Stopped session {session_id}.")
                 else:
@@ -678,12 +692,12 @@ def build_app(
             failures: list[str] = []
             for session in active:
                 try:
-                    stopped, why = await stop_one(inv, session.id)
+                    stopped, why, document = await stop_one(inv, session.id)
                 except (ArrHTTPError, ArrTransportError) as exc:
                     failures.append(str(exc))
                     inv.out.error(str(exc))
                     continue
-                results.append({"id": session.id, "stopped": stopped})
+                results.append(document or {"id": session.id, "stopped": stopped})
                 if not inv.out.as_json:
                     inv.out.line(
                         f"Stopped session {session.id}."

@@ -162,8 +162,15 @@ def test_whole_lifecycle_with_json(arr: Arr, emulator: Emulator, api_version: st
     assert longer["maxLeaseTimeMinutes"] == 120
     total = arr.json("sessions", "extend", sid, "--lease", "3:00:00")
     assert total["maxLeaseTimeMinutes"] == 180
-    assert arr.json("sessions", "stop", sid) == {"id": sid, "stopped": True}
-    assert arr.json("sessions", "stop", sid) == {"id": sid, "stopped": False}
+    stopped = arr.json("sessions", "stop", sid)
+    assert set(stopped) == SESSION_KEYS | {"stopped"}
+    assert (stopped["id"], stopped["status"], stopped["stopped"]) == (sid, "Stopped", True)
+    if api_version != "v1":  # 2021-01-01 drops the host of a stopped session
+        assert stopped["hostname"] is None
+    again = arr.json("sessions", "stop", sid)
+    assert (again["status"], again["stopped"]) == ("Stopped", False)
+    unknown = "0" * 8 + "-0000-0000-0000-" + "0" * 12 if api_version == "v1" else "no-such"
+    assert arr.json("sessions", "stop", unknown) == {"id": unknown, "stopped": False}
     assert arr.json("sessions", "get", sid)["status"] == "Stopped"
     assert arr.json("sessions", "list") == []
     assert emulator.running() == []
@@ -235,6 +242,8 @@ def test_stop_all(arr: Arr, emulator: Emulator) -> None:
     assert len(emulator.running()) == 3
     stopped = arr.json("sessions", "stop", "--all", "--yes")
     assert sorted(s["stopped"] for s in stopped) == [True, True, True]
+    assert {s["status"] for s in stopped} == {"Stopped"}
+    assert all(set(s) == SESSION_KEYS | {"stopped"} for s in stopped)
     assert emulator.running() == []
     assert arr.json("sessions", "stop", "--all", "--yes") == []
 
