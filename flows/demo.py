@@ -179,7 +179,9 @@ def _explain_start_failure(exc: BaseException) -> str | None:
     """What to do when Prefect's temporary server did not come up."""
     if "ephemeral Prefect API server" not in str(exc):
         return None
-    timeout = os.environ.get(EPHEMERAL_STARTUP_TIMEOUT_ENV, "?")
+    from prefect.settings import PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS
+
+    timeout = PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS.value()
     return (
         f"Prefect's temporary API server did not start within {timeout} s (a loaded machine"
         " or a first run can be that slow).\nWhat to do: run it again (the second start is"
@@ -191,8 +193,25 @@ def _explain_start_failure(exc: BaseException) -> str | None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if EPHEMERAL_STARTUP_TIMEOUT_ENV in os.environ:  # the operator's own choice
+        return _main(args)
+    # Prefect read its settings when it was imported, before this ran: setting the
+    # environment variable now would change nothing, a settings context does.
+    from prefect.settings import (
+        PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS,
+        temporary_settings,
+    )
+
+    with temporary_settings(
+        updates={
+            PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS: EPHEMERAL_STARTUP_TIMEOUT_SECONDS
+        }
+    ):
+        return _main(args)
+
+
+def _main(args: argparse.Namespace) -> int:
     configured = _configured()
-    os.environ.setdefault(EPHEMERAL_STARTUP_TIMEOUT_ENV, str(EPHEMERAL_STARTUP_TIMEOUT_SECONDS))
     if args.api_version is not None:
         os.environ["ARR_API_VERSION"] = args.api_version
     if configured:

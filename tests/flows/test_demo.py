@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+
 import pytest
 
 from arr_prefect.flows import demo
@@ -51,3 +53,33 @@ def test_slow_first_start_hint() -> None:
     assert demo.EPHEMERAL_STARTUP_TIMEOUT_ENV in hint
     assert "PREFECT_API_URL" in hint
     assert demo._explain_start_failure(RuntimeError("something else")) is None
+
+
+def test_slow_first_start_gets_180_seconds(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The demo gives Prefect's temporary server 180 s to start (Prefect's own default is
+    20 s), although Prefect read its settings before the demo ran; an operator's own
+    PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS wins."""
+    from prefect.settings import PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS
+
+    seen: list[int] = []
+
+    def attempt(_args: argparse.Namespace) -> tuple[None, BaseException]:
+        seen.append(PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS.value())
+        return None, RuntimeError(
+            "Timed out while attempting to connect to ephemeral Prefect API server."
+        )
+
+    monkeypatch.setattr(demo, "_attempt", attempt)
+    assert demo.main(FAST) == 1
+    assert seen == [demo.EPHEMERAL_STARTUP_TIMEOUT_SECONDS] == [180]
+    assert "did not start within 180 s" in capsys.readouterr().err
+    assert PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS.value() != 180  # not left set
+
+    for name in ("ARR_SERVICE_URL", "ARR_STS_URL", "ARR_ACCOUNT_ID", "ARR_ACCOUNT_KEY"):
+        monkeypatch.delenv(name)  # the first run pointed them at its emulator
+    monkeypatch.setenv(demo.EPHEMERAL_STARTUP_TIMEOUT_ENV, "600")
+    seen.clear()
+    assert demo.main(FAST) == 1
+    assert seen != [180]  # the operator's variable is Prefect's to read, not overridden
