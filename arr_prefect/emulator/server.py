@@ -79,7 +79,10 @@ class FrontEndLimits:
       a normal request time out).
     """
 
-    header_timeout: float = 10.0
+    # 5 s, as the keep-alive: an idle or half-open connection is gone within 5 s either
+    # way (Kestrel allows a head 30 s, but a developer's emulator has few descriptors to
+    # spare, and no real client takes more than milliseconds to send one).
+    header_timeout: float = 5.0
     body_timeout: float = 10.0
     keep_alive_timeout: float = 5.0
     max_connections: int | None = None
@@ -144,6 +147,12 @@ def _protocol_class(app: ASGIApp, limits: FrontEndLimits) -> type[H11Protocol]:
                 self._answer_and_close(400, "BadRequest", "The request URL is not valid.")
                 return
             self._rearm(refresh=True)
+
+        def _should_upgrade(self) -> bool:
+            # The service speaks plain HTTPS: an `Upgrade` (WebSocket, h2c) is ignored, as
+            # RFC 9110 §7.8 lets a server do, and the request answered as any other.
+            # (uvicorn would answer a WebSocket upgrade with a plain-text 500 or 400.)
+            return False
 
         def on_response_complete(self) -> None:
             super().on_response_complete()
@@ -297,6 +306,7 @@ def _config(
         access_log=access_log,
         timeout_graceful_shutdown=2,
         http=_protocol_class(app, limits),
+        ws="none",
         timeout_keep_alive=max(1, round(limits.keep_alive_timeout)),
         # Accept no faster than connections can be looked at: the cap applies per accept.
         backlog=128,
