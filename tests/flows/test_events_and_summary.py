@@ -14,7 +14,7 @@ from prefect.server.events.schemas.events import Event as ServerEvent
 from prefect.server.events.schemas.events import ReceivedEvent
 
 from arr_prefect.emulator import Emulator
-from arr_prefect.errors import SessionFailedError
+from arr_prefect.errors import SessionExpiredError, SessionFailedError
 from arr_prefect.flows import events as events_module
 from arr_prefect.flows import render_batch
 from arr_prefect.flows.events import SESSION_EVENTS, RunRef
@@ -24,6 +24,7 @@ pytestmark = pytest.mark.usefixtures("arr")
 
 AUTOMATIONS = Path(__file__).resolve().parents[2] / "automations"
 CREATE_ROUTE = {"v1": "v1.create", "2021-01-01": "v2021.create"}
+EXTEND_ROUTE = {"v1": "v1.extend", "2021-01-01": "v2021.extend"}
 COMMON = {"session_id", "size", "api_version", "elapsed_seconds", "billed_minutes",
           "estimated_cost", "currency"}  # fmt: skip
 
@@ -117,6 +118,29 @@ async def test_session_ending_in_error_emits_failed_matched_by_the_automation(
     others = [e for e in emitted if e.event != "arr.session.failed"]
     assert others
     assert not any(trigger.expects(e.event) for e in others)
+
+
+async def test_session_whose_lease_ran_out_emits_expired_matched_by_the_automation(
+    emulator: Emulator, emitted: list[Event], api_version: str
+) -> None:
+    """A session whose lease runs out (every renewal refused) emits arr.session.expired
+    with the reason, after its Ready, and the "running too long" automation's trigger
+    closes its window on it as on a stop."""
+    emulator.faults.add("server_error", EXTEND_ROUTE[api_version], times=10_000, status=500)
+    with pytest.raises(SessionExpiredError):
+        await render_batch(job_parameters={"frames": 20, "seconds_per_frame": 60}, lease_minutes=2)
+    names = [e.event for e in emitted]
+    assert "arr.session.lease-renewed" not in names
+    assert names.index("arr.session.ready") < names.index("arr.session.expired")
+    [expired] = named(emitted, "arr.session.expired")
+    assert set(expired.payload) >= COMMON | {"reason"}
+    assert expired.payload["reason"]
+    [ready] = named(emitted, "arr.session.ready")
+    assert expired.resource.id == ready.resource.id
+    trigger = trigger_of("session-running-too-long.yaml")
+    assert trigger.covers(received(expired))
+    assert trigger.expects("arr.session.expired")
+    assert trigger.bucketing_key(received(ready)) == trigger.bucketing_key(received(expired))
 
 
 async def test_running_too_long_automation_tracks_each_session_from_ready_to_end(
