@@ -56,6 +56,7 @@ from prefect import get_client
 from prefect.artifacts import acreate_markdown_artifact
 from prefect.client.orchestration import PrefectClient
 from prefect.client.schemas.objects import ConcurrencyLeaseHolder
+from prefect.context import FlowRunContext, TaskRunContext
 
 from arr_prefect.flows.events import emit_quota_wait
 from arr_prefect.tasks.sessions import run_logger
@@ -186,8 +187,8 @@ async def report_slot_wait(wait: SlotWait, phase: WaitPhase) -> None:
     else:
         logger.error("Gave up waiting for a session slot of '%s' after %s", wait.limit_name, waited)
         text = f"Gave up after {waited} waiting for a slot of {wait.describe()}."
-    if wait.flow_run_id is None:
-        return
+    if wait.flow_run_id is None or (FlowRunContext.get() is None and TaskRunContext.get() is None):
+        return  # an artifact belongs to a run (Prefect deprecates one made outside a run)
     try:
         with anyio.fail_after(10):
             await acreate_markdown_artifact(
