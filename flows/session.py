@@ -210,31 +210,10 @@ async def record_session_owner(
     trying while the session lives).
     """
     flow_run_id = flow_run_id if flow_run_id is not None else _current_flow_run_id()
-    if flow_run_id is None:
-        return True
-    _owned.setdefault(flow_run_id, set()).add(session_id)
     block = credentials.block_name if credentials is not None else None
-    if credentials is not None:
-        _credentials_of[session_id] = credentials
-        if block is None:
-            run_logger().warning(
-                "Session %s uses credentials that are not a saved block: a teardown hook"
-                " run in another process, and the reaper, will use the ARR_* settings"
-                " there instead. Save the block and load it by name to avoid this",
-                session_id,
-            )
-    tags = _owner_tags(session_id, block)
-    tagged = False
-    try:
-        await _tag_flow_run(flow_run_id, tags)
-        tagged = True
-    except Exception as exc:  # noqa: BLE001 - recording must never lose the session
-        run_logger().warning(
-            "Could not tag flow run %s with %s (%s); the rolling lease still bounds the session",
-            flow_run_id,
-            ", ".join(tags),
-            exc,
-        )
+    tagged = True  # outside a flow run there is no run to tag, only the event to send
+    if flow_run_id is not None:
+        tagged = await _tag_owner(session_id, flow_run_id, credentials)
     emit_session_event(
         "arr.session.created",
         session_id,
@@ -249,6 +228,36 @@ async def record_session_owner(
         ),
     )
     return tagged
+
+
+async def _tag_owner(
+    session_id: str, flow_run_id: str, credentials: RemoteRenderingCredentials | None
+) -> bool:
+    """The flow-run side of :func:`record_session_owner`: this process's record and the
+    run's tags. False when the tags could not be written."""
+    _owned.setdefault(flow_run_id, set()).add(session_id)
+    block = credentials.block_name if credentials is not None else None
+    if credentials is not None:
+        _credentials_of[session_id] = credentials
+        if block is None:
+            run_logger().warning(
+                "Session %s uses credentials that are not a saved block: a teardown hook"
+                " run in another process, and the reaper, will use the ARR_* settings"
+                " there instead. Save the block and load it by name to avoid this",
+                session_id,
+            )
+    tags = _owner_tags(session_id, block)
+    try:
+        await _tag_flow_run(flow_run_id, tags)
+    except Exception as exc:  # noqa: BLE001 - recording must never lose the session
+        run_logger().warning(
+            "Could not tag flow run %s with %s (%s); the rolling lease still bounds the session",
+            flow_run_id,
+            ", ".join(tags),
+            exc,
+        )
+        return False
+    return True
 
 
 def _owner_tags(session_id: str, block: str | None) -> list[str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 from uuid import uuid4
@@ -99,6 +100,23 @@ async def test_a_run_emits_the_lifecycle_events_with_payloads(
     assert stopped["estimated_cost"] == summary.estimated_cost == summary.billed_minutes * 3 / 60
     assert stopped["currency"] == summary.currency == "EUR"
     assert stopped["elapsed_seconds"] == pytest.approx(summary.run_seconds, abs=0.11)
+
+
+async def test_a_session_outside_any_flow_run_emits_the_same_events(
+    emulator: Emulator, emitted: list[Event]
+) -> None:
+    """rendering_session outside a flow run (a script, a notebook): no run to tag or
+    relate, but the same events from created to stopped, so Automations still see it."""
+    from arr_prefect.flows import rendering_session
+
+    async with rendering_session(lease=timedelta(minutes=4)) as session:
+        pass
+    names = [e.event for e in emitted]
+    assert names == ["arr.session.created", "arr.session.ready", "arr.session.stopped"]
+    for event in emitted:
+        assert event.resource.id == f"arr.session.{session.id}"
+        assert set(event.payload) >= COMMON, event.event
+        assert not [r for r in event.related if r.id.startswith("prefect.flow-run.")]
 
 
 async def test_session_ending_in_error_emits_failed_matched_by_the_automation(
