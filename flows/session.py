@@ -382,10 +382,25 @@ async def stop_owned_sessions(flow: Flow | Any, flow_run: FlowRun, state: State[
                         continue  # unknown to this account: the next one may know it
                     pending.discard(session_id)
                     if outcome == "stopped":
-                        _report_hook_stop(arr, flow_run, state, session_id, seen, asked, logger)
+                        final = await _final_status(arr, session_id)
+                        _report_hook_stop(
+                            arr, flow_run, state, session_id, seen, asked, final, logger
+                        )
         except ConfigurationError as exc:
             log = logger.debug if len(accounts) > 1 else logger.error
             log("Flow run %s: no client from %s (%s)", flow_run.name, label, exc)
+
+
+async def _final_status(arr: ArrClient, session_id: str) -> str | None:
+    """The status a stopped session ended with, as the service reports it (None if it
+    cannot be read within 30 s: the stop itself has already succeeded)."""
+    status: str | None = None
+    try:
+        with anyio.CancelScope(shield=True), anyio.fail_after(30):
+            status = (await arr.get_session(session_id)).status.value
+    except (ArrError, TimeoutError):
+        pass
+    return status
 
 
 def _report_hook_stop(
@@ -395,6 +410,7 @@ def _report_hook_stop(
     session_id: str,
     seen: list[Session],
     asked: float,
+    final_status: str | None,
     logger: logging.Logger | logging.LoggerAdapter[Any],
 ) -> None:
     """Log and emit a stop made by a hook: which hook, which session, how fast, the bill."""
@@ -426,6 +442,7 @@ def _report_hook_stop(
             currency=arr.settings.price_currency,
             stopped_by=f"hook:{state.name}",
             reason=f"flow run {state.name}",
+            final_status=final_status,
             stop_seconds=round(took, 1),
         ),
     )

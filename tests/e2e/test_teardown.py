@@ -420,7 +420,7 @@ def check_stop_event(event: Event, session_id: str) -> None:
     for name in SESSION_PAYLOAD:
         assert event.payload.get(name) is not None, f"no {name}: {context}"
     assert event.payload["session_id"] == session_id, context
-    # (final_status: finally's and the guard's events have it, the hooks' not yet.)
+    assert event.payload.get("final_status") == "Stopped", context
     assert {"estimated_cost", "currency", "stop_seconds"} <= set(event.payload), context
     roles = {r.role for r in event.related}
     assert {"flow-run", "flow", "deployment"} <= roles, context

@@ -358,8 +358,11 @@ async def test_lost_session_cancels_the_body(emulator: Emulator) -> None:
     assert only_session(emulator)["status"] == "Stopped"
 
 
-async def test_hook_stops_sessions_found_from_tags(emulator: Emulator, api_version: str) -> None:
-    """stop_owned_sessions finds a run's sessions from its tags, as in another process."""
+async def test_hook_stops_sessions_found_from_tags(
+    emulator: Emulator, api_version: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """stop_owned_sessions finds a run's sessions from its tags, as in another process,
+    and says so in an arr.session.stopped event with the session's final status."""
     from arr_prefect.tasks import create_session
 
     @flow
@@ -374,8 +377,19 @@ async def test_hook_stops_sessions_found_from_tags(emulator: Emulator, api_versi
     session_module._owned.clear()  # what another process knows: only the tags
     async with get_client() as prefect:
         run = await prefect.read_flow_run(flow_run_id(state))
+    emitted: list[tuple[str, dict[str, Any]]] = []
+    monkeypatch.setattr(
+        session_module,
+        "emit_session_event",
+        lambda event, _sid, _run, payload: emitted.append((event, payload)),
+    )
     await stop_owned_sessions(leaky, run, state)
     assert emulator.running() == []
+    [(event, payload)] = emitted
+    assert event == "arr.session.stopped"
+    assert payload["stopped_by"] == f"hook:{state.name}"
+    assert payload["final_status"] == "Stopped"
+    assert payload["session_id"] == session_id
 
 
 @pytest.mark.parametrize(
