@@ -50,6 +50,11 @@ lease keeper only once the API answers. With 5 minutes, sessions expired during 
 restart; real leases (10 min) against real outages (seconds) have the same margin."""
 JOB = {"frames": 4, "seconds_per_frame": 60}
 """The sample job: 240 emulated seconds, 12 real seconds at x20."""
+FLEET_RETRY_EXTRA_CODES = "500"
+"""PREFECT_CLIENT_RETRY_EXTRA_CODES on the workers (their flow runs inherit it). Without
+it a run starting while PostgreSQL was away got a 500 on its Running proposal, exited,
+the worker's Crashed proposal got one too, and the run stayed Pending forever (seen once
+in the PostgreSQL phase); Prefect's client retries 5 times over about 60 s."""
 
 
 @dataclass
@@ -106,6 +111,14 @@ class FleetStack(Stack):
             what="prefect global-concurrency-limit create",
             env=self.user_env,
         )
+
+    @property
+    def worker_env(self) -> dict[str, str]:
+        """A fleet worker's environment, as *Running a fleet* in the README sets it: Prefect's
+        client also retries a 500, what the server answers while its database is away."""
+        env = super().worker_env
+        env["PREFECT_CLIENT_RETRY_EXTRA_CODES"] = FLEET_RETRY_EXTRA_CODES
+        return env
 
     def add_worker(self) -> str:
         self.start_worker()
