@@ -44,6 +44,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+import weakref
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -88,6 +89,26 @@ PROGRESS_EVERY_SECONDS = 30.0
 # database away) are retried this often while waiting, renewing or releasing.
 _RETRY_SECONDS = 2.0
 _RELEASE_TIMEOUT_SECONDS = 30.0
+
+
+SLOT_CALLS_AT_ONCE = 4
+"""Most slot requests (take, renew, give back) one event loop has in flight at once. A
+slot request is a write on the server's database; 200 sessions of a run starting or
+ending together sent 200 at once, which a Prefect server on SQLite answered with 503s for
+minutes (Prefect's client retrying each with backoff). Queued here they take a few
+milliseconds each, and no fleet needs more at once."""
+_SLOT_GATES: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _slot_gate() -> asyncio.Semaphore:
+    """This event loop's gate in front of the slot requests."""
+    loop = asyncio.get_running_loop()
+    gate = _SLOT_GATES.get(loop)
+    if gate is None:
+        gate = _SLOT_GATES[loop] = asyncio.Semaphore(SLOT_CALLS_AT_ONCE)
+    return gate
 
 
 _LimitKey = tuple[str, str, str]
@@ -257,13 +278,14 @@ class SessionSlot:
     async def _try_acquire(self, client: PrefectClient) -> float | None:
         """One attempt: None when done (held, or no limit), else seconds to wait."""
         try:
-            response = await client.increment_concurrency_slots_with_lease(
-                names=[self.limit_name],
-                slots=1,
-                mode="concurrency",
-                lease_duration=self.lease_seconds,
-                holder=self._holder(),
-            )
+            async with _slot_gate():
+                response = await client.increment_concurrency_slots_with_lease(
+                    names=[self.limit_name],
+                    slots=1,
+                    mode="concurrency",
+                    lease_duration=self.lease_seconds,
+                    holder=self._holder(),
+                )
         except httpx.HTTPStatusError as exc:
             if exc.response.status_code == 423:
                 _learnt(self._limit_key(client), exists=True)  # every slot taken: it exists
@@ -290,7 +312,8 @@ class SessionSlot:
             # the rest of this flow run: its other sessions do not ask again).
             _learnt(self._limit_key(client), exists=False)
             with contextlib.suppress(Exception):
-                await client.release_concurrency_slots_with_lease(lease_id=lease_id)
+                async with _slot_gate():
+                    await client.release_concurrency_slots_with_lease(lease_id=lease_id)
             run_logger().info(
                 "No Prefect global concurrency limit named '%s': the account's session quota"
                 " is not enforced for this run",
@@ -416,9 +439,10 @@ class SessionSlot:
         while True:
             await asyncio.sleep(delay)
             try:
-                await self._client.renew_concurrency_lease(
-                    lease_id=self.lease_id, lease_duration=self.lease_seconds
-                )
+                async with _slot_gate():
+                    await self._client.renew_concurrency_lease(
+                        lease_id=self.lease_id, lease_duration=self.lease_seconds
+                    )
             except Exception as exc:  # noqa: BLE001 - decided below: retry or give up
                 if isinstance(exc, httpx.HTTPStatusError) and exc.response.status_code == 410:
                     run_logger().error(
@@ -466,7 +490,8 @@ class SessionSlot:
         while True:
             try:
                 with anyio.fail_after(max(1.0, deadline - self.clock())):
-                    await client.release_concurrency_slots_with_lease(lease_id=lease_id)
+                    async with _slot_gate():
+                        await client.release_concurrency_slots_with_lease(lease_id=lease_id)
                 return
             except Exception as exc:  # noqa: BLE001 - the lease still bounds the slot
                 if not _is_transient(exc) or self.clock() >= deadline:

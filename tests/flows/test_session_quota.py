@@ -22,6 +22,7 @@ from arr_prefect.emulator import Emulator
 from arr_prefect.errors import ArrError
 from arr_prefect.flows import RenderSummary, SessionReport, render_batch, rendering_session
 from arr_prefect.flows.quota import (
+    SLOT_CALLS_AT_ONCE,
     SLOT_WAIT_ARTIFACT_KEY,
     SessionSlot,
     SlotWaitTimeoutError,
@@ -203,6 +204,34 @@ async def test_sessions_starting_together_each_take_a_slot(
     assert len(asked) == 4
     # The first answer says the limit exists: the other three then ask side by side.
     assert asked.peak == 3
+    assert await slots_in_use(limit_name) == 0
+
+
+@pytest.mark.realtime_job  # the bodies wait on the Prefect API: the session clock stands still
+async def test_slot_requests_in_flight_are_bounded(
+    limit_name: str, emulator: Emulator, asked: _Asked
+) -> None:
+    """Many sessions starting together send at most SLOT_CALLS_AT_ONCE slot requests to
+    the Prefect server at a time (200 at once drowned a SQLite server in 503s), and every
+    one still gets its slot."""
+    await create_limit(limit_name, 12)
+    in_use: list[int] = []
+
+    @flow
+    async def many() -> None:
+        ready = asyncio.Barrier(12)
+
+        async def one() -> None:
+            async with rendering_session(lease=timedelta(minutes=10)):
+                await ready.wait()
+                in_use.append(await slots_in_use(limit_name))
+
+        await asyncio.gather(*(one() for _ in range(12)))
+
+    await many()
+    assert in_use == [12] * 12
+    assert len(asked) == 12
+    assert asked.peak == SLOT_CALLS_AT_ONCE == 4
     assert await slots_in_use(limit_name) == 0
 
 
