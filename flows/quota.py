@@ -221,6 +221,13 @@ async def report_slot_wait(wait: SlotWait, phase: WaitPhase) -> None:
         logger.debug("could not publish the slot-wait artifact: %s", exc)
 
 
+def _why(exc: BaseException) -> str:
+    """An exception as a log line's reason, never empty (a timeout has no message)."""
+    if isinstance(exc, TimeoutError) and not str(exc):
+        return f"no answer within {_duration(_RELEASE_TIMEOUT_SECONDS)}"
+    return str(exc) or type(exc).__name__
+
+
 def _is_transient(exc: BaseException) -> bool:
     """A Prefect API failure worth retrying: no answer, or a 5xx."""
     if isinstance(exc, httpx.TransportError):
@@ -486,20 +493,25 @@ class SessionSlot:
                 await self._close()
 
     async def _release(self, client: PrefectClient, lease_id: UUID) -> None:
-        deadline = self.clock() + _RELEASE_TIMEOUT_SECONDS
+        # The deadline bounds the server's answers, not the turn at the gate: 200 sessions
+        # ending together queue there, and none of them should give up for that.
+        deadline: float | None = None
         while True:
             try:
-                with anyio.fail_after(max(1.0, deadline - self.clock())):
-                    async with _slot_gate():
+                async with _slot_gate():
+                    if deadline is None:
+                        deadline = self.clock() + _RELEASE_TIMEOUT_SECONDS
+                    with anyio.fail_after(max(1.0, deadline - self.clock())):
                         await client.release_concurrency_slots_with_lease(lease_id=lease_id)
                 return
             except Exception as exc:  # noqa: BLE001 - the lease still bounds the slot
-                if not _is_transient(exc) or self.clock() >= deadline:
+                over = deadline is None or self.clock() >= deadline
+                if not _is_transient(exc) or over:
                     run_logger().warning(
                         "Could not give back the session slot of '%s' (%s); the server"
                         " frees it when its lease runs out, within %s",
                         self.limit_name,
-                        exc,
+                        _why(exc),
                         _duration(slot_return_bound(self.lease_seconds)),
                     )
                     return

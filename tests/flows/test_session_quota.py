@@ -399,6 +399,30 @@ async def test_the_lease_is_renewed_while_held(limit_name: str) -> None:
     assert await slots_in_use(limit_name) == 0
 
 
+async def test_a_give_back_that_times_out_says_so(
+    limit_name: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A give-back the server never answers ends at the deadline with a warning that says
+    why (a timeout has no message of its own: the line read "(); the server frees it")."""
+    from prefect.client.orchestration import PrefectClient
+
+    from arr_prefect.flows import quota
+
+    await create_limit(limit_name, 1)
+    slot = SessionSlot(limit_name, lease_seconds=60)
+    await slot.acquire()
+
+    async def never(self: PrefectClient, **_kwargs: Any) -> None:
+        await asyncio.sleep(3600)
+
+    monkeypatch.setattr(PrefectClient, "release_concurrency_slots_with_lease", never)
+    monkeypatch.setattr(quota, "_RELEASE_TIMEOUT_SECONDS", 0.0)  # fail_after's 1 s floor
+    await slot.release()
+    [line] = [r.getMessage() for r in caplog.records if "Could not give back" in r.getMessage()]
+    assert "(no answer within 0 s)" in line
+    assert "within 1 min 15 s" in line
+
+
 def test_names_and_bounds() -> None:
     """The default name carries the account; a killed holder's slot returns within 75 s."""
     assert session_limit_name("arr-sessions-{account_id}", "1111") == "arr-sessions-1111"
