@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import signal
 import time
 from collections.abc import Iterable, Mapping
@@ -202,9 +203,9 @@ class FleetStack(Stack):
         for artifact in artifacts:
             for line in str(artifact.get("data") or "").splitlines():
                 if line.startswith("| Waited for a session slot |"):
-                    cell = line.split("|")[2].strip()
-                    if cell.endswith(" s"):
-                        waits.append(float(cell[:-2]))
+                    seconds = duration_seconds(line.split("|")[2])
+                    if seconds is not None:
+                        waits.append(seconds)
         return waits
 
     def held_leases(self) -> dict[str, str]:
@@ -241,6 +242,19 @@ def sigkill(pid: int) -> None:
             kill(pid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
             continue
+
+
+_DURATION = re.compile(r"(?:(\d+) h)? ?(?:(\d+) min)? ?(?:(\d+(?:\.\d+)?) s)?")
+
+
+def duration_seconds(text: str) -> float | None:
+    """Seconds in a duration as the summary prints it (``45 s``, ``1 min 5 s``, ``2 h``),
+    None for anything else (``-``)."""
+    match = _DURATION.fullmatch(text.strip())
+    if match is None or not any(match.groups()):
+        return None
+    hours, minutes, seconds = match.groups()
+    return int(hours or 0) * 3600 + int(minutes or 0) * 60 + float(seconds or 0)
 
 
 def run_pid(run: Mapping[str, Any]) -> int | None:
