@@ -28,6 +28,7 @@ Teardown in depth (DESIGN.md), the layers this module provides:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import stat
@@ -394,13 +395,13 @@ async def stop_owned_sessions(flow: Flow | Any, flow_run: FlowRun, state: State[
 async def _final_status(arr: ArrClient, session_id: str) -> str | None:
     """The status a stopped session ended with, as the service reports it (None if it
     cannot be read within 30 s: the stop itself has already succeeded)."""
-    status: str | None = None
-    try:
-        with anyio.CancelScope(shield=True), anyio.fail_after(30):
-            status = (await arr.get_session(session_id)).status.value
-    except (ArrError, TimeoutError):
-        pass
-    return status
+    with (
+        contextlib.suppress(ArrError, TimeoutError),
+        anyio.CancelScope(shield=True),
+        anyio.fail_after(30),
+    ):
+        return (await arr.get_session(session_id)).status.value
+    return None
 
 
 def _report_hook_stop(
@@ -1095,12 +1096,7 @@ async def rendering_session(
                 _credentials_of.pop(session.id, None)
                 if guard is not None:
                     guard.release(session.id)
-                try:
-                    with anyio.CancelScope(shield=True), anyio.fail_after(30):
-                        final = await arr.get_session(session.id)
-                    report.final_status = final.status.value
-                except (ArrError, TimeoutError):
-                    report.final_status = None
+                report.final_status = await _final_status(arr, session.id)
                 emit_session_event(
                     "arr.session.stopped",
                     session.id,
