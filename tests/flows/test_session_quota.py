@@ -179,6 +179,26 @@ async def test_no_limit_is_asked_once_per_run(
     assert asked == [limit_name, limit_name]
 
 
+async def slots_seen_together(limit_name: str, count: int) -> list[int]:
+    """Start ``count`` sessions together in one flow run; each reports the slots in use
+    once all of them are in their bodies."""
+    in_use: list[int] = []
+
+    @flow
+    async def together() -> None:
+        ready = asyncio.Barrier(count)
+
+        async def one() -> None:
+            async with rendering_session(lease=timedelta(minutes=10)):
+                await ready.wait()
+                in_use.append(await slots_in_use(limit_name))
+
+        await asyncio.gather(*(one() for _ in range(count)))
+
+    await together()
+    return in_use
+
+
 @pytest.mark.realtime_job  # the bodies wait on the Prefect API: the session clock stands still
 async def test_sessions_starting_together_each_take_a_slot(
     limit_name: str, emulator: Emulator, asked: _Asked
@@ -186,21 +206,7 @@ async def test_sessions_starting_together_each_take_a_slot(
     """With the limit there, sessions starting together each take (and give back) a slot
     of their own: waiting on the first one's question does not share its slot."""
     await create_limit(limit_name, 5)
-    in_use: list[int] = []
-
-    @flow
-    async def several() -> None:
-        ready = asyncio.Barrier(4)
-
-        async def one() -> None:
-            async with rendering_session(lease=timedelta(minutes=10)):
-                await ready.wait()
-                in_use.append(await slots_in_use(limit_name))
-
-        await asyncio.gather(*(one() for _ in range(4)))
-
-    await several()
-    assert in_use == [4, 4, 4, 4]
+    assert await slots_seen_together(limit_name, 4) == [4, 4, 4, 4]
     assert len(asked) == 4
     # The first answer says the limit exists: the other three then ask side by side.
     assert asked.peak == 3
@@ -215,21 +221,7 @@ async def test_slot_requests_in_flight_are_bounded(
     the Prefect server at a time (200 at once drowned a SQLite server in 503s), and every
     one still gets its slot."""
     await create_limit(limit_name, 12)
-    in_use: list[int] = []
-
-    @flow
-    async def many() -> None:
-        ready = asyncio.Barrier(12)
-
-        async def one() -> None:
-            async with rendering_session(lease=timedelta(minutes=10)):
-                await ready.wait()
-                in_use.append(await slots_in_use(limit_name))
-
-        await asyncio.gather(*(one() for _ in range(12)))
-
-    await many()
-    assert in_use == [12] * 12
+    assert await slots_seen_together(limit_name, 12) == [12] * 12
     assert len(asked) == 12
     assert asked.peak == SLOT_CALLS_AT_ONCE == 4
     assert await slots_in_use(limit_name) == 0
