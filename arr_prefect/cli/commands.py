@@ -54,7 +54,7 @@ from arr_prefect.cli.options import (
     load_saved_block,
     shared_options,
 )
-from arr_prefect.cli.output import session_json
+from arr_prefect.cli.output import lease_left, session_json
 from arr_prefect.client import ArrClient
 from arr_prefect.errors import (
     ArrError,
@@ -405,7 +405,7 @@ def extend(
         inv.out.note(
             f"Lease of session {session_id}: {format_duration(current.max_lease)}"
             f" -> {format_duration(updated.max_lease)}"
-            f" ({format_duration(updated.remaining)} left)."
+            f" ({format_duration(lease_left(updated))} left)."
         )
         inv.out.session(updated)
 
