@@ -450,7 +450,7 @@ async def _stop_all(inv: Invocation, *, ask: bool) -> None:
 def stop(
     ctx: typer.Context,
     session_id: Annotated[
-        str | None, typer.Argument(metavar="[ID]", help="The session to stop.")
+        str | None, typer.Argument(metavar="ID", help="The session to stop.")
     ] = None,
     all_sessions: Annotated[
         bool, typer.Option("--all", help="Stop every active session of the account.")
