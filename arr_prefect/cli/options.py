@@ -14,7 +14,6 @@ import functools
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, fields, replace
-from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -23,11 +22,11 @@ from typer.core import TyperCommand, TyperGroup
 
 from arr_prefect.cli.config import BlockLoader, ConfigSources, account_domain_fields
 from arr_prefect.client import ArrClient
+from arr_prefect.models import ApiVersion
 from arr_prefect.settings import ArrSettings
 
 __all__ = [
     "CONFIG_PANEL",
-    "ApiVersionChoice",
     "ArrCommand",
     "ArrGroup",
     "ClientBuilder",
@@ -44,13 +43,6 @@ CONFIG_PANEL = "Configuration (highest first: flags, --block, ARR_* / .env, --co
 
 ClientBuilder = Callable[[ArrSettings], ArrClient]
 """Builds the client for resolved settings; tests inject one with an in-process transport."""
-
-
-class ApiVersionChoice(StrEnum):
-    """The API versions the client speaks."""
-
-    V1 = "v1"
-    V2021 = "2021-01-01"
 
 
 AccountIdOpt = Annotated[
@@ -81,7 +73,7 @@ ServiceUrlOpt = Annotated[
     ),
 ]
 ApiVersionOpt = Annotated[
-    ApiVersionChoice | None,
+    ApiVersion | None,
     typer.Option(
         "--api-version",
         help="The session API version (default: ARR_API_VERSION, else v1).",
@@ -121,7 +113,7 @@ class SharedOptions:
     account_domain: str | None = None
     region: str | None = None
     service_url: str | None = None
-    api_version: ApiVersionChoice | None = None
+    api_version: ApiVersion | None = None
     block: str | None = None
     config: Path | None = None
     as_json: bool = False
@@ -147,7 +139,7 @@ class SharedOptions:
         if self.service_url is not None:
             flags["service_url"] = self.service_url
         if self.api_version is not None:
-            flags["api_version"] = self.api_version.value
+            flags["api_version"] = self.api_version
         return ConfigSources(flags=flags, block=self.block, config_file=self.config)
 
 
