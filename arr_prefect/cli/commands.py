@@ -15,11 +15,16 @@ H:MM:SS | --by DURATION)``             it                                  -MaxL
 ``arr sessions list``                  active sessions as a table          ``-GetSessions``
 =====================================  ==================================  =====================
 
-Exit status: 0 success; 1 a service or network error (the message carries the MS-CV);
-2 bad usage or bad input, caught before any request changes anything; 3 a session that
-ended (Error, Expired, or Stopped) while ``--wait`` waited for it; 130 interrupted.
+Exit statuses: :data:`~arr_prefect.cli.invocation.EXIT_STATUSES` (0 success, 1 service or
+network error, 2 bad input, 3 the session ended while waited for, 130 interrupted).
 
 No Prefect server is needed, and Prefect is imported only for ``--block``.
+
+The commands are module-level functions; :func:`build_app` registers them. Around them:
+``options.py`` (the options every command shares, declared once by
+:func:`~arr_prefect.cli.options.shared_options`), ``invocation.py`` (settings, client,
+exit status), ``output.py`` (what is printed), ``config.py`` (where settings come from),
+``reference.py`` (this CLI's reference as Markdown, read from the app).
 """
 
 from __future__ import annotations
