@@ -226,7 +226,9 @@ def shared_options(command: Callable[..., None]) -> Callable[..., None]:
         ctx.obj = replace(scope, options=scope.options.under(leaf))
         command(*args, **kwargs)
 
-    with_shared_options.__signature__ = signature.replace(  # type: ignore[attr-defined]  # read by inspect.signature, hence by Typer
+    # inspect.signature (hence Typer) reads __signature__ before anything else; mypy does
+    # not know functions may carry one.
+    with_shared_options.__signature__ = signature.replace(  # type: ignore[attr-defined]
         parameters=[*own, *_SHARED_PARAMETERS]
     )
     return with_shared_options
