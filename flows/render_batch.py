@@ -31,10 +31,10 @@ from arr_prefect.flows.jobs import (
     validate_job,
 )
 from arr_prefect.flows.progress import JOB_PROGRESS_KEY, ProgressArtifact, job_progress
+from arr_prefect.flows.rendering import arendering_session
 from arr_prefect.flows.session import (
     SessionReport,
     WorkerLostError,
-    rendering_session,
     stop_owned_sessions,
 )
 from arr_prefect.models import SessionSize, parse_lease
@@ -304,7 +304,7 @@ async def render_batch(
     job_times: list[float] = []
     job_artifact = ProgressArtifact(JOB_PROGRESS_KEY)
     try:
-        async with rendering_session(
+        async with arendering_session(
             session_size,
             lease=rolling,
             ready_timeout=ready_timeout_minutes * 60,

@@ -31,13 +31,13 @@ from arr_prefect.errors import ConfigurationError, SessionNotFoundError
 from arr_prefect.flows import (
     LeaseKeeper,
     RenderSummary,
+    owner_tags,
     reap_orphaned_sessions,
     record_session_owner,
     render_batch,
     rendering_session,
     stop_owned_sessions,
 )
-from arr_prefect.flows import session as session_module
 from tests.flows.conftest import make_settings
 
 pytestmark = pytest.mark.usefixtures("arr")
@@ -180,8 +180,8 @@ async def test_hook_in_another_process_reaches_the_block_account(
     state = await leaky(return_state=True)
     session_id = await state.aresult()
     assert [s.id for s in emulator.running()] == [session_id]
-    session_module._owned.clear()  # what another process knows: only the run's record
-    session_module._credentials_of.clear()
+    owner_tags._owned.clear()  # what another process knows: only the run's record
+    owner_tags._credentials_of.clear()
     async with get_client() as prefect:
         run = await prefect.read_flow_run(flow_run_id(state))
     await stop_owned_sessions(leaky, run, Crashed())

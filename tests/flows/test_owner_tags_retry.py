@@ -11,8 +11,7 @@ import pytest
 from prefect import flow, get_client
 
 from arr_prefect.emulator import Emulator
-from arr_prefect.flows import OWNER_TAG_PREFIX, SessionReport, rendering_session
-from arr_prefect.flows import session as session_module
+from arr_prefect.flows import OWNER_TAG_PREFIX, SessionReport, owner_tags, rendering_session
 
 pytestmark = [pytest.mark.usefixtures("arr"), pytest.mark.realtime_job]
 
@@ -20,7 +19,7 @@ pytestmark = [pytest.mark.usefixtures("arr"), pytest.mark.realtime_job]
 @pytest.fixture
 def api_unreachable_at_first(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """The first tag write fails as it does while the server restarts; later ones work."""
-    real = session_module._tag_flow_run
+    real = owner_tags._tag_flow_run
     calls: list[str] = []
 
     async def flaky(flow_run_id: str, tags: list[str]) -> None:
@@ -29,8 +28,8 @@ def api_unreachable_at_first(monkeypatch: pytest.MonkeyPatch) -> list[str]:
             raise ConnectionError("All connection attempts failed")
         await real(flow_run_id, tags)
 
-    monkeypatch.setattr(session_module, "_tag_flow_run", flaky)
-    monkeypatch.setattr(session_module, "OWNER_TAG_RETRY_SECONDS", 0.2)
+    monkeypatch.setattr(owner_tags, "_tag_flow_run", flaky)
+    monkeypatch.setattr(owner_tags, "OWNER_TAG_RETRY_SECONDS", 0.2)
     return calls
 
 

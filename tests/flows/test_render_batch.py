@@ -33,11 +33,12 @@ from arr_prefect.flows import (
     JobTimeoutError,
     RenderSummary,
     SessionReport,
+    hooks,
+    owner_tags,
     render_batch,
     rendering_session,
     stop_owned_sessions,
 )
-from arr_prefect.flows import session as session_module
 from arr_prefect.flows.sample_job import SampleJobError
 from tests.flows import sample_jobs
 from tests.flows.conftest import make_settings
@@ -368,18 +369,18 @@ async def test_hook_stops_sessions_found_from_tags(
     @flow
     async def leaky() -> str:
         session = await create_session(lease=timedelta(minutes=5))
-        await session_module.record_session_owner(session.id, api_version=api_version)
+        await owner_tags.record_session_owner(session.id, api_version=api_version)
         return session.id
 
     state = await leaky(return_state=True)
     session_id = await state.aresult()
     assert [s.id for s in emulator.running()] == [session_id]
-    session_module._owned.clear()  # what another process knows: only the tags
+    owner_tags._owned.clear()  # what another process knows: only the tags
     async with get_client() as prefect:
         run = await prefect.read_flow_run(flow_run_id(state))
     emitted: list[tuple[str, dict[str, Any]]] = []
     monkeypatch.setattr(
-        session_module,
+        hooks,
         "emit_session_event",
         lambda event, _sid, _run, payload: emitted.append((event, payload)),
     )

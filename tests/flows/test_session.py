@@ -156,11 +156,11 @@ async def test_guard_only_where_another_process_can_reach_the_service(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """No guard outside a worker-started flow run, nor for an in-process (injected) service."""
-    from arr_prefect.flows import session as session_module
+    from arr_prefect.flows import stopped_if_process_dies, worker_watchdog
 
     async with open_client() as arr:
-        monkeypatch.setattr(session_module, "_WORKER_PID", None)
-        assert session_module._guard_for(arr) is None
-        monkeypatch.setattr(session_module, "_WORKER_PID", 1234)
+        monkeypatch.setattr(worker_watchdog, "WORKER_PID", None)
+        assert stopped_if_process_dies._guard_for(arr) is None
+        monkeypatch.setattr(worker_watchdog, "WORKER_PID", 1234)
         assert not arr.reaches_service_directly
-        assert session_module._guard_for(arr) is None
+        assert stopped_if_process_dies._guard_for(arr) is None

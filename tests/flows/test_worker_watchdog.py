@@ -10,8 +10,7 @@ from datetime import timedelta
 import pytest
 
 from arr_prefect.emulator import Emulator
-from arr_prefect.flows import rendering_session
-from arr_prefect.flows import session as session_module
+from arr_prefect.flows import rendering_session, worker_watchdog
 from arr_prefect.flows.session import WorkerLostError
 
 pytestmark = pytest.mark.usefixtures("arr")
@@ -22,11 +21,11 @@ async def test_lost_worker_stops_the_job_and_the_session(
     emulator: Emulator, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """When the worker that started the run is gone, the body ends with WorkerLostError."""
-    monkeypatch.setattr(session_module, "_WORKER_PID", os.getppid() + 1)  # not our parent
-    monkeypatch.setattr(session_module, "WORKER_CHECK_SECONDS", 0.01)
+    monkeypatch.setattr(worker_watchdog, "WORKER_PID", os.getppid() + 1)  # not our parent
+    monkeypatch.setattr(worker_watchdog, "WORKER_CHECK_SECONDS", 0.01)
     # Keep pytest's own output: an orphan points its stdout/stderr pipes at /dev/null.
     silenced: list[bool] = []
-    monkeypatch.setattr(session_module, "_silence_orphaned_output", lambda: silenced.append(True))
+    monkeypatch.setattr(worker_watchdog, "_silence_orphaned_output", lambda: silenced.append(True))
     with pytest.raises(WorkerLostError, match="nobody can cancel this run"):
         async with rendering_session(lease=timedelta(minutes=4)):
             await asyncio.sleep(30)
@@ -40,8 +39,8 @@ async def test_live_worker_leaves_the_job_alone(
     emulator: Emulator, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """While the worker that started the run lives, the watchdog checks and does nothing."""
-    monkeypatch.setattr(session_module, "_WORKER_PID", os.getppid())
-    monkeypatch.setattr(session_module, "WORKER_CHECK_SECONDS", 0)
+    monkeypatch.setattr(worker_watchdog, "WORKER_PID", os.getppid())
+    monkeypatch.setattr(worker_watchdog, "WORKER_CHECK_SECONDS", 0)
     checks = 0
     checked_enough = asyncio.Event()
 
@@ -52,7 +51,7 @@ async def test_live_worker_leaves_the_job_alone(
             checked_enough.set()
         return os.getppid()
 
-    monkeypatch.setattr(session_module, "_parent_pid", parent_pid)
+    monkeypatch.setattr(worker_watchdog, "_parent_pid", parent_pid)
     async with rendering_session(lease=timedelta(minutes=4)) as session:
         await checked_enough.wait()  # 20 checks of a live worker, no real time
         assert session.status == "Ready"
@@ -69,8 +68,8 @@ async def test_watchdog_can_be_turned_off(
     from arr_prefect.client import ArrClient
     from tests.flows.conftest import make_settings
 
-    monkeypatch.setattr(session_module, "_WORKER_PID", os.getppid() + 1)  # "gone"
-    monkeypatch.setattr(session_module, "WORKER_CHECK_SECONDS", 0.01)
+    monkeypatch.setattr(worker_watchdog, "WORKER_PID", os.getppid() + 1)  # "gone"
+    monkeypatch.setattr(worker_watchdog, "WORKER_CHECK_SECONDS", 0.01)
     client = ArrClient(
         make_settings("v1", stop_on_worker_loss=False),
         transport=emulator.transport(),
@@ -103,4 +102,4 @@ def test_worker_pid_only_when_started_by_a_worker(
         monkeypatch.delenv("PREFECT__FLOW_RUN_ID", raising=False)
     else:
         monkeypatch.setenv("PREFECT__FLOW_RUN_ID", flow_run_id)
-    assert session_module._starting_worker_pid() == expected
+    assert worker_watchdog.starting_worker_pid() == expected

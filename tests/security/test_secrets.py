@@ -42,8 +42,7 @@ from arr_prefect.client import ArrClient, use_client_factory
 from arr_prefect.clock import VirtualClock, use_clock
 from arr_prefect.credentials import RemoteRenderingCredentials, load_credentials
 from arr_prefect.emulator import Emulator
-from arr_prefect.flows import reap_orphaned_sessions, render_batch, stop_owned_sessions
-from arr_prefect.flows import session as session_module
+from arr_prefect.flows import owner_tags, reap_orphaned_sessions, render_batch, stop_owned_sessions
 from arr_prefect.settings import ArrSettings
 from tests.security import jobs
 from tests.security.conftest import (
@@ -310,8 +309,8 @@ async def test_no_key_anywhere_after_a_run_with_a_saved_block(
     async with get_client() as prefect:
         flow_run = await prefect.read_flow_run(run_id)
     # The hook and the reaper, knowing only what the run recorded (as in another process).
-    session_module._owned.clear()
-    session_module._credentials_of.clear()
+    owner_tags._owned.clear()
+    owner_tags._credentials_of.clear()
     await stop_owned_sessions(render_batch, flow_run, Crashed())
     reaper = await reap_orphaned_sessions(grace_minutes=0, return_state=True)
     assert reaper.is_completed(), reaper.message

@@ -1,0 +1,397 @@
+"""Every session is traceable to the flow run that owns it: the owner tags.
+
+The moment a session exists (for 2021-01-01, before its create is even sent: the client
+names it), it is recorded in this process, as the flow-run tag ``arr-session:<id>`` and
+as an ``arr.session.created`` event. The flow hooks (:mod:`arr_prefect.flows.hooks`),
+which Prefect may run in another process, and the orphan reaper find it from there. A
+session made with a saved credentials block also tags the run ``arr-credentials:<block
+name>`` (the name, never the key), so the hooks reach the same account.
+
+Tags the Prefect API cannot take at first (a server restarting, its database away) are
+written again every :data:`OWNER_TAG_RETRY_SECONDS` while the session lives, and waited
+for at most :data:`OWNER_TAG_LAST_WAIT` once it is stopped: :func:`owner_recorded`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import weakref
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import timedelta
+from uuid import UUID
+
+import anyio
+from prefect import get_client
+from prefect.client.schemas.objects import FlowRun
+from prefect.logging import get_logger
+
+from arr_prefect.client import ArrClient
+from arr_prefect.credentials import RemoteRenderingCredentials
+from arr_prefect.flows.api_calls import chosen_session_id
+from arr_prefect.flows.events import emit_session_event, session_payload
+from arr_prefect.flows.report import SessionReport
+from arr_prefect.models import SessionSize
+from arr_prefect.tasks.sessions import run_logger
+
+__all__ = [
+    "CREDENTIALS_TAG_PREFIX",
+    "OWNER_TAG_PREFIX",
+    "OwnerRecord",
+    "credentials_blocks_of",
+    "owned_session_ids",
+    "owner_recorded",
+    "record_session_owner",
+]
+
+OWNER_TAG_PREFIX = "arr-session:"
+"""Flow runs that own a session carry the tag ``arr-session:<session id>``."""
+
+CREDENTIALS_TAG_PREFIX = "arr-credentials:"
+"""Flow runs that made a session with a saved credentials block carry the tag
+``arr-credentials:<block name>``: how hooks in another process find the account."""
+
+# When the owner tags could not be written (the Prefect API away: a server restart, its
+# database down), they are written again this often while the session lives.
+OWNER_TAG_RETRY_SECONDS = 5.0
+# ... and, once the session is stopped, waited for at most this long before giving up.
+OWNER_TAG_LAST_WAIT = 60.0
+# A session the service named (v1) is recorded after its create, shielded from a cancel
+# for at most this long: the stop that follows must not wait on the Prefect API forever.
+RECORD_AFTER_CREATE_SECONDS = 30.0
+
+_owned: dict[str, set[str]] = {}
+# The credentials each session of this process was made with, for hooks running here
+# (an unsaved block has no name another process could load).
+_credentials_of: dict[str, RemoteRenderingCredentials] = {}
+
+
+def credentials_made_with(session_id: str) -> RemoteRenderingCredentials | None:
+    """The credentials this process made ``session_id`` with (None: not made here)."""
+    return _credentials_of.get(session_id)
+
+
+class _TagWriter:
+    """Adds tags to one flow run, in batches: all the tags asked for while a write is in
+    flight go together in the next one (one read of the run's tags, one update).
+
+    Each read-then-update must not overlap another (the second would drop the first's
+    tag), and a write per tag under a lock made 200 sessions starting together wait for
+    400 API calls one after the other. ``add`` returns once its tag is written.
+    """
+
+    def __init__(self, flow_run_id: UUID) -> None:
+        self.flow_run_id = flow_run_id
+        self._pending: dict[str, None] = {}  # an ordered set: tags keep their order
+        self._batch: asyncio.Future[None] | None = None
+        self._writer: asyncio.Task[None] | None = None
+
+    async def add(self, tags: list[str]) -> None:
+        loop = asyncio.get_running_loop()
+        self._pending.update(dict.fromkeys(tags))
+        if self._batch is None:
+            self._batch = loop.create_future()
+        batch = self._batch
+        if self._writer is None or self._writer.done():
+            self._writer = loop.create_task(self._write(), name="arr-tag-writer")
+        await asyncio.shield(batch)
+
+    async def _write(self) -> None:
+        while self._pending:
+            tags, self._pending = self._pending, {}
+            batch, self._batch = self._batch, None
+            assert batch is not None
+            try:
+                async with get_client() as prefect:
+                    run = await prefect.read_flow_run(self.flow_run_id)
+                    missing = [t for t in tags if t not in run.tags]
+                    if missing:
+                        await prefect.update_flow_run(self.flow_run_id, tags=[*run.tags, *missing])
+            except Exception as exc:  # noqa: BLE001 - handed to every waiter of the batch
+                if not batch.done():
+                    batch.set_exception(exc)
+                    batch.exception()  # retrieved here too: a cancelled waiter may not
+            else:
+                if not batch.done():
+                    batch.set_result(None)
+
+
+_tag_writers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, _TagWriter]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def current_flow_run_id() -> str | None:
+    """The ID of the flow run this code runs in (None outside one)."""
+    from prefect.context import FlowRunContext
+
+    context = FlowRunContext.get()
+    if context is not None and context.flow_run is not None:
+        return str(context.flow_run.id)
+    return None
+
+
+async def record_session_owner(
+    session_id: str,
+    flow_run_id: str | None = None,
+    *,
+    api_version: str | None = None,
+    credentials: RemoteRenderingCredentials | None = None,
+    size: str | None = None,
+    lease_seconds: float | None = None,
+) -> bool:
+    """Tie a session to a flow run (the current one by default), before anything can fail.
+
+    Records it in this process, as the flow-run tag ``arr-session:<id>`` and as an
+    ``arr.session.created`` event, so :func:`stop_owned_sessions` (in any process) and the
+    orphan reaper can find it. Call it right after ``create_session`` when composing the
+    tasks by hand; :func:`rendering_session` does it for you. Pass the ``credentials``
+    the session was made with: a saved block's name is tagged too
+    (``arr-credentials:<name>``) so hooks in another process reach the same account.
+
+    Args:
+        session_id: The session to record.
+        flow_run_id: The flow run that owns it; the current one when None (outside a flow
+            run only the event is sent).
+        api_version: The API version the session was made with, for the event.
+        credentials: The credentials the session was made with.
+        size: The session's size, for the event.
+        lease_seconds: The session's (rolling) lease, for the event.
+
+    Returns:
+        False when the tags could not be written (``rendering_session`` then keeps trying
+        while the session lives); True otherwise.
+    """
+    flow_run_id = flow_run_id if flow_run_id is not None else current_flow_run_id()
+    block = credentials.block_name if credentials is not None else None
+    tagged = True  # outside a flow run there is no run to tag, only the event to send
+    if flow_run_id is not None:
+        tagged = await _tag_owner(session_id, flow_run_id, credentials)
+    emit_session_event(
+        "arr.session.created",
+        session_id,
+        flow_run_id,
+        session_payload(
+            session_id,
+            size=size,
+            api_version=api_version,
+            elapsed_seconds=0.0,
+            lease_seconds=lease_seconds,
+            credentials_block=block or "",
+        ),
+    )
+    return tagged
+
+
+async def _tag_owner(
+    session_id: str, flow_run_id: str, credentials: RemoteRenderingCredentials | None
+) -> bool:
+    """The flow-run side of :func:`record_session_owner`: this process's record and the
+    run's tags. False when the tags could not be written."""
+    _owned.setdefault(flow_run_id, set()).add(session_id)
+    block = credentials.block_name if credentials is not None else None
+    if credentials is not None:
+        _credentials_of[session_id] = credentials
+        if block is None:
+            run_logger().warning(
+                "Session %s uses credentials that are not a saved block: a teardown hook"
+                " run in another process, and the reaper, will use the ARR_* settings"
+                " there instead. Save the block and load it by name to avoid this",
+                session_id,
+            )
+    tags = _owner_tags(session_id, block)
+    try:
+        await _tag_flow_run(flow_run_id, tags)
+    except Exception as exc:  # noqa: BLE001 - recording must never lose the session
+        run_logger().warning(
+            "Could not tag flow run %s with %s (%s); the rolling lease still bounds the session",
+            flow_run_id,
+            ", ".join(tags),
+            exc,
+        )
+        return False
+    return True
+
+
+def _owner_tags(session_id: str, block: str | None) -> list[str]:
+    tags = [f"{OWNER_TAG_PREFIX}{session_id}"]
+    if block is not None:
+        tags.append(f"{CREDENTIALS_TAG_PREFIX}{block}")
+    return tags
+
+
+async def _tag_flow_run(flow_run_id: str, tags: list[str]) -> None:
+    """Add ``tags`` to the flow run through its batching writer (raises when the Prefect
+    API cannot be reached)."""
+    writers = _tag_writers.setdefault(asyncio.get_running_loop(), {})
+    writer = writers.get(flow_run_id)
+    if writer is None:
+        writer = writers[flow_run_id] = _TagWriter(UUID(flow_run_id))
+    await writer.add(tags)
+
+
+async def _tag_until_recorded(flow_run_id: str, tags: list[str]) -> None:
+    """Write owner tags that could not be written at first, retrying until they are: a
+    Prefect server restarting (or its database away) must not lose a run's ownership."""
+    while True:
+        await asyncio.sleep(OWNER_TAG_RETRY_SECONDS)
+        try:
+            await _tag_flow_run(flow_run_id, tags)
+        except Exception as exc:  # noqa: BLE001 - retried until the session ends
+            get_logger("arr.flows").debug("still cannot tag flow run %s: %s", flow_run_id, exc)
+            continue
+        run_logger().info("Flow run tagged with %s after all", ", ".join(tags))
+        return
+
+
+async def _run_tags(flow_run_id: str) -> list[str]:
+    try:
+        async with get_client() as prefect:
+            run = await prefect.read_flow_run(UUID(flow_run_id))
+    except Exception as exc:  # noqa: BLE001 - callers fall back to what this process knows
+        get_logger("arr.flows").warning(
+            "could not read the tags of flow run %s: %s", flow_run_id, exc
+        )
+        return []
+    return list(run.tags)
+
+
+async def owned_session_ids(flow_run_id: str | UUID) -> set[str]:
+    """Session IDs a flow run owns: recorded in this process, or as tags on the run.
+
+    Args:
+        flow_run_id: The flow run.
+
+    Returns:
+        The IDs recorded by this process or tagged on the run (only the former when the
+        Prefect API cannot be reached).
+    """
+    key = str(flow_run_id)
+    ids = set(_owned.get(key, ()))
+    tags = await _run_tags(key)
+    ids.update(t[len(OWNER_TAG_PREFIX) :] for t in tags if t.startswith(OWNER_TAG_PREFIX))
+    return ids
+
+
+async def credentials_blocks_of(flow_run: FlowRun) -> list[str]:
+    """Names of the saved credentials blocks a flow run made sessions with.
+
+    Args:
+        flow_run: The flow run.
+
+    Returns:
+        Its ``arr-credentials:`` tags, then its ``credentials_block`` parameter
+        (render-batch's) if it names another block.
+    """
+    tags = await _run_tags(str(flow_run.id))
+    names = [t[len(CREDENTIALS_TAG_PREFIX) :] for t in tags if t.startswith(CREDENTIALS_TAG_PREFIX)]
+    parameter = (flow_run.parameters or {}).get("credentials_block")
+    if isinstance(parameter, str) and parameter.strip() and parameter.strip() not in names:
+        names.append(parameter.strip())
+    return names
+
+
+class OwnerRecord:
+    """The ownership record of one session of ``rendering_session`` (see
+    :func:`owner_recorded`)."""
+
+    def __init__(
+        self,
+        arr: ArrClient,
+        flow_run_id: str | None,
+        session_id: str | None,
+        *,
+        credentials: RemoteRenderingCredentials | None,
+        size: SessionSize,
+        lease: timedelta,
+    ) -> None:
+        self.arr = arr
+        self.flow_run_id = flow_run_id
+        self.session_id = session_id
+        """The ID the client chose, recorded before the create; None: the service names it."""
+        self.credentials = credentials
+        self.size = size
+        self.lease = lease
+        self.tagged = True
+        self._retry: asyncio.Task[None] | None = None
+
+    async def record(self, session_id: str) -> bool:
+        """Record ``session_id`` as the flow run's (False: its tags are not written yet)."""
+        return await record_session_owner(
+            session_id,
+            self.flow_run_id,
+            api_version=self.arr.api_version,
+            credentials=self.credentials,
+            size=self.size.value,
+            lease_seconds=self.lease.total_seconds(),
+        )
+
+    async def record_created(self, session_id: str) -> None:
+        """The create answered: record a session the service named, and keep writing tags
+        that could not be written yet while the session lives."""
+        if self.session_id is None:
+            # Inside teardown's reach: a cancel arriving while the tag is written still
+            # stops the session (the shield only bounds how long the write may take).
+            self.tagged = False
+            with anyio.CancelScope(shield=True), anyio.move_on_after(RECORD_AFTER_CREATE_SECONDS):
+                self.tagged = await self.record(session_id)
+        if not self.tagged and self.flow_run_id is not None:
+            block = self.credentials.block_name if self.credentials is not None else None
+            self._retry = asyncio.get_running_loop().create_task(
+                _tag_until_recorded(self.flow_run_id, _owner_tags(session_id, block)),
+                name=f"owner-tags-{session_id}",
+            )
+
+    def forget(self, session_id: str) -> None:
+        """The session is stopped: this process no longer needs its credentials."""
+        _credentials_of.pop(session_id, None)
+
+    async def last_chance(self) -> None:
+        """The session is down; its ownership record outlives it: a last chance for a tag
+        the Prefect API could not take yet."""
+        retry, self._retry = self._retry, None
+        if retry is None:
+            return
+        with anyio.CancelScope(shield=True), anyio.move_on_after(OWNER_TAG_LAST_WAIT):
+            await asyncio.wait([retry])
+        retry.cancel()
+
+
+@asynccontextmanager
+async def owner_recorded(
+    arr: ArrClient,
+    flow_run_id: str | None,
+    report: SessionReport,
+    *,
+    credentials: RemoteRenderingCredentials | None,
+    size: SessionSize,
+    lease: timedelta,
+) -> AsyncIterator[OwnerRecord]:
+    """The session is recorded as the flow run's before anything can fail.
+
+    When the client names the session (2021-01-01), the ID is chosen and recorded here,
+    before the create is even sent; a session the service names (v1) is recorded by
+    :meth:`OwnerRecord.record_created` as soon as its create answers. Tags that could not
+    be written are retried while the session lives, and once more on the way out.
+
+    Args:
+        arr: The session's client.
+        flow_run_id: The flow run that owns the session (None outside one).
+        report: The session's report (its ``session_id`` is set to a chosen ID).
+        credentials: The credentials the session is made with (None: a client or the
+            ``ARR_*`` settings), recorded for the hooks.
+        size: The session's size, for the ``arr.session.created`` event.
+        lease: The rolling lease, for that event.
+
+    Yields:
+        The session's :class:`OwnerRecord`.
+    """
+    chosen = chosen_session_id(arr, flow_run_id)
+    record = OwnerRecord(arr, flow_run_id, chosen, credentials=credentials, size=size, lease=lease)
+    if chosen is not None:
+        report.session_id = chosen
+        record.tagged = await record.record(chosen)
+    try:
+        yield record
+    finally:
+        await record.last_chance()

@@ -1,0 +1,76 @@
+"""Layers of rendering_session that no other fast test would miss if they were left out:
+the API called through task runs in a flow run, and the hand-off to the session guard."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from prefect import flow, get_client
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+from arr_prefect.emulator import Emulator
+from arr_prefect.flows import rendering_session, stopped_if_process_dies
+from arr_prefect.settings import ArrSettings
+
+pytestmark = pytest.mark.usefixtures("arr")
+
+
+async def test_in_a_flow_run_each_step_is_a_task_run(emulator: Emulator, api_version: str) -> None:
+    """Create, wait and stop show in the run as create-session, wait-until-ready and
+    stop-session task runs."""
+
+    @flow
+    async def pipeline() -> str:
+        async with rendering_session(lease=timedelta(minutes=4)) as session:
+            return session.id
+
+    state = await pipeline(return_state=True)
+    session_id = await state.aresult()
+    run_id = state.state_details.flow_run_id
+    assert run_id is not None
+    async with get_client() as prefect:
+        runs = await prefect.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run_id]))
+        )
+    names = {run.name for run in runs}
+    assert {f"wait-until-ready-{session_id}", f"stop-session-{session_id}"} <= names
+    assert any(name.startswith("create-session-") for name in names), names
+
+
+class FakeGuard:
+    """Records what the flow-run side tells the guard, with what the service knew then."""
+
+    def __init__(self, emulator: Emulator) -> None:
+        self.emulator = emulator
+        self.calls: list[tuple[str, str, list[str]]] = []
+
+    def statuses(self) -> list[str]:
+        return [entry["status"] for entry in self.emulator.ledger()["sessions"]]
+
+    def watch(self, session_id: str, settings: ArrSettings, *args: Any, **kwargs: Any) -> None:
+        self.calls.append(("watch", session_id, self.statuses()))
+
+    def release(self, session_id: str) -> None:
+        self.calls.append(("release", session_id, self.statuses()))
+
+
+# When the guard is told of the session, what the service has made: 2021-01-01 names the
+# session in the client (watched before the create), v1 in the service (once created).
+WATCHED_WHEN = {"2021-01-01": [], "v1": ["Starting"]}
+
+
+async def test_the_guard_holds_the_session_from_its_id_to_its_stop(
+    emulator: Emulator, api_version: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The guard is told of the session as soon as its ID is known (before the create
+    when the client names it) and lets go of it once teardown has stopped it."""
+    guard = FakeGuard(emulator)
+    monkeypatch.setattr(stopped_if_process_dies, "_guard_for", lambda arr: guard)
+    async with rendering_session(lease=timedelta(minutes=4)) as session:
+        assert [call[:2] for call in guard.calls] == [("watch", session.id)]
+    assert guard.calls == [
+        ("watch", session.id, WATCHED_WHEN[api_version]),
+        ("release", session.id, ["Stopped"]),
+    ]
