@@ -817,7 +817,7 @@ async def _stop_in_teardown(
                 try:
                     # No Prefect retries here: the client's own retries fit in the bound,
                     # and a Prefect retry delay would spend it waiting.
-                    await tasks.stop_session.with_options(retries=0)(session_id, client=arr)
+                    await tasks.astop_session.with_options(retries=0)(session_id, client=arr)
                     return
                 except ArrError:
                     raise
@@ -956,7 +956,7 @@ async def rendering_session(
         async def create() -> Session:
             with anyio.fail_after(CREATE_SHIELD_SECONDS):
                 if in_flow:
-                    return await tasks.create_session(
+                    return await tasks.acreate_session(
                         lease=rolling,
                         size=session_size,
                         models=models,
@@ -1032,7 +1032,7 @@ async def rendering_session(
                 async with ready_wait_progress(
                     session.id, arr.clock, report.created_at, timeout
                 ) as progress:
-                    session = await tasks.wait_until_ready(
+                    session = await tasks.await_until_ready(
                         session.id,
                         timeout=ready_timeout,
                         poll_interval=poll_interval,
