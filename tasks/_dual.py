@@ -22,8 +22,9 @@ The dispatch rule (:func:`called_from_sync`), in order:
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 from collections.abc import Callable, Coroutine
-from typing import Any, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 from prefect import Task
 
@@ -69,14 +70,27 @@ def run_sync(coro: Coroutine[Any, Any, T]) -> T:
     """Run ``coro`` on the package's loop with this thread's context and return its value.
 
     If this thread is interrupted while waiting (Ctrl-C, SIGTERM, a Prefect timeout), the
-    task on the loop is cancelled and the interruption raised.
+    task on the loop is cancelled and, once it has unwound (its own cleanup, such as
+    cancelling a deployment run, done), the interruption is raised; further interruptions
+    arriving meanwhile are dropped in favour of the first.
     """
     future = _loop.run(coro)
     try:
         return _loop.wait(future)
     except BaseException:
-        _loop.cancel_task(future)
+        if not future.done():
+            _loop.cancel_task(future)
+            _settle(future)
         raise
+
+
+def _settle(future: concurrent.futures.Future[Any]) -> None:
+    """Wait until ``future`` is done, whatever is raised in this thread meanwhile."""
+    while not future.done():
+        try:
+            concurrent.futures.wait([future], timeout=_loop.INTERRUPT_CHECK_SECONDS)
+        except BaseException:  # noqa: BLE001, S112 - the first interruption is the one raised
+            continue
 
 
 class DualTask(Task[P, R]):
@@ -84,24 +98,28 @@ class DualTask(Task[P, R]):
     async code (returns the awaitable, as any async task). ``.fn``, ``.submit``, ``.map``
     and ``.with_options`` (which keeps the class) behave as for any Prefect task."""
 
-    def __call__(  # type: ignore[override]  # one signature for Task's overloads
-        self,
-        *args: Any,
-        return_state: bool = False,
-        wait_for: Any = None,
-        **kwargs: Any,
-    ) -> Any:
-        if not called_from_sync():
-            return _task_call(self, *args, return_state=return_state, wait_for=wait_for, **kwargs)
+    # Hidden from type checkers, which see Task's typing: the awaitable (the async
+    # shape, so existing async code type-checks unchanged).
+    if not TYPE_CHECKING:
 
-        async def call() -> Any:
-            # Task.__call__ of an async task returns the task engine's coroutine; made here,
-            # on the loop, in the caller's context (so the run belongs to the caller's run).
-            return await _task_call(
-                self, *args, return_state=return_state, wait_for=wait_for, **kwargs
-            )
+        def __call__(
+            self,
+            *args: Any,
+            return_state: bool = False,
+            wait_for: Any = None,
+            **kwargs: Any,
+        ) -> Any:
+            if not called_from_sync():
+                return _task_call(self, *args, return_state=return_state, wait_for=wait_for, **kwargs)
 
-        return run_sync(call())
+            async def call() -> Any:
+                # Task.__call__ of an async task returns the task engine's coroutine; made here,
+                # on the loop, in the caller's context (so the run belongs to the caller's run).
+                return await _task_call(
+                    self, *args, return_state=return_state, wait_for=wait_for, **kwargs
+                )
+
+            return run_sync(call())
 
     def with_options(self, **options: Any) -> DualTask[P, R]:
         """:meth:`prefect.Task.with_options`, keeping the dual form."""
@@ -117,20 +135,22 @@ class AsyncTask(Task[P, R]):
     sync_name: str = ""
     """The name of the sync form, for the error message."""
 
-    def __call__(  # type: ignore[override]  # one signature for Task's overloads
-        self,
-        *args: Any,
-        return_state: bool = False,
-        wait_for: Any = None,
-        **kwargs: Any,
-    ) -> Any:
-        if called_from_sync():
-            raise TypeError(
-                f"a{self.sync_name} is the async form of {self.sync_name}: await it in"
-                f" async code; in sync code (a def flow or task, a script) call"
-                f" {self.sync_name}(...) instead, which returns the value"
-            )
-        return _task_call(self, *args, return_state=return_state, wait_for=wait_for, **kwargs)
+    if not TYPE_CHECKING:
+
+        def __call__(
+            self,
+            *args: Any,
+            return_state: bool = False,
+            wait_for: Any = None,
+            **kwargs: Any,
+        ) -> Any:
+            if called_from_sync():
+                raise TypeError(
+                    f"a{self.sync_name} is the async form of {self.sync_name}: await it in"
+                    f" async code; in sync code (a def flow or task, a script) call"
+                    f" {self.sync_name}(...) instead, which returns the value"
+                )
+            return _task_call(self, *args, return_state=return_state, wait_for=wait_for, **kwargs)
 
     def with_options(self, **options: Any) -> AsyncTask[P, R]:
         """:meth:`prefect.Task.with_options`, keeping the async-only form."""
