@@ -1,8 +1,9 @@
 """Prefect flows for Azure Remote Rendering: provision, run a job, always tear down.
 
 - :func:`render_batch`: the ``render-batch`` flow (create → wait → job → stop).
-- :func:`rendering_session`: the same guarantee as an async context manager, for
-  composing into your own flows.
+- :func:`rendering_session`: the same guarantee as a context manager, for composing into
+  your own flows: ``with`` in a ``def`` flow or task, ``async with`` in async code
+  (:func:`arendering_session` is the async one by name).
 - :class:`LeaseKeeper`: the rolling lease on its own.
 - :func:`stop_owned_sessions`: the flow hook that stops a run's sessions from any process.
 - :func:`reap_orphaned_sessions`: the last line: stops sessions whose owning flow run is
@@ -11,7 +12,8 @@
 - :class:`SessionSlot`: the account's session quota, a leased slot of a Prefect global
   concurrency limit (``rendering_session`` takes one for each session).
 - :func:`run_render_batch`: run the ``render-batch`` deployment from another flow, get
-  its :class:`RenderSummary`, and cancel it with the caller.
+  its :class:`RenderSummary`, and cancel it with the caller (from sync or async code;
+  :func:`arun_render_batch` is the async form by name).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from arr_prefect.flows.deployment_runs import (
     RENDER_BATCH_DEPLOYMENT,
     RenderBatchRunError,
     RenderBatchTimeoutError,
+    arun_render_batch,
     run_render_batch,
 )
 from arr_prefect.flows.jobs import (
@@ -43,9 +46,9 @@ from arr_prefect.flows.session import (
     credentials_blocks_of,
     owned_session_ids,
     record_session_owner,
-    rendering_session,
     stop_owned_sessions,
 )
+from arr_prefect.flows.sync_session import arendering_session, rendering_session
 
 __all__ = [
     "CREDENTIALS_TAG_PREFIX",
@@ -65,6 +68,8 @@ __all__ = [
     "SessionSlot",
     "SlotWaitTimeoutError",
     "WorkerLostError",
+    "arendering_session",
+    "arun_render_batch",
     "credentials_blocks_of",
     "owned_session_ids",
     "reap_orphaned_sessions",

@@ -107,7 +107,7 @@ class TaskCalls(ClientCalls):
         session_id: str | None,
     ) -> Session:
         """Create the session as a ``create-session`` task run."""
-        return await tasks.create_session(
+        return await tasks.acreate_session(
             lease=lease, size=size, models=models, session_id=session_id, client=self.arr
         )
 
@@ -127,7 +127,7 @@ class TaskCalls(ClientCalls):
         created_at: float,
     ) -> Session:
         """Wait as a ``wait-until-ready`` task run (it logs each status change)."""
-        return await tasks.wait_until_ready(
+        return await tasks.await_until_ready(
             session_id,
             timeout=timeout,
             poll_interval=poll_interval,
@@ -140,7 +140,7 @@ class TaskCalls(ClientCalls):
         try:
             # No Prefect retries here: the client's own retries fit in teardown's bound,
             # and a Prefect retry delay would spend it waiting.
-            await tasks.stop_session.with_options(retries=0)(session_id, client=self.arr)
+            await tasks.astop_session.with_options(retries=0)(session_id, client=self.arr)
             return
         except ArrError:
             raise

@@ -29,12 +29,14 @@ from prefect.states import Cancelled, Cancelling
 
 from arr_prefect.errors import InvalidInputError
 from arr_prefect.flows.render_batch import RenderSummary
+from arr_prefect.tasks._dual import called_from_sync, run_sync
 from arr_prefect.tasks.sessions import run_logger
 
 __all__ = [
     "RENDER_BATCH_DEPLOYMENT",
     "RenderBatchRunError",
     "RenderBatchTimeoutError",
+    "arun_render_batch",
     "run_render_batch",
 ]
 
@@ -70,7 +72,7 @@ class RenderBatchTimeoutError(TimeoutError):
         self.flow_run_id = flow_run_id
 
 
-async def run_render_batch(
+async def arun_render_batch(
     parameters: Mapping[str, Any] | None = None,
     *,
     deployment: str = RENDER_BATCH_DEPLOYMENT,
@@ -81,7 +83,8 @@ async def run_render_batch(
     flow_run_name: str | None = None,
 ) -> RenderSummary:
     """Run the render-batch deployment, wait for it and return its summary; cancel the run
-    if the caller stops waiting first (cancelled, timed out, crashed).
+    if the caller stops waiting first (cancelled, timed out, crashed). The async form of
+    :func:`run_render_batch` (which also serves sync callers).
 
     Args:
         parameters: ``render_batch``'s parameters (``size``, ``job_command``,
@@ -127,6 +130,44 @@ async def run_render_batch(
             flow_run_id=run.id,
         )
     return await _summary_of(run, deployment)
+
+
+def run_render_batch(
+    parameters: Mapping[str, Any] | None = None,
+    *,
+    deployment: str = RENDER_BATCH_DEPLOYMENT,
+    timeout: float | None = None,
+    poll_interval: float = 5.0,
+    tags: Iterable[str] | None = None,
+    job_variables: Mapping[str, Any] | None = None,
+    flow_run_name: str | None = None,
+) -> Any:
+    """Run the render-batch deployment, wait for it and return its :class:`RenderSummary`;
+    cancel the run if the caller stops waiting first. From sync code (a ``def`` flow or
+    task, a script) it returns the summary; from async code it returns the awaitable, as
+    :func:`arun_render_batch` (its async form, with the arguments documented there).
+
+    From sync code the wait runs on the package's event-loop thread: when the caller is
+    interrupted (its flow run cancelled or timed out, SIGTERM, Ctrl-C) the render-batch
+    run is cancelled before the interruption is raised on. Example::
+
+        @flow
+        def my_pipeline():
+            summary = run_render_batch({"size": "standard"}, timeout=3600)
+            print(summary.billed_minutes)
+    """
+    call = arun_render_batch(
+        parameters,
+        deployment=deployment,
+        timeout=timeout,
+        poll_interval=poll_interval,
+        tags=tags,
+        job_variables=job_variables,
+        flow_run_name=flow_run_name,
+    )
+    if not called_from_sync():
+        return call
+    return run_sync(call)
 
 
 async def _wait_until_final(run: FlowRun, poll_interval: float) -> FlowRun:

@@ -31,6 +31,7 @@ from arr_prefect.flows.owner_tags import (
 )
 from arr_prefect.flows.rendering import arendering_session
 from arr_prefect.flows.report import SessionReport
+from arr_prefect.flows.sync_session import rendering_session
 from arr_prefect.flows.worker_watchdog import WORKER_CHECK_SECONDS as WORKER_CHECK_SECONDS
 from arr_prefect.flows.worker_watchdog import WorkerLostError
 
@@ -48,5 +49,3 @@ __all__ = [
     "stop_owned_sessions",
 ]
 
-rendering_session = arendering_session
-"""The async context manager :func:`~arr_prefect.flows.rendering.arendering_session`."""

@@ -1,8 +1,13 @@
 """Prefect tasks for each step of the ARR session API: thin wrappers over the client.
 
-Every task:
+Every task comes in two forms over one ``async def`` (:mod:`arr_prefect.tasks._dual`):
+the plain name (``create_session``) returns the value when called from sync code (a
+``def`` flow or task, a script) and the awaitable when called from async code; the
+``a``-prefixed name (``acreate_session``, ``await_until_ready`` for ``wait_until_ready``)
+is the explicit async form, which refuses sync callers with a ``TypeError``. Both forms
+are the same Prefect task (the same task-run names in the UI). Every task:
 
-- is ``async`` and opens a client for its account, highest first: the ``client=`` passed,
+- opens a client for its account, highest first: the ``client=`` passed,
   the ``credentials=`` passed (a :class:`~arr_prefect.credentials.RemoteRenderingCredentials`
   block), or the ``ARR_*`` settings; so it drops into any flow;
 - uses ``cache_policy=NO_CACHE`` and ``persist_result=False``: Prefect 3 caches a task's
@@ -20,7 +25,6 @@ import logging
 from datetime import timedelta
 from typing import Any
 
-from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect.client.schemas.objects import State, TaskRun
 from prefect.exceptions import MissingContextError
@@ -31,9 +35,17 @@ from arr_prefect.client import ArrClient
 from arr_prefect.credentials import RemoteRenderingCredentials, open_client_for
 from arr_prefect.errors import ArrTransportError, RateLimitedError, ServiceError
 from arr_prefect.models import Session, SessionSize, SessionStatus
+from arr_prefect.tasks._dual import task_pair
 from arr_prefect.units import format_duration
 
 __all__ = [
+    "acreate_session",
+    "aextend_session",
+    "aget_access_token",
+    "aget_session",
+    "alist_sessions",
+    "astop_session",
+    "await_until_ready",
     "create_session",
     "extend_session",
     "get_access_token",
@@ -76,8 +88,7 @@ _IDEMPOTENT: dict[str, Any] = {
 }
 
 
-@task(name="get-access-token", **_COMMON)
-async def get_access_token(
+async def _get_access_token(
     client: ArrClient | None = None, credentials: RemoteRenderingCredentials | None = None
 ) -> AccessToken:
     """Get an STS access token for the configured account (cached until shortly before exp).
@@ -99,8 +110,7 @@ async def get_access_token(
     return token
 
 
-@task(name="create-session", task_run_name="create-session-{size}", **_COMMON)
-async def create_session(
+async def _create_session(
     lease: timedelta | str | int | float = timedelta(minutes=30),
     size: SessionSize | str = SessionSize.STANDARD,
     models: list[str] | None = None,
@@ -138,8 +148,7 @@ async def create_session(
     return session
 
 
-@task(name="wait-until-ready", task_run_name="wait-until-ready-{session_id}", **_COMMON)
-async def wait_until_ready(
+async def _wait_until_ready(
     session_id: str,
     timeout: float | None = None,
     poll_interval: float | None = None,
@@ -199,8 +208,7 @@ async def wait_until_ready(
     return session
 
 
-@task(name="extend-session", task_run_name="extend-session-{session_id}", **_IDEMPOTENT)
-async def extend_session(
+async def _extend_session(
     session_id: str,
     lease: timedelta | str | int | float | None = None,
     extend_by: timedelta | str | int | float | None = None,
@@ -236,8 +244,7 @@ async def extend_session(
     return session
 
 
-@task(name="stop-session", task_run_name="stop-session-{session_id}", **_IDEMPOTENT)
-async def stop_session(
+async def _stop_session(
     session_id: str,
     client: ArrClient | None = None,
     credentials: RemoteRenderingCredentials | None = None,
@@ -261,8 +268,7 @@ async def stop_session(
     return stopped
 
 
-@task(name="get-session", task_run_name="get-session-{session_id}", **_IDEMPOTENT)
-async def get_session(
+async def _get_session(
     session_id: str,
     client: ArrClient | None = None,
     credentials: RemoteRenderingCredentials | None = None,
@@ -280,8 +286,7 @@ async def get_session(
         return await arr.get_session(session_id)
 
 
-@task(name="list-sessions", **_IDEMPOTENT)
-async def list_sessions(
+async def _list_sessions(
     client: ArrClient | None = None, credentials: RemoteRenderingCredentials | None = None
 ) -> list[Session]:
     """Every active (Starting or Ready) session of the account, all pages.
@@ -295,3 +300,49 @@ async def list_sessions(
     """
     async with open_client_for(credentials, client) as arr:
         return await arr.list_sessions()
+
+
+# Each task in two forms over one async implementation (see tasks/_dual.py): the plain
+# name returns the value in sync code and the awaitable in async code; the ``a`` name is
+# the explicit async form (``await_until_ready`` is ``a`` + ``wait_until_ready``).
+get_access_token, aget_access_token = task_pair(
+    _get_access_token, "get_access_token", name="get-access-token", **_COMMON
+)
+create_session, acreate_session = task_pair(
+    _create_session,
+    "create_session",
+    name="create-session",
+    task_run_name="create-session-{size}",
+    **_COMMON,
+)
+wait_until_ready, await_until_ready = task_pair(
+    _wait_until_ready,
+    "wait_until_ready",
+    name="wait-until-ready",
+    task_run_name="wait-until-ready-{session_id}",
+    **_COMMON,
+)
+extend_session, aextend_session = task_pair(
+    _extend_session,
+    "extend_session",
+    name="extend-session",
+    task_run_name="extend-session-{session_id}",
+    **_IDEMPOTENT,
+)
+stop_session, astop_session = task_pair(
+    _stop_session,
+    "stop_session",
+    name="stop-session",
+    task_run_name="stop-session-{session_id}",
+    **_IDEMPOTENT,
+)
+get_session, aget_session = task_pair(
+    _get_session,
+    "get_session",
+    name="get-session",
+    task_run_name="get-session-{session_id}",
+    **_IDEMPOTENT,
+)
+list_sessions, alist_sessions = task_pair(
+    _list_sessions, "list_sessions", name="list-sessions", **_IDEMPOTENT
+)
