@@ -29,7 +29,7 @@ from arr_prefect.flows.owner_tags import (
 from arr_prefect.flows.owner_tags import (
     OWNER_TAG_RETRY_SECONDS as OWNER_TAG_RETRY_SECONDS,
 )
-from arr_prefect.flows.rendering import arendering_session
+from arr_prefect.flows.rendering import arendering_session as arendering_session
 from arr_prefect.flows.report import SessionReport
 from arr_prefect.flows.sync_session import rendering_session
 from arr_prefect.flows.worker_watchdog import WORKER_CHECK_SECONDS as WORKER_CHECK_SECONDS
@@ -48,4 +48,3 @@ __all__ = [
     "rendering_session",
     "stop_owned_sessions",
 ]
-
