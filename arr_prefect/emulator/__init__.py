@@ -65,10 +65,11 @@ Admin API (no token on loopback; beyond it, or with ``admin_token`` set,
 
 from __future__ import annotations
 
-from arr_prefect.emulator.app import EmulatedConnectionDrop, create_app
+from arr_prefect.emulator.app import create_app
 from arr_prefect.emulator.faults import FaultController, FaultKind, ScriptedFault
 from arr_prefect.emulator.service import DEFAULT_ACCOUNT_ID, DEFAULT_ACCOUNT_KEY, Emulator
 from arr_prefect.emulator.state import ApiError, EmulatorState, SessionRecord
+from arr_prefect.emulator.wire import EmulatedConnectionDrop
 
 __all__ = [
     "DEFAULT_ACCOUNT_ID",

@@ -30,12 +30,8 @@ import uvicorn
 from starlette.types import ASGIApp
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from arr_prefect.emulator.app import (
-    EmulatedConnectionDrop,
-    EmulatorApp,
-    add_service_headers,
-    error_response,
-)
+from arr_prefect.emulator.app import EmulatorApp
+from arr_prefect.emulator.wire import EmulatedConnectionDrop, add_service_headers, error_response
 
 __all__ = [
     "MAX_HEAD_BYTES",
@@ -231,8 +227,8 @@ def _protocol_class(app: ASGIApp, limits: FrontEndLimits) -> type[H11Protocol]:
 def _raw_error(app: ASGIApp, status: int, code: str, message: str) -> bytes:
     """A whole HTTP/1.1 error answer written by the protocol layer (no ASGI request exists),
     shaped and logged as the app answers: JSON, MS-CV and the service headers."""
-    if isinstance(app, EmulatorApp):
-        app.emulator.request_log_record("unknown", status)
+    if isinstance(app, EmulatorApp):  # (a benchmark serves other apps the same way)
+        app.record_unrouted(status)
     response = error_response(status, code, message, headers={"Connection": "close"})
     add_service_headers(response)
     head = [f"HTTP/1.1 {status} {HTTPStatus(status).phrase}".encode("ascii")]
