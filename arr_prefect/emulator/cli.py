@@ -11,6 +11,7 @@ beyond loopback, a second line ``arr-emulator admin token: TOKEN`` gives the tok
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import ipaddress
 import logging
 import os
@@ -22,7 +23,16 @@ from arr_prefect.clock import ScaledClock, SystemClock
 from arr_prefect.emulator.server import base_url_of, bind_socket, run_server
 from arr_prefect.emulator.service import DEFAULT_ACCOUNT_ID, DEFAULT_ACCOUNT_KEY, Emulator
 
-__all__ = ["build_parser", "is_loopback", "main"]
+__all__ = ["build_parser", "is_loopback", "main", "package_version"]
+
+
+def package_version() -> str:
+    """``arr-prefect <version>``, the installed distribution this emulator comes from."""
+    try:
+        return f"arr-prefect {importlib.metadata.version('arr-prefect')}"
+    except importlib.metadata.PackageNotFoundError:
+        # Imported from a source tree that was never installed: there is no version to say.
+        return "arr-prefect (not installed: no version)"
 
 
 def _probability(text: str) -> float:
@@ -54,6 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="arr-emulator",
         description="Serve an emulated Azure Remote Rendering service (STS, v1 and"
         " 2021-01-01 session APIs, /_emulator/ admin API) on loopback.",
+    )
+    parser.add_argument(
+        "--version", action="version", version=package_version(), help="print the version"
     )
     net = parser.add_argument_group("network")
     net.add_argument("--host", default="127.0.0.1", help="address to bind (default: %(default)s)")
