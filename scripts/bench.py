@@ -363,6 +363,7 @@ async def bench_emulator(rounds: int, requests: int) -> None:
                "GET throughput (per server CPU-second), 10,000 sessions in the ledger vs 1;"
                f" wall: {wall('big')} vs {wall('small')} req/s",
                f"{ratio:.2f}x", "0.9x-1.1x", 0.9 <= ratio <= 1.1, spread)  # fmt: skip
+    await bench_emulator_list(rounds)
 
 
 _LIST_HELLO = """
