@@ -15,23 +15,21 @@ from arr_prefect.emulator.routes.v2021 import v2021_properties
 from arr_prefect.emulator.wire import json_bytes
 from tests.emulator._support import ACCOUNT, KEY, START, V2021, bearer, v2021_put
 
-PAGE_SIZE = 3
+
+@pytest.fixture(params=[3, 1000], ids=["pages-of-3", "one-page"])
+def page_size(request: pytest.FixtureRequest) -> int:
+    return int(request.param)
 
 
 @pytest.fixture
-def listing_clock() -> VirtualClock:
-    return VirtualClock(start=START + 0.123)
-
-
-@pytest.fixture
-def listing_emu(listing_clock: VirtualClock) -> Emulator:
+def listing_emu(page_size: int) -> Emulator:
     return Emulator(
         {ACCOUNT: KEY},
-        clock=listing_clock,
+        clock=VirtualClock(start=START + 0.123),
         seed=11,
         startup_seconds=2.5,
         capacity={"premium": 1},
-        page_size=PAGE_SIZE,
+        page_size=page_size,
     )
 
 
@@ -67,21 +65,21 @@ async def _assert_lists_fresh(
         assert page.status_code == 200
         body: dict[str, Any] = page.json()
         url = body.get("@nextLink")
-        start = pages * PAGE_SIZE
+        start = pages * emu.page_size
         wanted: dict[str, Any] = {"sessions": "SESSIONS"}
         if url is not None:
             wanted["@nextLink"] = url
-        sessions = b"[" + b",".join(expected[start : start + PAGE_SIZE]) + b"]"
+        sessions = b"[" + b",".join(expected[start : start + emu.page_size]) + b"]"
         assert page.content == json_bytes(wanted).replace(b'"SESSIONS"', sessions)
         pages += 1
-    assert pages == max(1, -(-len(expected) // PAGE_SIZE))
+    assert pages == max(1, -(-len(expected) // emu.page_size))
 
 
 Step = Callable[[httpx.AsyncClient, Emulator, dict[str, str]], Awaitable[None]]
 
 
 async def _v1_create(client: httpx.AsyncClient, emu: Emulator, auth: dict[str, str]) -> None:
-    body = {"maxLeaseTime": "0:10:0", "models": [], "size": "standard"}
+    body = {"maxLeaseTime": "0:20:0", "models": [], "size": "standard"}
     answer = await client.post(f"/v1/accounts/{ACCOUNT}/sessions/create", json=body, headers=auth)
     assert answer.status_code == 202
 
@@ -154,7 +152,8 @@ SCRIPT: list[Step] = [
     _advance(0.35),
     _stop_second,
     _v1_create,
-    _advance(600.0),  # the 10-minute v1 leases run out
+    *[_advance(60.0)] * 9,  # nothing but ticks; 9 -> 10 minutes makes a fragment longer
+    _advance(1200.0),  # the 20-minute v1 leases run out
     _advance(0.01),
 ]
 

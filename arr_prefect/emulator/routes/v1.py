@@ -124,7 +124,7 @@ async def _list(call: Call) -> Response:
     call.authenticate()
     with call.lock:
         listing = call.listings.current(call.emulator.state, call.account, LIST_SHAPE)
-        return JSONResponse.of_bytes(listing.whole(b'{"sessions":[', b"]}"))
+        return JSONResponse.of_bytes(listing.body())
 
 
 async def _extend(call: Call) -> Response:

@@ -212,7 +212,7 @@ async def _list(call: Call) -> Response:
         start = listing.start_after(after)
         end = start + page_size
         if start == 0 and end >= len(listing.fragments):
-            return JSONResponse.of_bytes(listing.whole(b'{"sessions":[', b"]}"))
+            return JSONResponse.of_bytes(listing.body())
         page = b",".join(listing.fragments[start:end])
         last = listing.records[end - 1] if end < len(listing.records) else None
     body = b'{"sessions":[' + page + b"]"
