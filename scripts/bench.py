@@ -366,22 +366,6 @@ async def bench_emulator(rounds: int, requests: int) -> None:
     await bench_emulator_list(rounds)
 
 
-_LIST_HELLO = """
-import sys
-from pathlib import Path
-from starlette.applications import Starlette
-from starlette.responses import Response
-from starlette.routing import Route
-from arr_prefect.emulator.server import base_url_of, bind_socket, run_server
-bodies = {name: Path(path).read_bytes() for name, path in zip(("v1", "v2021"), sys.argv[1:])}
-async def same_bytes(request):
-    return Response(bodies[request.path_params["name"]], media_type="application/json")
-sock = bind_socket("127.0.0.1", 0)
-print(f"hello listening on {base_url_of(sock)}", flush=True)
-run_server(Starlette(routes=[Route("/{name}", same_bytes)]), sock, log_level="warning")
-"""
-
-
 async def bench_emulator_list(rounds: int, sessions: int = 1000, pairs: int = 60) -> None:
     """Issue 22: the emulator's list answer with ``sessions`` active, against a Starlette
     hello world serving the same bytes; both in their own uvicorn process on loopback,
@@ -390,9 +374,24 @@ async def bench_emulator_list(rounds: int, sessions: int = 1000, pairs: int = 60
     with it (the machine is shared: only ratios mean something)."""
     import random
     import tempfile
+    import textwrap
 
     import httpx
 
+    hello_source = """
+    import sys
+    from pathlib import Path
+    from starlette.applications import Starlette
+    from starlette.responses import Response
+    from starlette.routing import Route
+    from arr_prefect.emulator.server import base_url_of, bind_socket, run_server
+    bodies = {name: Path(path).read_bytes() for name, path in zip(("v1", "v2021"), sys.argv[1:])}
+    async def same_bytes(request):
+        return Response(bodies[request.path_params["name"]], media_type="application/json")
+    sock = bind_socket("127.0.0.1", 0)
+    print(f"hello listening on {base_url_of(sock)}", flush=True)
+    run_server(Starlette(routes=[Route("/{name}", same_bytes)]), sock, log_level="warning")
+    """
     print(f"== emulator list, {sessions} active sessions", flush=True)
     load_before = os.getloadavg()[0]
     with emulator_served("--page-size", str(sessions)) as emu:
@@ -414,7 +413,7 @@ async def bench_emulator_list(rounds: int, sessions: int = 1000, pairs: int = 60
                     files.append(Path(tmp, name))
                     files[-1].write_bytes(answer.content)
                     sizes[name] = len(answer.content)
-            hello_args = [_python(), "-c", _LIST_HELLO, *map(str, files)]
+            hello_args = [_python(), "-c", textwrap.dedent(hello_source), *map(str, files)]
             with served_process(hello_args) as hello:
                 for name, path in paths.items():
                     sides = {
