@@ -284,6 +284,12 @@ async def test_run_form_offers_a_credentials_block_picker(ui_server: tuple[str, 
             ),
         )
         assert PICKER_BLOCK in str(picker.get("result", {}).get("value", "")), picker
+        await page.send(
+            "Runtime.evaluate",
+            expression="document.querySelector('.block-document-input')"
+            ".scrollIntoView({block: 'center'})",
+        )
+        await asyncio.sleep(0.5)  # the scroll settles before the picture
         await page.screenshot(workdir / "run-form-picker.png")
         await page.send(
             "Runtime.evaluate",
@@ -307,7 +313,6 @@ async def test_run_form_offers_a_credentials_block_picker(ui_server: tuple[str, 
                 await asyncio.sleep(0.5)
     assert len(runs) == 1, f"no run submitted from the form: {runs}"
     (run,) = runs
-    assert run["parameters"] == {"credentials": {"$ref": {"block_document_id": ids["block_id"]}}}, (
-        run["parameters"]
-    )
+    parameters: dict[str, object] = run["parameters"]  # type: ignore[assignment]
+    assert parameters["credentials"] == {"$ref": {"block_document_id": ids["block_id"]}}
     assert PICKER_KEY not in json.dumps(run)
