@@ -27,7 +27,7 @@ from prefect.client.schemas.objects import FlowRun
 from prefect.logging import get_logger
 
 from arr_prefect.client import ArrClient
-from arr_prefect.credentials import RemoteRenderingCredentials
+from arr_prefect.credentials import RemoteRenderingCredentials, credentials_name_of
 from arr_prefect.flows.api_calls import chosen_session_id
 from arr_prefect.flows.events import emit_session_event, session_payload
 from arr_prefect.flows.report import SessionReport
@@ -280,14 +280,16 @@ async def credentials_blocks_of(flow_run: FlowRun) -> list[str]:
         flow_run: The flow run.
 
     Returns:
-        Its ``arr-credentials:`` tags, then its ``credentials_block`` parameter
-        (render-batch's) if it names another block.
+        Its ``arr-credentials:`` tags, then the block its ``credentials`` parameter
+        references (render-batch's) or its deprecated ``credentials_block`` names, if
+        another.
     """
     tags = await _run_tags(str(flow_run.id))
     names = [t[len(CREDENTIALS_TAG_PREFIX) :] for t in tags if t.startswith(CREDENTIALS_TAG_PREFIX)]
-    parameter = (flow_run.parameters or {}).get("credentials_block")
-    if isinstance(parameter, str) and parameter.strip() and parameter.strip() not in names:
-        names.append(parameter.strip())
+    parameters = flow_run.parameters or {}
+    for value in (parameters.get("credentials"), parameters.get("credentials_block")):
+        if (name := await credentials_name_of(value)) and name not in names:
+            names.append(name)
     return names
 
 
