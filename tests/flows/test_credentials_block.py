@@ -216,3 +216,23 @@ async def test_a_run_parameter_names_its_block(saved: RemoteRenderingCredentials
     assert await credentials_name_of(gone) is None
     assert await credentials_name_of({"account_id": BLOCK_ACCOUNT_ID}) is None
     assert await credentials_name_of(None) is None
+
+
+async def test_hooks_find_the_block_a_run_was_given_by_reference(
+    saved: RemoteRenderingCredentials,
+) -> None:
+    """A run whose `credentials` parameter references a saved block (the run form's
+    picker) and which has no `arr-credentials:` tag: the hooks still reach that account."""
+    from prefect.client.schemas.objects import FlowRun
+
+    from arr_prefect.flows.session import credentials_blocks_of
+
+    run = FlowRun(
+        id=uuid.uuid4(),
+        flow_id=uuid.uuid4(),
+        name="picked",
+        parameters={"credentials": block_reference(saved)},
+    )
+    assert await credentials_blocks_of(run) == [saved.block_name]
+    named = run.model_copy(update={"parameters": {"credentials_block": saved.block_name}})
+    assert await credentials_blocks_of(named) == [saved.block_name]
