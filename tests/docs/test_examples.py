@@ -46,7 +46,9 @@ def test_emulator_curl_session_is_the_tested_one() -> None:
 
 def test_emulator_route_table_is_the_emulators() -> None:
     """The API coverage table lists every route of the emulator, with its method."""
-    rows = re.findall(r"^\| `([\w.]+)` \| (\w+) \|", section("emulator.md", "## API coverage"), re.M)
+    rows = re.findall(
+        r"^\| `([\w.]+)` \| (\w+) \|", section("emulator.md", "## API coverage"), re.M
+    )
     assert rows == [(spec.name, spec.method) for spec in ROUTES]
 
 
@@ -61,8 +63,16 @@ def recipe_exports() -> dict[str, str]:
 def test_emulator_recipe_deploys_as_the_first_block_does() -> None:
     """The emulator recipe's pool, deploy and worker commands are the deployment commands
     above it (which the end-to-end suite runs), in the same order."""
-    first = [line for line in code_blocks("deployments.md", "bash")[0].splitlines() if line and not line.startswith("#")]
-    commands = [line for line in recipe().splitlines() if line.startswith("prefect ") and "server" not in line and "deployment run" not in line]
+    first = [
+        line
+        for line in code_blocks("deployments.md", "bash")[0].splitlines()
+        if line and not line.startswith("#")
+    ]
+    commands = [
+        line
+        for line in recipe().splitlines()
+        if line.startswith("prefect ") and "server" not in line and "deployment run" not in line
+    ]
     assert commands == first
 
 
@@ -79,7 +89,11 @@ def test_emulator_recipe_matches_the_emulator_it_starts() -> None:
 
 async def test_emulator_recipe_account_gets_a_token() -> None:
     """The recipe's ARR_* lines make valid settings whose account the emulator accepts."""
-    env = {k.removeprefix("ARR_").lower(): v for k, v in recipe_exports().items() if k.startswith("ARR_")}
+    env: dict[str, Any] = {
+        k.removeprefix("ARR_").lower(): v
+        for k, v in recipe_exports().items()
+        if k.startswith("ARR_")
+    }
     assert (env["account_id"], env["account_key"]) == (DEFAULT_ACCOUNT_ID, DEFAULT_ACCOUNT_KEY)
     settings = load_settings(_env_file=None, **env)
     emulator = Emulator()
@@ -112,7 +126,10 @@ async def test_progress_example_reports_each_scene() -> None:
     with job_progress(artifact):
         await namespace["my_job"](None, ["a.glb", "b.glb"])
     assert rendered == ["a.glb", "b.glb"]
-    assert artifact.posted == [(50.0, "1 of 2 done: a.glb rendered"), (100.0, "2 of 2 done: b.glb rendered")]
+    assert artifact.posted == [
+        (50.0, "1 of 2 done: a.glb rendered"),
+        (100.0, "2 of 2 done: b.glb rendered"),
+    ]
 
 
 @pytest.mark.parametrize("name", [pytest.param(n, id=n) for n in pages()])
