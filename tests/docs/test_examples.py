@@ -138,3 +138,34 @@ def test_no_page_points_at_what_users_cannot_see(name: str) -> None:
     prose = re.sub(r"^```.*?^```", "", page(name), flags=re.M | re.S)
     assert "ARR_API.md" not in prose
     assert re.search(r"\bissue \d+", prose) is None
+
+
+def test_demo_output_sample_is_what_the_demo_prints(capsys: pytest.CaptureFixture[str]) -> None:
+    """Getting started's sample of the demo's output has the demo's headings, the summary's
+    rows in the summary's order, and the ledger's note, as the demo prints them."""
+    from arr_prefect.flows import demo
+    from arr_prefect.flows.render_batch import RenderSummary
+
+    [sample] = [b for b in code_blocks("getting-started.md", "text") if "Render batch" in b]
+    summary = RenderSummary.model_validate(
+        {
+            "session_id": "s",
+            "size": "standard",
+            "api_version": "v1",
+            "time_to_ready_seconds": 96.0,
+            "job": "j",
+            "job_outcome": "succeeded",
+            "lease_renewals": 1,
+            "session_final_status": "Stopped",
+            "stopped_by": "finally",
+            "billed_minutes": 5,
+        }
+    )
+    demo._print_summary(summary, demo.DEMO_TIME_SCALE)
+    demo._print_ledger({"sessions": [], "running": 0})
+    printed = capsys.readouterr().out
+    for line in printed.splitlines():
+        if not line.startswith("  ") or line.startswith(("  still", "  (ran")):
+            assert line in sample.splitlines() or not line, line
+    labels = re.findall(r"^  (\S[\w /]+?)  +", sample, re.M)
+    assert labels[: len(summary.rows())] == [label for label, _ in summary.rows()]
