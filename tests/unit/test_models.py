@@ -5,6 +5,7 @@ Each API version's property shapes are read by its dialect: tests/unit/test_dial
 
 from __future__ import annotations
 
+import re
 from datetime import timedelta
 from typing import Any
 
@@ -29,6 +30,12 @@ from arr_prefect.models import (
     parse_lease,
     parse_timespan,
     validate_session_id,
+)
+
+# The .NET "c" grammar as a regex (the parser splits instead): the oracle for a property test.
+_TIMESPAN_GRAMMAR = re.compile(
+    r"^(?P<sign>-)?(?:(?P<d>[0-9]{1,8})\.)?(?P<h>[0-9]{1,2}):(?P<m>[0-9]{1,2}):(?P<s>[0-9]{1,2})"
+    r"(?:\.(?P<f>[0-9]{1,7}))?$"
 )
 
 
@@ -118,6 +125,28 @@ class TestParseTimespan:
         """A formatted TimeSpan is a fixed point of parse-then-format."""
         text = format_timespan(value)
         assert format_timespan(parse_timespan(text)) == text
+
+    @given(
+        st.from_regex(
+            r"\A-?([0-9\u0664]{1,9}\.)?[0-9\uff14]{1,3}:[0-9]{1,3}:[0-9\u0661]{1,3}(\.[0-9]{1,8})?\Z"
+        )
+        | st.text(alphabet="0123456789.:-+ \u0664\uff14", max_size=14)
+    )
+    def test_parses_exactly_what_the_grammar_allows(self, text: str) -> None:
+        """The split-based parser accepts and reads exactly what the .NET grammar's regex does."""
+        match = _TIMESPAN_GRAMMAR.match(text.strip())
+        if match is None or int(match["h"]) > 23 or int(match["m"]) > 59 or int(match["s"]) > 59:
+            with pytest.raises(TimeSpanFormatError):
+                parse_timespan(text)
+            return
+        expected = timedelta(
+            days=int(match["d"] or 0),
+            hours=int(match["h"]),
+            minutes=int(match["m"]),
+            seconds=int(match["s"]),
+            microseconds=int((match["f"] or "").ljust(7, "0")[:6]),
+        )
+        assert parse_timespan(text) == (-expected if match["sign"] else expected)
 
 
 class TestParseLease:
