@@ -166,6 +166,10 @@ def emulator_process(*extra: str) -> Iterator[str]:
         yield served.url
 
 
+EMULATOR_ARGS: list[str] = []
+"""Extra emulator options for every section (``--emulator-args``), e.g. ``--page-size 1000``."""
+
+
 def emulator_served(*extra: str) -> contextlib.AbstractContextManager[Served]:
     return served_process(
         [
@@ -178,6 +182,7 @@ def emulator_served(*extra: str) -> contextlib.AbstractContextManager[Served]:
             "0",
             "--log-level",
             "warning",
+            *EMULATOR_ARGS,
             *extra,
         ]
     )
@@ -904,6 +909,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--emulator-pid", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--list-sessions", type=int, default=1000, help="list: active sessions")
     parser.add_argument(
+        "--emulator-args",
+        default="",
+        help="extra emulator options, e.g. '--page-size 1000' (default: the emulator as shipped)",
+    )
+    parser.add_argument(
         "--scale-variants",
         default="plain,nofile,list",
         help="scale: comma-separated of plain, nofile (open files <= 1024), list",
@@ -915,6 +925,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return scale_child(
             args.scale_child, args.lifecycles, args.nofile, args.with_list, args.emulator_pid
         )
+    EMULATOR_ARGS[:] = args.emulator_args.split()
     only = {part.strip() for part in args.only.split(",") if part.strip()}
     unknown = only - set(ALL)
     if unknown:

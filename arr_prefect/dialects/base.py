@@ -204,8 +204,8 @@ class Dialect(ABC):
     """What comes before ``/accounts/{accountId}/sessions`` in every session path."""
 
     query: ClassVar[Mapping[str, str] | None] = None
-    """Query parameters every session request carries (None, not ``{}``, for none: httpx
-    rebuilds the URL for any params given, even empty ones)."""
+    """Query parameters every session request carries (the client writes them into each
+    URL once, rather than have httpx merge params into every request)."""
 
     wire_fields: ClassVar[Mapping[str, WireField]]
     """Session field name -> how this version's properties carry it."""
