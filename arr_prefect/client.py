@@ -142,6 +142,8 @@ class ArrClient:
         # params given (tens of microseconds a request).
         self._query = f"?{urlencode(self.dialect.query)}" if self.dialect.query else ""
         self._service = self.settings.service_base_url
+        service = httpx.URL(self._service)
+        self._origin = (service.scheme, service.host, service.port)
         self._sts = self.settings.sts_base_url
         self.clock: Clock = clock if clock is not None else default_clock()
         self._rng = rng if rng is not None else random.Random()
@@ -467,9 +469,22 @@ class ArrClient:
 
     async def iter_sessions(self) -> AsyncIterator[Session]:
         """Every active session of the account, following ``@nextLink`` pages."""
-        url: str | None = self._sessions_url()
+        async for page in self._pages():
+            for session in page:
+                yield session
+
+    async def list_sessions(self) -> list[Session]:
+        """Every active (Starting or Ready) session of the account, all pages."""
+        sessions: list[Session] = []
+        async for page in self._pages():
+            sessions.extend(page)
+        return sessions
+
+    async def _pages(self) -> AsyncIterator[list[Session]]:
+        """The sessions of each list page, each page read in one validation."""
+        url = self._sessions_url()
         seen: set[str] = set()
-        while url is not None:
+        while True:
             response = await self._send("list sessions", "GET", url)
             if response.status_code != 200:
                 await response.aread()
@@ -478,26 +493,21 @@ class ArrClient:
                 page, next_link = self.dialect.parse_page(response.content)
             except ValueError:
                 raise self._error("list sessions (unreadable answer)", response) from None
-            for session in page:
-                yield session
+            yield page
             if not next_link or next_link in seen:
-                break
+                return
             seen.add(next_link)
-            url = str(httpx.URL(url).join(next_link))
+            link = httpx.URL(url).join(next_link)
+            url = str(link)
             # The bearer token goes with the request: a link to another origin (or a
             # downgrade to plain http on the same host) must not receive it.
-            link, service = httpx.URL(url), httpx.URL(self._service)
-            if (link.scheme, link.host, link.port) != (service.scheme, service.host, service.port):
+            if (link.scheme, link.host, link.port) != self._origin:
                 raise ArrTransportError(
                     f"list sessions failed: @nextLink points to another origin ({url})",
                     operation="list sessions",
                     method="GET",
                     url=url,
                 )
-
-    async def list_sessions(self) -> list[Session]:
-        """Every active (Starting or Ready) session of the account, all pages."""
-        return [s async for s in self.iter_sessions()]
 
     async def extend_session(
         self, session_id: str, max_lease: timedelta | str | int | float

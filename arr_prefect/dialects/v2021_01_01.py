@@ -35,6 +35,7 @@ from arr_prefect.dialects.base import (
     Dialect,
     SessionCalls,
     WireField,
+    exact_else,
     function,
     none_if_empty,
     wire_field,
@@ -71,8 +72,8 @@ def minutes_or_none(value: Any) -> timedelta | None:
 
 
 MINUTES = function(minutes_or_none)
-CREATION_TIME = core_schema.no_info_before_validator_function(
-    none_if_empty, core_schema.nullable_schema(core_schema.datetime_schema())
+CREATION_TIME = core_schema.nullable_schema(
+    exact_else(core_schema.datetime_schema(), none_if_empty)
 )
 
 

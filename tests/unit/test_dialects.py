@@ -222,6 +222,8 @@ class TestV2021Parsing:
             )
         )
         assert session.created_at == datetime(2022, 3, 1, 10, 0, 0, 123456, tzinfo=UTC)
+        unknown = V2021.parse_session(body({"id": "s1", "status": "Ready", "creationTime": ""}))
+        assert unknown.created_at is None
 
     def test_list_page_and_next_link(self) -> None:
         """A page's sessions and its @nextLink; items without error or host read as None."""
