@@ -30,7 +30,25 @@ from arr_prefect.clock import Clock
 from arr_prefect.errors import ArrHTTPError
 from arr_prefect.models import Session, SessionSize, SessionStatus
 
-__all__ = ["AmbiguousOutcome", "Dialect", "SessionCalls", "WireField", "wire_field"]
+__all__ = [
+    "HOSTNAME",
+    "OPTIONAL_FLOAT",
+    "OPTIONAL_INT",
+    "OPTIONAL_STR",
+    "SIZE",
+    "STATUS",
+    "STR",
+    "AmbiguousOutcome",
+    "Dialect",
+    "SessionCalls",
+    "WireField",
+    "exact_else",
+    "function",
+    "none_if_empty",
+    "size_from_wire",
+    "status_from_wire",
+    "wire_field",
+]
 
 WireField = core_schema.TypedDictField
 """One :class:`Session` field as a dialect reads it: its wire name and its validation."""
