@@ -22,9 +22,15 @@ What is measured:
   counted them, against a hand-written httpx lifecycle; lifecycle wall time of the client
   (one reused, and a new one per lifecycle) against that raw httpx floor; the CPU time to
   build a client.
+- list: ``list_sessions()`` with 1,000 active sessions against a hand-written httpx GET +
+  ``.json()`` of the same pages (following ``@nextLink``) on the same emulator, both API
+  versions, call by call interleaved: the median of the pairs' ratios, and its spread.
 - scale: 1000 concurrent lifecycles (new client each, half per API version) in one child
   process against one emulator (start-up 0): wall time, peak RSS, failures; again with
-  the child's open-file limit at 1024.
+  the child's open-file limit at 1024; and the same with a ``list_sessions()`` in every
+  lifecycle (each list then returns up to 1,000 sessions), with the per-lifecycle cost
+  (wall, and client + emulator CPU) against batches of 10 run in the same child before and
+  after it.
 - flows: ``render_batch`` (no-op job) against a flow of five no-op tasks, warm; 200
   ``rendering_session``s in one flow run, per session, against the same flow without them.
 """
@@ -56,7 +62,7 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 ACCOUNT = "11111111-1111-1111-1111-111111111111"
 KEY = "arr-emulator-account-key"
-ALL = ("emulator", "client", "scale", "flows")
+ALL = ("emulator", "client", "list", "scale", "flows")
 
 
 # --------------------------------------------------------------------------- results
@@ -76,6 +82,8 @@ ROWS: list[Row] = []
 
 
 def record(area: str, what: str, value: str, goal: str, ok: bool, spread: str = "") -> None:
+    # The machine is shared: every figure carries the load it was measured under.
+    spread = f"{spread}; load {os.getloadavg()[0]:.1f}".lstrip("; ")
     ROWS.append(Row(area, what, value, goal, ok, spread))
     print(f"  {what}: {value} (goal {goal}) {'ok' if ok else 'MISSED'} {spread}", flush=True)
 
@@ -158,6 +166,10 @@ def emulator_process(*extra: str) -> Iterator[str]:
         yield served.url
 
 
+EMULATOR_ARGS: list[str] = []
+"""Extra emulator options for every section (``--emulator-args``), e.g. ``--page-size 1000``."""
+
+
 def emulator_served(*extra: str) -> contextlib.AbstractContextManager[Served]:
     return served_process(
         [
@@ -170,6 +182,7 @@ def emulator_served(*extra: str) -> contextlib.AbstractContextManager[Served]:
             "0",
             "--log-level",
             "warning",
+            *EMULATOR_ARGS,
             *extra,
         ]
     )
@@ -537,10 +550,12 @@ class RawLifecycle:
             (await http.post(f"{url}/:stop", params=params, headers=auth)).raise_for_status()
 
 
-async def client_lifecycle(arr: Any) -> None:
+async def client_lifecycle(arr: Any, with_list: bool = False) -> None:
     session = await arr.create_session(lease=timedelta(minutes=10))
     await arr.wait_until_ready(session.id)
     await arr.extend_session(session.id, timedelta(minutes=20))
+    if with_list:
+        await arr.list_sessions()
     await arr.stop_session(session.id)
 
 
@@ -637,58 +652,112 @@ async def bench_client(rounds: int, per_round: int) -> None:
 # --------------------------------------------------------------------------- scale
 
 
-async def _scale(url: str, lifecycles: int) -> dict[str, Any]:
+def _cpu_of(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def _batch(
+    settings: dict[str, Any], count: int, with_list: bool, emulator_pid: int | None
+) -> dict[str, Any]:
+    """``count`` concurrent lifecycles (a new client each, half per API version)."""
     from arr_prefect.client import ArrClient
 
-    settings = {v: _settings(url, v) for v in ("v1", "2021-01-01")}
     failures: list[str] = []
 
     async def one(index: int) -> None:
         api_version = "v1" if index % 2 else "2021-01-01"
         try:
             async with ArrClient(settings[api_version]) as arr:
-                await client_lifecycle(arr)
+                await client_lifecycle(arr, with_list)
         except Exception as exc:  # noqa: BLE001 - counted and reported
             failures.append(f"{type(exc).__name__}: {exc}")
 
-    start = time.perf_counter()
-    await asyncio.gather(*(one(i) for i in range(lifecycles)))
+    emulator_cpu = _cpu_of(emulator_pid) if emulator_pid else 0.0
+    cpu, start = time.process_time(), time.perf_counter()
+    await asyncio.gather(*(one(i) for i in range(count)))
     wall = time.perf_counter() - start
     return {
         "wall": wall,
+        "cpu": time.process_time() - cpu,
+        "emulator_cpu": (_cpu_of(emulator_pid) - emulator_cpu) if emulator_pid else 0.0,
+        "failures": failures,
+    }
+
+
+async def _scale(
+    url: str, lifecycles: int, with_list: bool, emulator_pid: int | None
+) -> dict[str, Any]:
+    settings = {v: _settings(url, v) for v in ("v1", "2021-01-01")}
+    small: list[dict[str, Any]] = []
+    if with_list:
+        # The N=10 rate, in batches of 10 before and after the big run (same process, same
+        # emulator), so that what the machine's other jobs do falls on both sides.
+        await _batch(settings, 10, with_list, emulator_pid)  # warm: imports, pool, token
+        small += [await _batch(settings, 10, with_list, emulator_pid) for _ in range(5)]
+    big = await _batch(settings, lifecycles, with_list, emulator_pid)
+    if with_list:
+        small += [await _batch(settings, 10, with_list, emulator_pid) for _ in range(5)]
+    failures = big["failures"] + [f for batch in small for f in batch["failures"]]
+
+    def per_lifecycle(key: str) -> float:
+        return statistics.median(batch[key] / 10 for batch in small) if small else 0.0
+
+    return {
+        "wall": big["wall"],
         "failures": len(failures),
         "first_failure": failures[0] if failures else None,
         "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        "cpu": time.process_time(),
+        "cpu": big["cpu"],
+        "emulator_cpu": big["emulator_cpu"],
+        "small_wall": per_lifecycle("wall"),
+        "small_cpu": per_lifecycle("cpu") + per_lifecycle("emulator_cpu"),
         "nofile": resource.getrlimit(resource.RLIMIT_NOFILE)[0],
     }
 
 
-def scale_child(url: str, lifecycles: int, nofile: int | None) -> int:
+def scale_child(
+    url: str, lifecycles: int, nofile: int | None, with_list: bool, emulator_pid: int | None
+) -> int:
     if nofile is not None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
-    print(json.dumps(asyncio.run(_scale(url, lifecycles))), flush=True)
+    print(json.dumps(asyncio.run(_scale(url, lifecycles, with_list, emulator_pid))), flush=True)
     return 0
 
 
-def bench_scale(lifecycles: int) -> None:
+def bench_scale(lifecycles: int, variants: Sequence[tuple[int | None, bool]]) -> None:
     print("== scale", flush=True)
-    for nofile in (None, 1024):
+    for nofile, with_list in variants:
         with emulator_served() as served:
             args = [_python(), str(Path(__file__).resolve()), "--scale-child", served.url,
-                    "--lifecycles", str(lifecycles)]  # fmt: skip
+                    "--lifecycles", str(lifecycles), "--emulator-pid", str(served.pid)]  # fmt: skip
             if nofile is not None:
                 args += ["--nofile", str(nofile)]
-            emulator_cpu = served.cpu_seconds()
+            if with_list:
+                args += ["--with-list"]
             out = subprocess.run(args, capture_output=True, text=True, timeout=900, check=False)
-            emulator_cpu = served.cpu_seconds() - emulator_cpu
             if out.returncode != 0:
                 raise RuntimeError(f"scale child failed: {out.stderr[-2000:]}")
             result = json.loads(out.stdout.strip().splitlines()[-1])
         limit = f"open files <= {result['nofile']}"
+        if with_list:
+            limit += ", each lifecycle also lists"
+        cpus = f"client {result['cpu']:.1f} s, emulator {result['emulator_cpu']:.1f} s"
         record("scale", f"{lifecycles} concurrent lifecycles, one process, {limit}: wall"
-               f" (CPU used: client {result['cpu']:.1f} s, emulator {emulator_cpu:.1f} s)",
+               f" (CPU used: {cpus})",
                f"{result['wall']:.1f} s", "<= 15 s", result["wall"] <= 15)  # fmt: skip
+        if with_list:
+            wall_ratio = result["wall"] / lifecycles / result["small_wall"]
+            cpu_ratio = (result["cpu"] + result["emulator_cpu"]) / lifecycles / result["small_cpu"]
+            record("scale", f"{lifecycles} concurrent lifecycles, {limit}: wall per lifecycle"
+                   f" vs batches of 10 ({result['wall'] / lifecycles * 1000:.1f} ms vs"
+                   f" {result['small_wall'] * 1000:.1f} ms)",
+                   f"{wall_ratio:.2f}x", "<= 1.2x", wall_ratio <= 1.2)  # fmt: skip
+            record("scale", f"{lifecycles} concurrent lifecycles, {limit}: CPU (client +"
+                   " emulator) per lifecycle vs batches of 10"
+                   f" ({(result['cpu'] + result['emulator_cpu']) / lifecycles * 1000:.1f} ms vs"
+                   f" {result['small_cpu'] * 1000:.1f} ms)",
+                   f"{cpu_ratio:.2f}x", "<= 1.2x", cpu_ratio <= 1.2)  # fmt: skip
         rss = result["max_rss_mb"]
         record("scale", f"{lifecycles} concurrent lifecycles, {limit}: peak RSS",
                f"{rss:.0f} MB", "<= 250 MB", rss <= 250)  # fmt: skip
@@ -697,6 +766,85 @@ def bench_scale(lifecycles: int) -> None:
         )
         record("scale", f"{lifecycles} concurrent lifecycles, {limit}: failures", failed, "0",
                result["failures"] == 0)  # fmt: skip
+
+
+# --------------------------------------------------------------------------- list
+
+
+async def bench_list(rounds: int, sessions: int, per_round: int) -> None:
+    """Our list_sessions() against raw httpx GET + .json() of the same pages, interleaved."""
+    print("== list", flush=True)
+    import httpx
+
+    from arr_prefect.client import ArrClient
+
+    with emulator_served() as served:
+        url = served.url
+        token = await _token(url)
+        await _fill(url, token, sessions)
+        for api_version in ("v1", "2021-01-01"):
+            auth = {"Authorization": f"Bearer {token}"}
+            if api_version == "v1":
+                first, params = f"/v1/accounts/{ACCOUNT}/sessions", None
+            else:
+                first, params = f"/accounts/{ACCOUNT}/sessions", {"api-version": "2021-01-01"}
+            http = httpx.AsyncClient(base_url=url)
+            arr = ArrClient(_settings(url, api_version))
+
+            async def raw(
+                http: httpx.AsyncClient = http,
+                first: str = first,
+                params: dict[str, str] | None = params,
+                auth: dict[str, str] = auth,
+            ) -> int:
+                body = (await http.get(first, params=params, headers=auth)).json()
+                count = len(body["sessions"])
+                while body.get("@nextLink"):
+                    body = (await http.get(body["@nextLink"], headers=auth)).json()
+                    count += len(body["sessions"])
+                return count
+
+            async def ours(arr: Any = arr) -> int:
+                return len(await arr.list_sessions())
+
+            for warm in (raw, ours, raw, ours):  # warm: connections, token
+                if await warm() != sessions:
+                    raise RuntimeError(f"{api_version}: a list did not return {sessions}")
+            ratios, cpu_ratios, ours_ms, raw_ms = [], [], [], []
+            for _ in range(rounds):
+                pairs, cpu_pairs = [], []
+                for index in range(per_round):
+                    walls, cpus = {}, {}
+                    order: list[tuple[str, Callable[[], Awaitable[int]]]] = [
+                        ("raw", raw),
+                        ("ours", ours),
+                    ]
+                    for name, call in order if index % 2 else order[::-1]:
+                        served_cpu, cpu = served.cpu_seconds(), time.process_time()
+                        start = time.perf_counter()
+                        await call()
+                        walls[name] = time.perf_counter() - start
+                        cpus[name] = time.process_time() - cpu + served.cpu_seconds() - served_cpu
+                    pairs.append(walls["ours"] / walls["raw"])
+                    cpu_pairs.append(cpus["ours"] / cpus["raw"])
+                    ours_ms.append(walls["ours"] * 1000)
+                    raw_ms.append(walls["raw"] * 1000)
+                ratios.append(statistics.median(pairs))
+                cpu_ratios.append(statistics.median(cpu_pairs))
+            await http.aclose()
+            await arr.aclose()
+            ratio, spread = summary(ratios)
+            record("list", f"list_sessions() of {sessions} vs raw httpx GET + .json(),"
+                   f" {api_version}, wall ({statistics.median(ours_ms):.1f} ms vs"
+                   f" {statistics.median(raw_ms):.1f} ms)",
+                   f"{ratio:.2f}x", "<= 1.2x", ratio <= 1.2, spread)  # fmt: skip
+            # On a loaded machine a call's wall time is mostly waiting for a core; the CPU
+            # both processes spent on it (client + emulator, which take turns on a call)
+            # is what the same call costs on an idle one.
+            ratio, spread = summary(cpu_ratios)
+            record("list", f"list_sessions() of {sessions} vs raw httpx GET + .json(),"
+                   f" {api_version}, CPU of client + emulator per call",
+                   f"{ratio:.2f}x", "<= 1.2x", ratio <= 1.2, spread)  # fmt: skip
 
 
 # --------------------------------------------------------------------------- flows
@@ -867,11 +1015,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--serve-hello", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--scale-child", metavar="URL", help=argparse.SUPPRESS)
     parser.add_argument("--nofile", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--with-list", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--emulator-pid", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--list-sessions", type=int, default=1000, help="list: active sessions")
+    parser.add_argument(
+        "--emulator-args",
+        default="",
+        help="extra emulator options, e.g. '--page-size 1000' (default: the emulator as shipped)",
+    )
+    parser.add_argument(
+        "--scale-variants",
+        default="plain,nofile,list",
+        help="scale: comma-separated of plain, nofile (open files <= 1024), list",
+    )
     args = parser.parse_args(argv)
     if args.serve_hello:
         return serve_hello()
     if args.scale_child:
-        return scale_child(args.scale_child, args.lifecycles, args.nofile)
+        return scale_child(
+            args.scale_child, args.lifecycles, args.nofile, args.with_list, args.emulator_pid
+        )
+    EMULATOR_ARGS[:] = args.emulator_args.split()
     only = {part.strip() for part in args.only.split(",") if part.strip()}
     unknown = only - set(ALL)
     if unknown:
@@ -880,7 +1044,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     sections: dict[str, Callable[[], object]] = {
         "emulator": lambda: asyncio.run(bench_emulator(args.rounds, args.requests)),
         "client": lambda: asyncio.run(bench_client(args.rounds, args.per_round)),
-        "scale": lambda: bench_scale(args.lifecycles),
+        "list": lambda: asyncio.run(bench_list(args.rounds, args.list_sessions, 10)),
+        "scale": lambda: bench_scale(
+            args.lifecycles,
+            [
+                {"plain": (None, False), "nofile": (1024, False), "list": (None, True)}[v]
+                for v in args.scale_variants.split(",")
+                if v
+            ],
+        ),
         "flows": lambda: asyncio.run(
             bench_flows(args.rounds, args.sessions, args.with_session_quota)
         ),
