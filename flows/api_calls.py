@@ -38,7 +38,7 @@ def client_chooses_session_id(arr: ArrClient) -> bool:
 
     A session the client names is recorded, and guarded, before its create is even sent.
     """
-    return arr.api_version != "v1"
+    return arr.dialect.client_chooses_session_id
 
 
 def chosen_session_id(arr: ArrClient, flow_run_id: str | None) -> str | None:
