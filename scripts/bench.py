@@ -755,6 +755,7 @@ async def bench_flows(
         """The floor of the quota: many_bare plus, by hand, the slot calls rendering_session
         makes for each session (take a leased slot before the create, give it back after
         the stop), queued as it queues them (at most SLOT_CALLS_AT_ONCE at once)."""
+        from prefect.client.schemas.objects import ConcurrencyLeaseHolder
         from prefect.context import FlowRunContext
 
         from arr_prefect.flows.quota import SLOT_CALLS_AT_ONCE
@@ -762,7 +763,7 @@ async def bench_flows(
         context = FlowRunContext.get()
         assert context is not None
         assert context.flow_run is not None
-        holder = {"type": "flow_run", "id": context.flow_run.id}
+        holder = ConcurrencyLeaseHolder(type="flow_run", id=context.flow_run.id)
         gate = asyncio.Semaphore(SLOT_CALLS_AT_ONCE)
         limit = os.environ["ARR_SESSION_LIMIT"]
 
@@ -771,9 +772,12 @@ async def bench_flows(
             async def one() -> None:
                 async with gate:
                     taken = await prefect.increment_concurrency_slots_with_lease(
-                        names=[limit], slots=1, mode="concurrency", lease_duration=600,
-                        holder=holder,  # type: ignore[arg-type]  # a dict is what is sent
-                    )  # fmt: skip
+                        names=[limit],
+                        slots=1,
+                        mode="concurrency",
+                        lease_duration=600,
+                        holder=holder,
+                    )
                 session = await tasks.create_session(lease=timedelta(minutes=10))
                 await tasks.wait_until_ready(session.id)
                 await tasks.stop_session(session.id)
