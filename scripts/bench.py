@@ -25,8 +25,11 @@ What is measured:
 - scale: 1000 concurrent lifecycles (new client each, half per API version) in one child
   process against one emulator (start-up 0): wall time, peak RSS, failures; again with
   the child's open-file limit at 1024.
-- flows: ``render_batch`` (no-op job) against a flow of five no-op tasks, warm; 200
-  ``rendering_session``s in one flow run, per session, against the same flow without them.
+- flows: ``render_batch`` (no-op job) against a flow of five no-op tasks, warm, as 24
+  pairs in random order with random 0-1 s pauses (median of the pairs' ratios); 200
+  ``rendering_session``s in one flow run, per session, against the same flow without them
+  (``--with-session-quota``: also with a limit that exists, beside the same slot calls made
+  by hand; ``--postgres``: the server on PostgreSQL, as the fleet test starts it).
 """
 
 from __future__ import annotations
