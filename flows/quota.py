@@ -69,7 +69,7 @@ import contextlib
 import time
 import weakref
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 from uuid import UUID
@@ -295,7 +295,6 @@ class SessionSlot:
         """What is left of the ready timeout once a slot is held (set by the caller)."""
         self._client: PrefectClient | None = None
         self._keeper: asyncio.Task[None] | None = None
-        self._empty_lease: UUID | None = None
 
     @property
     def waited_seconds(self) -> float:
@@ -339,10 +338,12 @@ class SessionSlot:
         body: dict[str, Any] = response.json()
         lease_id = UUID(body["lease_id"])
         if not body.get("limits"):
-            # No such limit: the server made an empty lease (handed back by acquire), quota
-            # off (for the rest of this flow run: its other sessions do not ask again).
+            # No such limit: the server made an empty lease; hand it back, quota off (for
+            # the rest of this flow run: its other sessions do not ask again).
             _learnt(self._limit_key(client), exists=False)
-            self._empty_lease = lease_id
+            with contextlib.suppress(Exception):
+                async with _slot_gate():
+                    await client.release_concurrency_slots_with_lease(lease_id=lease_id)
             run_logger().info(
                 "No Prefect global concurrency limit named '%s': the account's session quota"
                 " is not enforced for this run",
@@ -410,14 +411,6 @@ class SessionSlot:
             self._keeper = asyncio.get_running_loop().create_task(
                 self._keep(), name=f"session-slot-{self.limit_name}"
             )
-        elif self._empty_lease is not None:
-            # An empty lease holds no slot: it is handed back (and the client closed)
-            # beside the session rather than before its create, a Prefect API round trip
-            # off every run where the quota is off. Left unanswered, it expires unused.
-            lease_id, self._empty_lease = self._empty_lease, None
-            client, self._client = self._client, None
-            assert client is not None
-            _in_background(_hand_back_empty_lease(client, lease_id))
         else:
             await self._close()
 
@@ -552,27 +545,6 @@ class SessionSlot:
         if client is not None:
             with contextlib.suppress(Exception):
                 await client.__aexit__(None, None, None)
-
-
-_BACKGROUND: set[asyncio.Task[None]] = set()
-"""Work started without waiting for it, held here until done (the event loop keeps only
-weak references to its tasks)."""
-
-
-def _in_background(work: Coroutine[Any, Any, None]) -> None:
-    task = asyncio.get_running_loop().create_task(work, name="arr-empty-lease")
-    _BACKGROUND.add(task)
-    task.add_done_callback(_BACKGROUND.discard)
-
-
-async def _hand_back_empty_lease(client: PrefectClient, lease_id: UUID) -> None:
-    try:
-        with contextlib.suppress(Exception):
-            async with _slot_gate():
-                await client.release_concurrency_slots_with_lease(lease_id=lease_id)
-    finally:
-        with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
-            await client.__aexit__(None, None, None)
 
 
 @contextlib.asynccontextmanager
