@@ -31,8 +31,11 @@ What is measured:
   lifecycle (each list then returns up to 1,000 sessions), with the per-lifecycle cost
   (wall, and client + emulator CPU) against batches of 10 run in the same child before and
   after it.
-- flows: ``render_batch`` (no-op job) against a flow of five no-op tasks, warm; 200
-  ``rendering_session``s in one flow run, per session, against the same flow without them.
+- flows: ``render_batch`` (no-op job) against a flow of five no-op tasks, warm, as 24
+  pairs in random order with random 0-1 s pauses (median of the pairs' ratios); 200
+  ``rendering_session``s in one flow run, per session, against the same flow without them
+  (``--with-session-quota``: also with a limit that exists, beside the same slot calls made
+  by hand; ``--postgres``: the server on PostgreSQL, as the fleet test starts it).
 """
 
 from __future__ import annotations
@@ -850,11 +853,18 @@ async def bench_list(rounds: int, sessions: int, per_round: int) -> None:
 # --------------------------------------------------------------------------- flows
 
 
-async def bench_flows(rounds: int, sessions: int, with_quota: bool) -> None:
-    print("== flows (starting a Prefect server)", flush=True)
-    from prefect import flow, task
+async def bench_flows(
+    pairs: int,
+    rounds: int,
+    sessions: int,
+    with_quota: bool,
+    postgres: bool = False,
+    limit_only: bool = False,
+) -> None:
+    where = "PostgreSQL" if postgres else "SQLite"
+    print(f"== flows (starting a Prefect server on {where})", flush=True)
+    from prefect import flow, get_client, task
     from prefect.cache_policies import NO_CACHE
-    from prefect.testing.utilities import prefect_test_harness
 
     from arr_prefect.flows.render_batch import render_batch
     from arr_prefect.flows.session import rendering_session
@@ -891,7 +901,46 @@ async def bench_flows(rounds: int, sessions: int, with_quota: bool) -> None:
 
         await asyncio.gather(*(one() for _ in range(count)))
 
-    with emulator_process() as url, prefect_test_harness(server_startup_timeout=180):
+    @flow
+    async def many_bare_slots(count: int) -> None:
+        """The floor of the quota: many_bare plus, by hand, the slot calls rendering_session
+        makes for each session (take a leased slot before the create, give it back after
+        the stop), queued as it queues them (at most SLOT_CALLS_AT_ONCE at once)."""
+        from prefect.client.schemas.objects import ConcurrencyLeaseHolder
+        from prefect.context import FlowRunContext
+
+        from arr_prefect.flows.quota import SLOT_CALLS_AT_ONCE
+
+        context = FlowRunContext.get()
+        assert context is not None
+        assert context.flow_run is not None
+        holder = ConcurrencyLeaseHolder(type="flow_run", id=context.flow_run.id)
+        gate = asyncio.Semaphore(SLOT_CALLS_AT_ONCE)
+        limit = os.environ["ARR_SESSION_LIMIT"]
+
+        async with get_client() as prefect:
+
+            async def one() -> None:
+                async with gate:
+                    taken = await prefect.increment_concurrency_slots_with_lease(
+                        names=[limit],
+                        slots=1,
+                        mode="concurrency",
+                        lease_duration=600,
+                        holder=holder,
+                    )
+                session = await tasks.create_session(lease=timedelta(minutes=10))
+                await tasks.wait_until_ready(session.id)
+                await tasks.stop_session(session.id)
+                async with gate:
+                    await prefect.release_concurrency_slots_with_lease(
+                        lease_id=taken.json()["lease_id"]
+                    )
+
+            await asyncio.gather(*(one() for _ in range(count)))
+
+    server = _postgres_prefect_server() if postgres else _sqlite_prefect_server()
+    with emulator_process() as url, server:
         for name, value in {
             "ARR_ACCOUNT_ID": ACCOUNT,
             "ARR_ACCOUNT_KEY": KEY,
@@ -905,36 +954,139 @@ async def bench_flows(rounds: int, sessions: int, with_quota: bool) -> None:
         async def batch() -> None:
             await render_batch(job_callable="builtins:id")
 
-        for warm in (five_tasks, batch, five_tasks, batch):
-            await warm()
-        ratios = []
-        for index in range(rounds):
-            wall = {}
-            order: list[tuple[str, Callable[[], Awaitable[None]]]] = [
-                ("trivial", five_tasks),
-                ("batch", batch),
-            ]
-            if index % 2:
-                order.reverse()
-            for name, run in order:
-                start = time.perf_counter()
-                for _ in range(3):
-                    await run()
-                wall[name] = (time.perf_counter() - start) / 3
-            ratios.append(wall["batch"] / wall["trivial"])
-        ratio, spread = summary(ratios)
-        record("flows", "render_batch (no-op job) vs a flow of 5 no-op tasks, warm",
-               f"{ratio:.2f}x", "<= 1.3x", ratio <= 1.3, spread)  # fmt: skip
+        if pairs > 0:
+            await _flow_pairs(pairs, five_tasks, batch, where)
 
-        # As users run it (the default ARR_SESSION_LIMIT; no such limit on this server, so
-        # the run asks once and holds no slot), and with the quota turned off.
-        for quota in ("arr-sessions-{account_id}", ""):
-            os.environ["ARR_SESSION_LIMIT"] = quota
-            await _many(sessions, max(3, (rounds + 1) // 2), quota, many_bare, many_sessions)
-        if with_quota:
-            # A limit that exists, large enough never to make a session wait: a slot taken
-            # and given back per session (four Prefect API requests each).
-            await _with_limit(sessions, max(3, (rounds + 1) // 2), many_bare, many_sessions)
+        if sessions > 0:
+            # As users run it (the default ARR_SESSION_LIMIT; no such limit on this server,
+            # so the run asks once and holds no slot), and with the quota turned off.
+            many_rounds = max(3, (rounds + 1) // 2)
+            for quota in () if limit_only else ("arr-sessions-{account_id}", ""):
+                os.environ["ARR_SESSION_LIMIT"] = quota
+                await _many(sessions, many_rounds, quota, many_bare, many_sessions, where)
+            if with_quota or limit_only:
+                # A limit that exists, large enough never to make a session wait: a slot
+                # taken and given back per session; beside it the same slot calls by hand.
+                await _with_limit(
+                    sessions, many_rounds, many_bare, many_sessions, many_bare_slots, where
+                )
+
+
+@contextlib.contextmanager
+def _sqlite_prefect_server() -> Iterator[None]:
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=180):
+        yield
+
+
+@contextlib.contextmanager
+def _postgres_prefect_server() -> Iterator[None]:
+    """``prefect server start`` on a throwaway PostgreSQL, as the fleet test starts it
+    (tests/e2e/_postgres.py; leases on disk), and this process's client pointed at it."""
+    import socket
+    import tempfile
+
+    import httpx
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from tests.e2e._postgres import missing_reason, temporary_postgres
+
+    if (reason := missing_reason()) is not None:
+        raise RuntimeError(reason)
+
+    def free_port() -> int:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            return int(probe.getsockname()[1])
+
+    with tempfile.TemporaryDirectory(prefix="arr-bench-") as home:
+        log = Path(home) / "postgres.log"
+        with temporary_postgres(free_port(), log) as pg:
+            port = free_port()
+            env = {
+                **os.environ,
+                "PREFECT_HOME": home,
+                "PREFECT_API_DATABASE_CONNECTION_URL": pg.url,
+                "PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE": (
+                    "prefect.server.concurrency.lease_storage.filesystem"
+                ),
+                "PREFECT_UI_ENABLED": "false",
+                "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+            }
+            with (Path(home) / "server.log").open("wb") as sink:
+                server = subprocess.Popen(
+                    [str(Path(_python()).parent / "prefect"), "server", "start",
+                     "--host", "127.0.0.1", "--port", str(port)],
+                    env=env, stdout=sink, stderr=subprocess.STDOUT, cwd=home,
+                )  # fmt: skip
+            api = f"http://127.0.0.1:{port}/api"
+            try:
+                deadline = time.monotonic() + 180
+                while True:
+                    with contextlib.suppress(httpx.HTTPError):
+                        if httpx.get(f"{api}/health", timeout=5).status_code == 200:
+                            break
+                    if server.poll() is not None or time.monotonic() > deadline:
+                        tail = (Path(home) / "server.log").read_text(errors="replace")[-2000:]
+                        raise RuntimeError(f"the Prefect server did not start:\n{tail}")
+                    time.sleep(0.5)
+                with temporary_settings(updates={PREFECT_API_URL: api}):
+                    yield
+            finally:
+                server.send_signal(signal.SIGTERM)
+                try:
+                    server.wait(20)
+                except subprocess.TimeoutExpired:
+                    server.kill()
+                    server.wait(5)
+
+
+PAIR_PAUSE_SECONDS = 1.0
+"""Most real seconds of the random pause before each measured call (uniform from 0)."""
+
+
+async def _flow_pairs(
+    pairs: int,
+    five_tasks: Callable[[], Awaitable[None]],
+    batch: Callable[[], Awaitable[None]],
+    where: str,
+) -> None:
+    """render_batch against the trivial flow: ``pairs`` pairs, each in a random order with
+    a random pause before each call, so that the server's own stalls (its services, the
+    events of the previous run) fall on either side at random. The figure is the median of
+    the pairs' ratios."""
+    import random
+
+    seed = int(os.environ.get("ARR_BENCH_SEED", time.time_ns() % 1_000_000))
+    rng = random.Random(seed)
+    for warm in (five_tasks, batch, five_tasks, batch):
+        await warm()
+    ratios: list[float] = []
+    walls: dict[str, list[float]] = {"trivial": [], "batch": []}
+    cpu: dict[str, list[float]] = {"trivial": [], "batch": []}
+    for _ in range(pairs):
+        order = [("trivial", five_tasks), ("batch", batch)]
+        rng.shuffle(order)
+        wall = {}
+        for name, run in order:
+            await asyncio.sleep(rng.uniform(0, PAIR_PAUSE_SECONDS))
+            start, start_cpu = time.perf_counter(), time.process_time()
+            await run()
+            wall[name] = time.perf_counter() - start
+            walls[name].append(wall[name])
+            cpu[name].append(time.process_time() - start_cpu)
+        ratios.append(wall["batch"] / wall["trivial"])
+    ratio, spread = summary(ratios)
+    quartiles = statistics.quantiles(ratios, n=4)
+    record("flows", f"render_batch (no-op job) vs a flow of 5 no-op tasks, warm, {where}"
+           f" server ({pairs} pairs in random order, random 0-{PAIR_PAUSE_SECONDS:g} s pauses,"
+           f" seed {seed}; median walls {statistics.median(walls['batch']) * 1000:.0f} vs"
+           f" {statistics.median(walls['trivial']) * 1000:.0f} ms; this process's CPU per run"
+           f" {statistics.median(cpu['batch']) * 1000:.0f} vs"
+           f" {statistics.median(cpu['trivial']) * 1000:.0f} ms, the server's not counted)",
+           f"{ratio:.2f}x", "<= 1.3x", ratio <= 1.3,
+           f"{spread}, quartiles {quartiles[0]:.2f}-{quartiles[2]:.2f}")  # fmt: skip
 
 
 QUIET_SECONDS = 3.0
@@ -947,35 +1099,56 @@ async def _many(
     quota: str,
     many_bare: Callable[[int], Awaitable[None]],
     many_sessions: Callable[[int], Awaitable[None]],
+    where: str,
+    many_floor: Callable[[int], Awaitable[None]] | None = None,
 ) -> None:
-    own, whole, cpu = [], [], []
+    runs: list[tuple[str, Callable[[int], Awaitable[None]]]] = [
+        ("bare", many_bare),
+        ("session", many_sessions),
+    ]
+    if many_floor is not None:
+        runs.append(("floor", many_floor))
+    wall: dict[str, list[float]] = {name: [] for name, _ in runs}
+    used: dict[str, list[float]] = {name: [] for name, _ in runs}
     for index in range(rounds):
-        wall, used = {}, {}
-        pairs: list[tuple[str, Callable[[int], Awaitable[None]]]] = [
-            ("bare", many_bare),
-            ("session", many_sessions),
-        ]
-        for name, run_flow in pairs if index % 2 == 0 else pairs[::-1]:
+        # Each round in another order (rotated, then reversed), so that none of the flows
+        # always runs first.
+        turn = runs[index % len(runs) :] + runs[: index % len(runs)]
+        for name, run_flow in turn if index % 2 == 0 else turn[::-1]:
             # Let the Prefect server finish with the previous run's events and logs, so
             # that each run starts on an idle server rather than paying for the last one.
             await asyncio.sleep(QUIET_SECONDS)
             start, start_cpu = time.perf_counter(), time.process_time()
             await run_flow(sessions)
-            wall[name] = time.perf_counter() - start
-            used[name] = time.process_time() - start_cpu
-        own.append((wall["session"] - wall["bare"]) / sessions * 1000)
-        whole.append(wall["session"] / sessions * 1000)
-        cpu.append((used["session"] - used["bare"]) / sessions * 1000)
+            wall[name].append(time.perf_counter() - start)
+            used[name].append(time.process_time() - start_cpu)
+
+    def per_session(a: str, b: str, what: dict[str, list[float]]) -> list[float]:
+        return [(x - y) / sessions * 1000 for x, y in zip(what[a], what[b], strict=True)]
+
+    own = per_session("session", "bare", wall)
+    whole = [w / sessions * 1000 for w in wall["session"]]
+    cpu = per_session("session", "bare", used)
     ms, spread = summary(own, "ms", 1)
     setting = {
         "": "ARR_SESSION_LIMIT='' (no quota)",
         "exists": "a session limit that exists (a slot taken and given back per session)",
     }.get(quota, f"ARR_SESSION_LIMIT={quota} (the default; no such limit on this server)")
-    record("flows", f"{sessions} concurrent rendering_sessions in one flow run, {setting}:"
-           " our own overhead per session (wall, vs the same create/wait/stop tasks"
-           f" without rendering_session; whole session {statistics.median(whole):.0f} ms;"
+    record("flows", f"{sessions} concurrent rendering_sessions in one flow run, {where} server,"
+           f" {setting}: our own overhead per session (wall, vs the same create/wait/stop"
+           f" tasks without rendering_session; whole session {statistics.median(whole):.0f} ms;"
            f" this process's CPU {statistics.median(cpu):.1f} ms more per session)",
            f"{ms:.1f} ms", "<= 50 ms", ms <= 50, spread)  # fmt: skip
+    if many_floor is not None:
+        floor, floor_spread = summary(per_session("floor", "bare", wall), "ms", 1)
+        above, above_spread = summary(per_session("session", "floor", wall), "ms", 1)
+        record("flows", f"  the floor beside it: the same slot calls made by hand (take before"
+               " the create, give back after the stop), per session, vs the same tasks"
+               f" without them ({where} server)",
+               f"{floor:.1f} ms", "(Prefect's server)", True, floor_spread)  # fmt: skip
+        record("flows", "  rendering_session above that floor, per session (our own work"
+               " with the quota on, the server's slot calls taken out)",
+               f"{above:.1f} ms", "<= 50 ms", above <= 50, above_spread)  # fmt: skip
 
 
 async def _with_limit(
@@ -983,6 +1156,8 @@ async def _with_limit(
     rounds: int,
     many_bare: Callable[[int], Awaitable[None]],
     many_sessions: Callable[[int], Awaitable[None]],
+    many_floor: Callable[[int], Awaitable[None]],
+    where: str,
 ) -> None:
     from prefect import get_client
     from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
@@ -993,7 +1168,7 @@ async def _with_limit(
             GlobalConcurrencyLimitCreate(name=name, limit=sessions * 2)
         )
     os.environ["ARR_SESSION_LIMIT"] = name
-    await _many(sessions, rounds, "exists", many_bare, many_sessions)
+    await _many(sessions, rounds, "exists", many_bare, many_sessions, where, many_floor)
 
 
 # --------------------------------------------------------------------------- main
@@ -1006,6 +1181,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, default=4000, help="per throughput trial")
     parser.add_argument("--lifecycles", type=int, default=1000, help="scale: concurrent")
     parser.add_argument("--sessions", type=int, default=200, help="flows: sessions in a run")
+    parser.add_argument(
+        "--pairs", type=int, default=24, help="flows: render_batch/trivial pairs (0: skip)"
+    )
+    parser.add_argument(
+        "--limit-only",
+        action="store_true",
+        help="flows: of the many-sessions rows, only the one with a limit that exists",
+    )
+    parser.add_argument(
+        "--postgres",
+        action="store_true",
+        help="flows: run the Prefect server on a throwaway PostgreSQL (as the fleet test)",
+    )
     parser.add_argument("--per-round", type=int, default=60, help="client: lifecycles a round")
     parser.add_argument(
         "--with-session-quota",
@@ -1054,7 +1242,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             ],
         ),
         "flows": lambda: asyncio.run(
-            bench_flows(args.rounds, args.sessions, args.with_session_quota)
+            bench_flows(
+                args.pairs,
+                args.rounds,
+                args.sessions,
+                args.with_session_quota,
+                args.postgres,
+                args.limit_only,
+            )
         ),
     }
     if "flows" in only:
