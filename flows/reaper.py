@@ -31,6 +31,7 @@ What it stopped (or would stop) is published as a table artifact and an
 
 from __future__ import annotations
 
+import asyncio
 import re
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Literal
@@ -145,6 +146,16 @@ class _Scope:
             return True
         match = _PREFIXED_ID.match(session.id)
         return match is not None and UUID(match["run"]) == self.run_id
+
+    def grace_left(self, grace: timedelta, now: datetime) -> float:
+        """Seconds until the run has been over for ``grace`` (0 if it is not over)."""
+        state = self.run.state if self.run is not None else None
+        if self.run is None or state is None or not state.is_final():
+            return 0.0
+        ended = self.run.end_time or state.timestamp
+        if ended is None:
+            return 0.0
+        return max(0.0, (ended + grace - now).total_seconds())
 
     @classmethod
     async def of(cls, owner_flow_run: str) -> _Scope:
@@ -280,11 +291,18 @@ async def reap_orphaned_sessions(
         else timedelta(minutes=stop_untracked_older_than_minutes)
     )
     scope = await _Scope.of(owner_flow_run) if owner_flow_run else None
-    if scope is not None and scope.run is not None and not scope.tagged:
-        logger.info(
-            "Flow run %s has no arr-session tag: looking only for sessions named after it",
-            scope.run.name,
-        )
+    if scope is not None and scope.run is not None:
+        if not scope.tagged:
+            logger.info(
+                "Flow run %s has no arr-session tag: looking only for sessions named after it",
+                scope.run.name,
+            )
+        elif (left := scope.grace_left(grace, datetime.now(UTC))) > 0:
+            # A worker starts a scheduled run a few seconds early (its prefetch), so the
+            # trigger's reaper can begin just inside the grace it was scheduled to outlast:
+            # wait it out rather than keep what it was called for.
+            logger.info("Waiting %.0f s for the owner's grace period to end", left)
+            await asyncio.sleep(left)
     accounts: list[tuple[str, RemoteRenderingCredentials | None]]
     if credentials_block:
         accounts = [(f"block {credentials_block}", await load_credentials(credentials_block))]

@@ -214,3 +214,14 @@ async def test_triggered_reap_of_a_run_that_owned_nothing_stops_nothing(
     assert report.decisions == []
     assert [s.id for s in emulator.running()] == [other]
     await reap_orphaned_sessions(grace_minutes=0)
+
+
+async def test_triggered_reap_waits_out_the_owners_grace(emulator: Emulator) -> None:
+    """Started inside the grace it was scheduled to outlast (a worker's prefetch starts
+    runs early), a triggered reap waits for it to end and then stops, instead of keeping."""
+    state = await tags_itself_then_leaves_a_session(return_state=True)
+    mine = await state.aresult()
+    run_id = str(state.state_details.flow_run_id)
+    report = await reap_orphaned_sessions(grace_minutes=0.1, owner_flow_run=run_id)
+    assert report.stopped == [mine]
+    assert emulator.running() == []
