@@ -153,8 +153,6 @@ class _Scope:
         if self.run is None or state is None or not state.is_final():
             return 0.0
         ended = self.run.end_time or state.timestamp
-        if ended is None:
-            return 0.0
         return max(0.0, (ended + grace - now).total_seconds())
 
     @classmethod

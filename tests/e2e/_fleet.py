@@ -17,6 +17,7 @@ import signal
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -233,6 +234,23 @@ def parent_pid(pid: int) -> int | None:
     except OSError:
         return None
     return int(stat.rsplit(")", 1)[1].split()[1])
+
+
+def session_guards_of(pid: int) -> list[int]:
+    """The session guard processes a flow-run process started (its ``arr_prefect.guard``
+    children)."""
+    guards = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            cmdline = (entry / "cmdline").read_bytes().split(b"\0")
+        except (OSError, IndexError, ValueError):
+            continue
+        if ppid == pid and b"arr_prefect.guard" in cmdline:
+            guards.append(int(entry.name))
+    return guards
 
 
 def sigkill(pid: int) -> None:

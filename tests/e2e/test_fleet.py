@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -37,6 +36,7 @@ from tests.e2e._fleet import (
     parent_pid,
     peak_concurrency,
     run_pid,
+    session_guards_of,
     sigkill,
 )
 from tests.e2e._postgres import missing_reason, temporary_postgres
@@ -50,23 +50,6 @@ PHASE_TIMEOUT = 600.0
 PG_DOWN_SECONDS = 30.0
 SLOT_RETURN_SLACK = 15.0
 """Real seconds allowed beyond lease + repossessor loop: the revocation is a queued task."""
-
-
-def session_guards_of(pid: int) -> list[int]:
-    """The session guard processes a flow-run process started (its ``arr_prefect.guard``
-    children)."""
-    guards = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            cmdline = (entry / "cmdline").read_bytes().split(b"\0")
-        except (OSError, IndexError, ValueError):
-            continue
-        if ppid == pid and b"arr_prefect.guard" in cmdline:
-            guards.append(int(entry.name))
-    return guards
 
 
 @pytest.fixture(scope="module")
