@@ -27,6 +27,7 @@ from prefect.states import Crashed, Running
 
 from arr_prefect.flows.session import OWNER_TAG_PREFIX
 from tests.e2e._stack import Stack, StackError
+from tests.e2e.conftest import note_timing
 
 pytestmark = pytest.mark.e2e
 
@@ -126,3 +127,43 @@ async def test_reaper_trigger_fires_for_a_run_tagged_at_run_time(stack: Stack) -
         finally:
             for run in runs:
                 await prefect.delete_flow_run(run.id)
+
+
+UNRELATED_RUNS = 5
+
+
+async def test_cost_of_the_wide_trigger(stack: Stack) -> None:
+    """What a run that owned no session costs: one short reaper run that completes (and,
+    having no session to look at, stops nothing). Measured for UNRELATED_RUNS crashed
+    runs of a flow that never had a session; printed in the e2e summary."""
+    async with PrefectClient(stack.api_url) as prefect:
+        reaper = await prefect.read_deployment_by_name(
+            "reap-orphaned-sessions/reap-orphaned-sessions"
+        )
+        since = datetime.now(UTC) - timedelta(seconds=1)
+        crashed = [await crash_a_run(prefect, None) for _ in range(UNRELATED_RUNS)]
+        named = {f"prefect.flow-run.{run.id}" for run in crashed}
+
+        def ours(runs: list[FlowRun]) -> list[FlowRun]:
+            return [r for r in runs if r.parameters.get("owner_flow_run") in named]
+
+        deadline = time.monotonic() + FIRE_TIMEOUT + 60 + 120
+        while True:
+            runs = ours(await reaper_runs(prefect, reaper.id, since))
+            if len(runs) == UNRELATED_RUNS and all(r.state and r.state.is_final() for r in runs):
+                break
+            if time.monotonic() > deadline:
+                raise StackError(f"reaper runs not all over: {[(r.name, r.state) for r in runs]}")
+            await asyncio.sleep(1)
+        seconds = sorted(
+            (r.end_time - r.start_time).total_seconds()
+            for r in runs
+            if r.start_time is not None and r.end_time is not None
+        )
+        states = {r.state.type.value for r in runs if r.state is not None}
+    note_timing(
+        f"wide reaper trigger: {UNRELATED_RUNS} crashed runs that owned no session ->"
+        f" {len(runs)} reaper runs, {seconds[0]:.1f}-{seconds[-1]:.1f} s each"
+        f" (start to end, median {seconds[len(seconds) // 2]:.1f} s), states {sorted(states)}"
+    )
+    assert states == {"COMPLETED"}
