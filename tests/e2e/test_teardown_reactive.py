@@ -33,6 +33,7 @@ import pytest
 import yaml  # type: ignore[import-untyped]  # Prefect's dependency, no stubs
 from prefect.client.orchestration import PrefectClient
 
+from arr_prefect.flows.session import OWNER_TAG_PREFIX
 from tests.e2e._fleet import session_guards_of, sigkill
 from tests.e2e._stack import (
     LEASE_MINUTES as STACK_LEASE_MINUTES,
@@ -42,6 +43,7 @@ from tests.e2e._stack import (
     STARTUP_SECONDS,
     TIME_SCALE,
     Stack,
+    StackError,
     parse_time,
     session_entry,
 )
@@ -95,6 +97,29 @@ ROWS = [
         id="i-lost-host-zombie-reaped",
     ),
 ]
+
+
+async def wait_ready(scene: Scene) -> None:
+    """Until the run owns a Ready session and has a pid (its long lease is renewed only
+    every 180 real seconds: no renewal to wait for)."""
+
+    async def ready() -> bool | None:
+        assert scene.run_id is not None
+        run = await scene.prefect.read_flow_run(scene.run_id)
+        if run.state is not None and run.state.is_final():
+            raise StackError(f"the run ended before its session was Ready: {run.state}")
+        owned = [
+            t.removeprefix(OWNER_TAG_PREFIX) for t in run.tags if t.startswith(OWNER_TAG_PREFIX)
+        ]
+        if not owned or not run.infrastructure_pid:
+            return None
+        scene.session_id = owned[0]
+        scene.pid = int(str(run.infrastructure_pid).rsplit(":", 1)[-1])
+        scene.stack.flow_run_pids.add(scene.pid)
+        entry = session_entry(scene.stack.ledger(), scene.session_id)
+        return True if entry is not None and entry["status"] == "Ready" else None
+
+    await until(ready, timeout=90, what="the run's session to be Ready", describe=scene.describe)
 
 
 async def refuse_next_stop(scene: Scene) -> None:
@@ -160,7 +185,7 @@ async def test_session_is_reaped_through_the_trigger(
             if scenario.trigger == "lost-host":
                 create_zombie_automation(stack, stack.workdir)
             await scene.start()
-            await scene.wait_job_in_progress()
+            await wait_ready(scene)
             if scenario.trigger == "sigkill-reaper":
                 await refuse_next_stop(scene)
             await asyncio.sleep(AFTER_READY)
