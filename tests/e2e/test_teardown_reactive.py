@@ -26,7 +26,6 @@ import os
 import signal
 import time
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
@@ -36,11 +35,7 @@ from prefect.client.orchestration import PrefectClient
 from arr_prefect.flows.session import OWNER_TAG_PREFIX
 from tests.e2e._fleet import session_guards_of, sigkill
 from tests.e2e._stack import (
-    LEASE_MINUTES as STACK_LEASE_MINUTES,
-)
-from tests.e2e._stack import (
     REPO_ROOT,
-    STARTUP_SECONDS,
     TIME_SCALE,
     Stack,
     StackError,
@@ -238,80 +233,3 @@ async def test_session_is_reaped_through_the_trigger(
     ledger = stack.ledger()
     assert ledger["running"] == 0, f"sessions left running: {ledger}"
     assert session_entry(ledger, entry["id"]) is not None
-
-
-CREATE_DELAY = 60.0
-"""Emulated seconds the v1 create is held before the session is made (3 real seconds)."""
-
-
-async def test_v1_killed_during_create_bounded_by_one_lease(live_worker: Stack) -> None:
-    """(j) A v1 run SIGKILLed while its create is in flight: the session is made after the
-    process died, so no layer knows its ID (v1 IDs are the service's) and none can stop
-    it; the lease the create asked for ends it. The row measures that bound: the create's
-    delay, the start-up, and one rolling lease."""
-    stack = live_worker
-    scenario = Scenario("(j) v1 SIGKILL during create", "sigkill-in-create", "-", ("Crashed",))
-    async with PrefectClient(stack.api_url) as prefect, httpx.AsyncClient(timeout=10) as http:
-        scene = Scene(stack, prefect, scenario)
-        url = f"{stack.emulator_url}/_emulator/faults"
-        applied = (await http.get(url)).json()["applied"]
-        before = {e["id"] for e in stack.ledger()["sessions"]}
-        response = await http.post(
-            url, json={"kind": "slow", "route": "v1.create", "seconds": CREATE_DELAY}
-        )
-        response.raise_for_status()
-        try:
-            await scene.start()
-
-            async def in_flight() -> int | None:
-                assert scene.run_id is not None
-                run = await prefect.read_flow_run(scene.run_id)
-                taken = (await http.get(url)).json()["applied"] > applied
-                pid = str(run.infrastructure_pid or "").rsplit(":", 1)[-1]
-                return int(pid) if taken and pid.isdigit() else None
-
-            pid = await until(
-                in_flight, timeout=90, what="the v1 create to be in flight", describe=scene.describe
-            )
-            scene.pid = pid
-            stack.flow_run_pids.add(pid)
-            emulated, wall = stack.emulated_now()
-            at = time.time()
-            os.kill(pid, signal.SIGKILL)
-            killed = emulated + (at - wall) * TIME_SCALE
-
-            async def made() -> dict[str, Any] | None:
-                new = [e for e in stack.ledger()["sessions"] if e["id"] not in before]
-                return new[0] if new else None
-
-            entry = await until(
-                made, timeout=30, what="the session the create made", describe=scene.describe
-            )
-            scene.session_id = entry["id"]
-            entry = await scene.wait_session_ended()
-            run = await scene.wait_run_final()
-        except BaseException as exc:
-            record(
-                ScenarioResult(
-                    scenario.name, f"FAILED: {type(exc).__name__}", *NOT_MEASURED,
-                    expected="rolling lease (expired)",
-                )
-            )  # fmt: skip
-            raise
-    overrun = parse_time(entry["ended_at"]) - killed
-    bound = CREATE_DELAY + STARTUP_SECONDS + STACK_LEASE_MINUTES * 60 + OVERRUN_TOLERANCE
-    state = (run.state.name if run.state else None) or "?"
-    record(
-        ScenarioResult(
-            scenario.name,
-            "rolling lease (expired)" if entry["end_reason"] == "expired" else entry["end_reason"],
-            max(0.0, overrun / TIME_SCALE),
-            overrun,
-            state,
-            expected="rolling lease (expired)",
-        )
-    )
-    context = f"{scenario.name}: entry {entry}, run {state}, overrun {overrun:.0f} s emulated"
-    assert entry["end_reason"] == "expired", context
-    assert overrun <= bound, context
-    assert stack.ledger()["running"] == 0
