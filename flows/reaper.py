@@ -13,12 +13,25 @@ knows, the ``ARR_*`` settings' and each saved ``RemoteRenderingCredentials`` blo
 (once each), since a flow run may have used any saved block; its hooks find it by the
 name the run recorded, the reaper by visiting them all.
 
+Two ways to run it. Scheduled (hourly, the backstop): every active session of every
+account. Triggered (the deployment's automation, when any flow run ends Crashed or
+Cancelled): ``owner_flow_run`` names the run that ended, and only the sessions that run
+owns are looked at, by its tags *as they are now* (read from the API) and the ID prefix.
+The trigger cannot filter on the run's tags itself: Prefect's server attaches a run's tags
+to its state events from a cache filled at the run's first state change and kept for
+``PREFECT_API_EVENTS_RELATED_RESOURCE_CACHE_TTL`` (5 minutes), so a run that tagged itself
+``arr-session:<id>`` after starting, and ends within those minutes, ends with events that
+do not carry that tag. The reaper's own check does the filtering instead: a run that owned
+no session costs one short reaper run that reads one flow run and lists each account's
+sessions once, and stops nothing.
+
 What it stopped (or would stop) is published as a table artifact and an
-``arr.reaper.stopped`` event per session.
+``arr.reaper.stopped`` event (``arr.reaper.would-stop`` in a dry run) per session.
 """
 
 from __future__ import annotations
 
+import asyncio
 import re
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Literal
@@ -108,6 +121,51 @@ def _session_age(session: Session, now: datetime) -> timedelta | None:
     return session.elapsed  # v1 reports only the time since Ready: a lower bound
 
 
+def _flow_run_id(value: str) -> UUID:
+    """A flow-run ID, given bare or as its event resource ID ``prefect.flow-run.<id>``
+    (what the trigger's ``{{ event.resource.id }}`` renders to)."""
+    try:
+        return UUID(value.strip().removeprefix("prefect.flow-run."))
+    except ValueError:
+        raise ConfigurationError(
+            f"owner_flow_run {value!r} is neither a flow-run ID nor prefect.flow-run.<id>"
+        ) from None
+
+
+class _Scope:
+    """A triggered reaper's view: one flow run and the sessions it owns."""
+
+    def __init__(self, run: FlowRun | None, run_id: UUID) -> None:
+        self.run = run
+        self.run_id = run_id
+        tags = run.tags if run is not None else []
+        self.tagged = {t[len(OWNER_TAG_PREFIX) :] for t in tags if t.startswith(OWNER_TAG_PREFIX)}
+
+    def owns(self, session: Session) -> bool:
+        if session.id in self.tagged:
+            return True
+        match = _PREFIXED_ID.match(session.id)
+        return match is not None and UUID(match["run"]) == self.run_id
+
+    def grace_left(self, grace: timedelta, now: datetime) -> float:
+        """Seconds until the run has been over for ``grace`` (0 if it is not over)."""
+        state = self.run.state if self.run is not None else None
+        if self.run is None or state is None or not state.is_final():
+            return 0.0
+        ended = self.run.end_time or state.timestamp
+        return max(0.0, (ended + grace - now).total_seconds())
+
+    @classmethod
+    async def of(cls, owner_flow_run: str) -> _Scope:
+        run_id = _flow_run_id(owner_flow_run)
+        async with get_client() as prefect:
+            try:
+                run: FlowRun | None = await prefect.read_flow_run(run_id)
+            except ObjectNotFound:
+                run = None
+        return cls(run, run_id)
+
+
 def _decide(
     session: Session,
     owner: FlowRun | None,
@@ -146,15 +204,22 @@ async def _reap_account(
     grace: timedelta,
     untracked_age: timedelta | None,
     dry_run: bool,
+    scope: _Scope | None = None,
 ) -> list[ReapDecision]:
-    """Decide (and act) for every active session of ``arr``'s account."""
+    """Decide (and act) for every active session of ``arr``'s account (only those the
+    ``scope``'s run owns, when given)."""
     logger = run_logger()
     decisions: list[ReapDecision] = []
     sessions = await arr.list_sessions()
     now = datetime.fromtimestamp(arr.clock.time(), tz=UTC)
     prefect_now = datetime.now(UTC)
     for session in sessions:
-        owner, ours = await _owner_of(session)
+        if scope is not None:
+            if not scope.owns(session):
+                continue
+            owner, ours = scope.run, True
+        else:
+            owner, ours = await _owner_of(session)
         stop, reason = _decide(
             session,
             owner,
@@ -198,6 +263,7 @@ async def reap_orphaned_sessions(
     dry_run: bool = False,
     stop_untracked_older_than_minutes: Annotated[float | None, Field(gt=0)] = None,
     credentials_block: str | None = None,
+    owner_flow_run: str | None = None,
 ) -> ReapReport:
     """Stop sessions whose owning flow run is over or gone; report what was stopped.
 
@@ -210,6 +276,9 @@ async def reap_orphaned_sessions(
             cannot tie to one of our runs unless told to.
         credentials_block: Reap only the account of this saved Remote Rendering
             Credentials block. Empty: the ARR_* settings' account and every saved block's.
+        owner_flow_run: Look only at the sessions this flow run owns (its ID, or its
+            event resource ID ``prefect.flow-run.<id>``): what the deployment's trigger
+            passes when a run ends Crashed or Cancelled. Empty: every active session.
     """
     logger = run_logger()
     failures: list[tuple[str, ArrError]] = []
@@ -219,6 +288,19 @@ async def reap_orphaned_sessions(
         if stop_untracked_older_than_minutes is None
         else timedelta(minutes=stop_untracked_older_than_minutes)
     )
+    scope = await _Scope.of(owner_flow_run) if owner_flow_run else None
+    if scope is not None and scope.run is not None:
+        if not scope.tagged:
+            logger.info(
+                "Flow run %s has no arr-session tag: looking only for sessions named after it",
+                scope.run.name,
+            )
+        elif (left := scope.grace_left(grace, datetime.now(UTC))) > 0:
+            # A worker starts a scheduled run a few seconds early (its prefetch), so the
+            # trigger's reaper can begin just inside the grace it was scheduled to outlast:
+            # wait it out rather than keep what it was called for.
+            logger.info("Waiting %.0f s for the owner's grace period to end", left)
+            await asyncio.sleep(left)
     accounts: list[tuple[str, RemoteRenderingCredentials | None]]
     if credentials_block:
         accounts = [(f"block {credentials_block}", await load_credentials(credentials_block))]
@@ -239,7 +321,12 @@ async def reap_orphaned_sessions(
                     continue  # two blocks (or a block and ARR_*) for the same account
                 seen.add(account)
                 decisions += await _reap_account(
-                    arr, label, grace=grace, untracked_age=untracked_age, dry_run=dry_run
+                    arr,
+                    label,
+                    grace=grace,
+                    untracked_age=untracked_age,
+                    dry_run=dry_run,
+                    scope=scope,
                 )
         except ConfigurationError as exc:
             if credentials is None and len(accounts) > 1:

@@ -17,13 +17,16 @@ import signal
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import httpx
+import yaml  # type: ignore[import-untyped]  # Prefect's dependency, no stubs
 
 from arr_prefect.emulator import DEFAULT_ACCOUNT_ID
 from tests.e2e._postgres import Postgres
 from tests.e2e._stack import (
+    REPO_ROOT,
     TIME_SCALE,
     Stack,
     StackError,
@@ -43,12 +46,20 @@ REPOSSESSOR_LOOP_SECONDS = 15.0
 SLOT_WAIT_SECONDS = 5.0
 """The server's longest Retry-After for a full limit (default 30 s): waiting runs ask
 again at most this long after a slot frees."""
-LEASE_MINUTES = 15.0
-"""The runs' rolling ARR lease, emulated: 900 s = 45 real seconds at x20. It must outlast
+LEASE_MINUTES = 90.0
+"""The runs' rolling ARR lease, emulated: 5400 s = 270 real seconds at x20. It must outlast
 the faults in emulated time: a 30 s outage is 10 emulated minutes, and a run blocked on
 the Prefect API between create and Ready (its task states cannot be recorded) starts its
-lease keeper only once the API answers. With 5 minutes, sessions expired during the server
-restart; real leases (10 min) against real outages (seconds) have the same margin."""
+lease keeper only once the API answers (with 5 minutes, sessions expired during the server
+restart). And the lost host's sessions must be stopped by the reaper before it ends them:
+heartbeats stop, the zombie automation's window passes, the run is marked Crashed, and the
+trigger's reaper runs a minute later (about 150 real seconds, 3000 emulated)."""
+ZOMBIE_FILE = REPO_ROOT / "automations" / "flow-run-heartbeats-stopped.yaml"
+HEARTBEAT_SECONDS = 30
+"""PREFECT_FLOWS_HEARTBEAT_FREQUENCY on the workers (their flow runs inherit it): what
+*Running a fleet* recommends with the zombie automation, Prefect's minimum."""
+ZOMBIE_WINDOW = 90
+"""The zombie automation's ``within`` for 30 s heartbeats (Prefect's docs' value)."""
 JOB = {"frames": 4, "seconds_per_frame": 60}
 """The sample job: 240 emulated seconds, 12 real seconds at x20."""
 FLEET_RETRY_EXTRA_CODES = "500"
@@ -119,7 +130,30 @@ class FleetStack(Stack):
         client also retries a 500, what the server answers while its database is away."""
         env = super().worker_env
         env["PREFECT_CLIENT_RETRY_EXTRA_CODES"] = FLEET_RETRY_EXTRA_CODES
+        env["PREFECT_FLOWS_HEARTBEAT_FREQUENCY"] = str(HEARTBEAT_SECONDS)
         return env
+
+    def create_zombie_automation(self) -> str:
+        """``prefect automation create --from-file automations/flow-run-heartbeats-stopped
+        .yaml`` (the README's way), its window set for the workers' 30 s heartbeats; the
+        automation's name."""
+        spec = yaml.safe_load(ZOMBIE_FILE.read_text())
+        spec["trigger"]["within"] = ZOMBIE_WINDOW
+        path = self.workdir / "zombie-automation.yaml"
+        path.write_text(yaml.safe_dump(spec))
+        self._run_cli(
+            [str(self.ensure_venv().bin_dir / "prefect"), "automation", "create", "--from-file",
+             str(path)],
+            cwd=self.workdir,
+            what="prefect automation create",
+            env=self.user_env,
+        )  # fmt: skip
+        return str(spec["name"])
+
+    def delete_automation(self, name: str) -> None:
+        for automation in self.api("POST", "/automations/filter", json={}):
+            if automation["name"] == name:
+                self.api("DELETE", f"/automations/{automation['id']}")
 
     def add_worker(self) -> str:
         self.start_worker()
@@ -233,6 +267,23 @@ def parent_pid(pid: int) -> int | None:
     except OSError:
         return None
     return int(stat.rsplit(")", 1)[1].split()[1])
+
+
+def session_guards_of(pid: int) -> list[int]:
+    """The session guard processes a flow-run process started (its ``arr_prefect.guard``
+    children)."""
+    guards = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            cmdline = (entry / "cmdline").read_bytes().split(b"\0")
+        except (OSError, IndexError, ValueError):
+            continue
+        if ppid == pid and b"arr_prefect.guard" in cmdline:
+            guards.append(int(entry.name))
+    return guards
 
 
 def sigkill(pid: int) -> None:

@@ -6,9 +6,11 @@ Phases, each a line of the fleet table (printed at the end of the run):
 
 1. 12 render-batch runs at once: every run completes, never more than 3 sessions at once
    (the emulator's ledger), no create refused for the quota.
-2. Host loss: a worker and its flow runs are SIGKILLed mid-run. Their sessions end within
-   one rolling ARR lease (nobody renews it), and their Prefect slots come back within the
-   slot lease plus one repossessor pass (75 s); the other runs complete meanwhile.
+2. Host loss: a worker, its flow runs and their session guards are SIGKILLed mid-run. The
+   zombie-run automation from automations/ marks the runs Crashed once their heartbeats
+   stop, and the reaper's trigger stops their sessions well before their rolling ARR lease
+   would end them; their Prefect slots come back within the slot lease plus one
+   repossessor pass (75 s); the other runs complete meanwhile.
 3. The Prefect server restarts mid-run: the runs go on, every session is stopped, and every
    run is in the records with its final state and its summary.
 4. PostgreSQL is stopped for 30 s mid-run: the same.
@@ -20,23 +22,25 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.e2e import _fleet
 from tests.e2e._fleet import (
+    HEARTBEAT_SECONDS,
     LEASE_MINUTES,
     QUOTA,
     REPOSSESSOR_LOOP_SECONDS,
     SLOT_LEASE_SECONDS,
+    ZOMBIE_WINDOW,
     FleetRow,
     FleetStack,
     billed_minutes,
     parent_pid,
     peak_concurrency,
     run_pid,
+    session_guards_of,
     sigkill,
 )
 from tests.e2e._postgres import missing_reason, temporary_postgres
@@ -50,23 +54,6 @@ PHASE_TIMEOUT = 600.0
 PG_DOWN_SECONDS = 30.0
 SLOT_RETURN_SLACK = 15.0
 """Real seconds allowed beyond lease + repossessor loop: the revocation is a queued task."""
-
-
-def session_guards_of(pid: int) -> list[int]:
-    """The session guard processes a flow-run process started (its ``arr_prefect.guard``
-    children)."""
-    guards = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            cmdline = (entry / "cmdline").read_bytes().split(b"\0")
-        except (OSError, IndexError, ValueError):
-            continue
-        if ppid == pid and b"arr_prefect.guard" in cmdline:
-            guards.append(int(entry.name))
-    return guards
 
 
 @pytest.fixture(scope="module")
@@ -167,6 +154,7 @@ def test_fleet_respects_the_quota_and_survives_faults(fleet: FleetStack) -> None
     assert not fleet.held_leases(), "a slot was not given back"
 
     # --- 2. a host dies: its worker and its flow runs, SIGKILLed -------------------------
+    zombie = fleet.create_zombie_automation()
     started = time.monotonic()
     refusals_before = fleet.ledger()["quota_refusals"]
     ids = fleet.submit(FAULT_RUNS)
@@ -202,18 +190,6 @@ def test_fleet_respects_the_quota_and_survives_faults(fleet: FleetStack) -> None
     fleet.flow_run_pids.update(run_pids)
     fleet.workers.remove(victim)
 
-    def sessions_over() -> list[dict[str, Any]] | None:
-        entries = ledger_entries(fleet, killed_sessions)
-        return entries if all(e["ended_at"] for e in entries) else None
-
-    ended = wait_for(sessions_over, timeout=PHASE_TIMEOUT, what="the lost host's sessions to end")
-    # The lease counts from Ready (ARR_API.md: the total since start), so a session still
-    # Starting at the kill ends one lease after it became Ready, not after the kill.
-    session_overrun = max(
-        parse_time(e["ended_at"]) - max(emulated_kill, parse_time(e["ready_at"] or e["ended_at"]))
-        for e in ended
-    )
-
     def slots_back() -> float | None:
         held = set(fleet.held_leases().values())
         return time.monotonic() - killed_at if not held & killed_ids else None
@@ -223,6 +199,22 @@ def test_fleet_respects_the_quota_and_survives_faults(fleet: FleetStack) -> None
         timeout=SLOT_LEASE_SECONDS + REPOSSESSOR_LOOP_SECONDS + 60,
         what="the lost host's slots to come back",
     )
+
+    def sessions_over() -> list[dict[str, Any]] | None:
+        entries = ledger_entries(fleet, killed_sessions)
+        return entries if all(e["ended_at"] for e in entries) else None
+
+    ended = wait_for(sessions_over, timeout=PHASE_TIMEOUT, what="the lost host's sessions to end")
+    reaped_after = time.monotonic() - killed_at
+    # Counted from the kill, or from Ready for a session still Starting then (ARR_API.md:
+    # the lease is the total since start, so such a session's lease runs from its Ready).
+    session_overrun = max(
+        parse_time(e["ended_at"]) - max(emulated_kill, parse_time(e["ready_at"] or e["ended_at"]))
+        for e in ended
+    )
+    crashed = fleet.wait_final(sorted(killed_ids), PHASE_TIMEOUT)
+    fleet.delete_automation(zombie)  # the later phases' outages must not look like lost hosts
+
     survivors = [i for i in ids if i not in killed_ids]
     fleet.add_worker()  # a replacement host, for the next phases
     final = fleet.wait_final(survivors, PHASE_TIMEOUT)
@@ -231,19 +223,22 @@ def test_fleet_respects_the_quota_and_survives_faults(fleet: FleetStack) -> None
         fleet,
         f"SIGKILL {victim} + its {len(killed_runs)} flow runs",
         ids,
-        final + [r for r in runs if str(r["id"]) in killed_ids],
+        final + crashed,
         started,
         refusals_before,
-        f"lost sessions ({len(killed_sessions)}) ended {session_overrun:.0f} s emulated after"
-        f" the kill or their Ready, if later (lease {lease:.0f} s); slots back after {slot_return:.0f} s (bound"
+        f"lost runs marked Crashed (heartbeats every {HEARTBEAT_SECONDS} s, window"
+        f" {ZOMBIE_WINDOW} s); their sessions ({len(killed_sessions)}) stopped by the reaper"
+        f" {session_overrun:.0f} s emulated ({reaped_after:.0f} s real) after the kill or their"
+        f" Ready, if later (lease {lease:.0f} s); slots back after {slot_return:.0f} s (bound"
         f" {SLOT_LEASE_SECONDS + REPOSSESSOR_LOOP_SECONDS:.0f} s)",
     )
     assert [r["state"]["type"] for r in final] == ["COMPLETED"] * len(final)
     assert killed_sessions, "the victim held no session"
-    assert all(e["end_reason"] == "expired" for e in ended), "who ended the lost sessions?"
-    # Slack: a renewal landing between reading the emulated clock and the SIGKILL extends
-    # the lease by that gap, x20 in emulated time (10 s emulated is 0.5 s real).
-    assert session_overrun <= lease + 10, "a lost host's session outlived its rolling lease"
+    # Nothing of the lost host is left to stop them (finally, hooks, guard): the reaper did.
+    assert all(e["end_reason"] == "stopped" for e in ended), "who ended the lost sessions?"
+    assert [r["state"]["type"] for r in crashed] == ["CRASHED"] * len(crashed)
+    assert all("heartbeats" in (r["state"]["message"] or "") for r in crashed), crashed
+    assert session_overrun <= lease * 0.75, "the reaper came no sooner than the lease"
     assert slot_return <= SLOT_LEASE_SECONDS + REPOSSESSOR_LOOP_SECONDS + SLOT_RETURN_SLACK
     assert peak <= QUOTA
     assert refusals == 0

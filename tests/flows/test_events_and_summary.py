@@ -187,12 +187,12 @@ async def test_running_too_long_automation_tracks_each_session_from_ready_to_end
 
 
 def test_automation_files_load_with_the_cli_model() -> None:
-    """Both files are what ``prefect automation create --from-file`` reads (client model)."""
+    """Every file is what ``prefect automation create --from-file`` reads (client model)."""
     from prefect.events.schemas.automations import AutomationCore as ClientAutomation
 
     for path in sorted(AUTOMATIONS.glob("*.yaml")):
         loaded = ClientAutomation.model_validate(yaml.safe_load(path.read_text()))
-        assert loaded.name.startswith("arr-session-")
+        assert loaded.name.startswith("arr-"), path
 
 
 def test_related_names_flow_and_deployment() -> None:

@@ -32,6 +32,19 @@ def job_writing_pids(path: Path) -> JobSpec:
     return JobSpec(kind="command", target=["sh", "-c", script])
 
 
+def job_writing_pids_once_read(path: Path) -> JobSpec:
+    """Like :func:`job_writing_pids`, but the PIDs are written only once the job's output
+    is being read: first 100 KB of output, more than a pipe holds (64 KiB), so the shell
+    blocks until ``run_job`` reads it. Until then ``run_job`` may still be starting the
+    command, and a timeout there ends the job through the start-up path instead of the
+    running job's teardown (which a test of that teardown would then never reach)."""
+    script = (
+        "i=0; while [ $i -lt 20 ]; do printf '%05000d\\n' 0; i=$((i+1)); done;"
+        f' echo $$ > "{path}"; sleep 600 & echo $! >> "{path}"; wait'
+    )
+    return JobSpec(kind="command", target=["sh", "-c", script])
+
+
 def running(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/stat") as stat:
@@ -68,10 +81,10 @@ def still_running(pids: list[int]) -> list[int]:
 async def test_job_timeout_ends_the_job_and_its_children(
     emulator: Emulator, clock: VirtualClock, tmp_path: Path
 ) -> None:
-    """Past its timeout (on the run's clock, moved by the test) the job's whole process
-    group is ended, children included."""
+    """Past its timeout (on the run's clock, moved by the test) the running job's whole
+    process group is ended, children included."""
     pid_file = tmp_path / "pids"
-    job = job_writing_pids(pid_file).model_copy(update={"timeout_seconds": 60.0})
+    job = job_writing_pids_once_read(pid_file).model_copy(update={"timeout_seconds": 60.0})
 
     async def pipeline() -> None:
         async with rendering_session(lease=timedelta(minutes=5)) as session:

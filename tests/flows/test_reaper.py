@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import uuid
 from datetime import timedelta
+from typing import Any
 
 import pytest
 from prefect import flow, get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+from prefect.events import Event
 
 from arr_prefect.client import open_client
 from arr_prefect.clock import VirtualClock
 from arr_prefect.emulator import Emulator
+from arr_prefect.flows import events as events_module
 from arr_prefect.flows import reap_orphaned_sessions, record_session_owner
 from arr_prefect.tasks import create_session
 
@@ -129,3 +132,96 @@ async def test_grace_period_protects_young_session_of_vanished_owner(
     clock.advance(61 * 60)
     report = await reap_orphaned_sessions(grace_minutes=60)
     assert report.stopped == [session.id]
+
+
+@pytest.fixture
+def reaper_events(monkeypatch: pytest.MonkeyPatch) -> list[Event]:
+    """Every arr.reaper.* event the reaper emits, as Prefect would build it."""
+    seen: list[Event] = []
+
+    def record(event: str, **kwargs: Any) -> None:
+        if event.startswith("arr.reaper."):
+            seen.append(Event(event=event, **kwargs))
+
+    monkeypatch.setattr(events_module, "emit_event", record)
+    return seen
+
+
+@pytest.mark.parametrize(
+    ("dry_run", "name"),
+    [
+        pytest.param(False, "arr.reaper.stopped", id="stop"),
+        pytest.param(True, "arr.reaper.would-stop", id="dry-run"),
+    ],
+)
+async def test_emits_an_event_per_session_acted_on(
+    emulator: Emulator, reaper_events: list[Event], dry_run: bool, name: str
+) -> None:
+    """Each session stopped (or, in a dry run, that would be) is an arr.reaper.* event
+    about the session, related to its owner run, with the reason and dry_run."""
+    session_id = await leaves_a_session_behind()
+    report = await reap_orphaned_sessions(grace_minutes=0, dry_run=dry_run)
+    [event] = reaper_events
+    assert event.event == name
+    assert event.resource.id == f"arr.session.{session_id}"
+    assert event.payload["dry_run"] is dry_run
+    assert event.payload["reason"] == report.decisions[0].reason
+    assert f"prefect.flow-run.{report.decisions[0].owner_flow_run}" in {r.id for r in event.related}
+    if dry_run:
+        await reap_orphaned_sessions(grace_minutes=0)
+
+
+@flow(name="my-pipeline")
+async def tags_itself_then_leaves_a_session() -> str:
+    """A user's flow with no tags at creation; it records its session (tagging itself at
+    run time) and never stops it."""
+    session = await create_session(lease=timedelta(minutes=30))
+    await record_session_owner(session.id)
+    return session.id
+
+
+@pytest.mark.parametrize(
+    "as_event",
+    [pytest.param(False, id="run-id"), pytest.param(True, id="event-resource-id")],
+)
+async def test_triggered_reap_stops_only_that_runs_sessions(
+    emulator: Emulator, as_event: bool
+) -> None:
+    """Given the run that ended (as the trigger passes it), the reaper stops the sessions
+    that run tagged itself with at run time, and leaves another run's session alone."""
+    other = await leaves_a_session_behind()
+    state = await tags_itself_then_leaves_a_session(return_state=True)
+    mine = await state.aresult()
+    run_id = str(state.state_details.flow_run_id)
+    report = await reap_orphaned_sessions(
+        grace_minutes=0, owner_flow_run=f"prefect.flow-run.{run_id}" if as_event else run_id
+    )
+    assert report.stopped == [mine]
+    assert [d.session_id for d in report.decisions] == [mine]
+    assert report.decisions[0].owner_flow_run == run_id
+    assert [s.id for s in emulator.running()] == [other]
+    await reap_orphaned_sessions(grace_minutes=0)
+
+
+async def test_triggered_reap_of_a_run_that_owned_nothing_stops_nothing(
+    emulator: Emulator,
+) -> None:
+    """A run that owned no session (the wide trigger's common case) costs a look, no stop."""
+    other = await leaves_a_session_behind()
+    async with get_client() as prefect:
+        run = await prefect.create_flow_run(leaves_a_session_behind, tags=["unrelated"])
+    report = await reap_orphaned_sessions(grace_minutes=0, owner_flow_run=str(run.id))
+    assert report.decisions == []
+    assert [s.id for s in emulator.running()] == [other]
+    await reap_orphaned_sessions(grace_minutes=0)
+
+
+async def test_triggered_reap_waits_out_the_owners_grace(emulator: Emulator) -> None:
+    """Started inside the grace it was scheduled to outlast (a worker's prefetch starts
+    runs early), a triggered reap waits for it to end and then stops, instead of keeping."""
+    state = await tags_itself_then_leaves_a_session(return_state=True)
+    mine = await state.aresult()
+    run_id = str(state.state_details.flow_run_id)
+    report = await reap_orphaned_sessions(grace_minutes=0.1, owner_flow_run=run_id)
+    assert report.stopped == [mine]
+    assert emulator.running() == []

@@ -10,6 +10,7 @@ from datetime import timedelta
 from typing import Any
 from uuid import UUID, uuid4
 
+import httpx
 import pytest
 from prefect import flow, get_client
 from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
@@ -181,17 +182,20 @@ async def test_no_limit_is_asked_once_per_run(
 
 async def slots_seen_together(limit_name: str, count: int) -> list[int]:
     """Start ``count`` sessions together in one flow run; each reports the slots in use
-    once all of them are in their bodies."""
+    once all of them are in their bodies, and none leaves its body (giving its slot back)
+    before all have looked."""
     in_use: list[int] = []
 
     @flow
     async def together() -> None:
         ready = asyncio.Barrier(count)
+        looked = asyncio.Barrier(count)
 
         async def one() -> None:
             async with rendering_session(lease=timedelta(minutes=10)):
                 await ready.wait()
                 in_use.append(await slots_in_use(limit_name))
+                await looked.wait()
 
         await asyncio.gather(*(one() for _ in range(count)))
 
@@ -234,6 +238,41 @@ async def test_outside_a_flow_run_there_is_no_quota(limit_name: str, emulator: E
     async with rendering_session(report=report):
         assert await slots_in_use(limit_name) == 0
     assert report.slot_limit is None
+
+
+@pytest.mark.parametrize(
+    "body_fails", [pytest.param(False, id="body-ends"), pytest.param(True, id="body-fails")]
+)
+async def test_the_slot_is_still_held_inside_the_stop(
+    limit_name: str, emulator: Emulator, monkeypatch: pytest.MonkeyPatch, body_fails: bool
+) -> None:
+    """The slot is given back only after the stop: while the stop request is being made,
+    the Prefect limit still counts it (else another run could create a session the
+    account's quota has no room for yet)."""
+    await create_limit(limit_name, 1)
+    during_stop: list[int] = []
+    stop = ArrClient.stop_session
+
+    async def looking(self: ArrClient, session_id: str) -> bool:
+        during_stop.append(await slots_in_use(limit_name))
+        return await stop(self, session_id)
+
+    monkeypatch.setattr(ArrClient, "stop_session", looking)
+
+    @flow
+    async def one() -> None:
+        async with rendering_session(lease=timedelta(minutes=10)):
+            if body_fails:
+                raise RuntimeError("the renderer crashed")
+
+    if body_fails:
+        with pytest.raises(RuntimeError, match="renderer crashed"):
+            await one()
+    else:
+        await one()
+    assert during_stop == [1]
+    assert await slots_in_use(limit_name) == 0
+    assert emulator.running() == []
 
 
 @pytest.mark.parametrize("api_version", ["v1", "2021-01-01"])
@@ -377,15 +416,31 @@ async def test_waiting_counts_against_the_ready_timeout_when_asked(
 
 
 async def test_the_lease_is_renewed_while_held(limit_name: str) -> None:
-    """The keeper renews the slot's lease (every quarter of it; here every 0.2 s)."""
+    """The keeper renews the slot's lease (every quarter of it; here every 0.2 s), and the
+    Prefect server accepts each renewal of that lease (its answers, not our counter)."""
     await create_limit(limit_name, 1)
     slot = SessionSlot(limit_name, lease_seconds=60, renew_every=0.2)
     await slot.acquire()
+    answered: list[tuple[str, int]] = []
+
+    async def seen(response: httpx.Response) -> None:
+        answered.append((response.request.url.path, response.status_code))
+
     try:
         assert slot.enforced
+        assert slot.lease_id is not None
+        assert slot._client is not None
+        # The server has no endpoint to read a lease back: its answers to this client's
+        # requests are what it did (204: found and extended; 410: unknown or expired).
+        slot._client._client.event_hooks["response"].append(seen)
         assert await slots_in_use(limit_name) == 1
         await asyncio.sleep(1.5)
-        assert slot.renewals >= 3
+        renewed = [
+            code for path, code in answered if path.endswith(f"/leases/{slot.lease_id}/renew")
+        ]
+        assert len(renewed) >= 3, answered
+        assert set(renewed) == {204}, answered
+        assert slot.renewals >= len(renewed) - 1  # one may be answered while we look
     finally:
         await slot.release()
     assert await slots_in_use(limit_name) == 0

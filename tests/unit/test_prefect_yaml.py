@@ -54,8 +54,9 @@ def reaper_automation() -> AutomationCore:
     return AutomationCore.model_validate(client_side.model_dump(mode="json"))
 
 
-def state_event(state: str, tags: list[str]) -> ReceivedEvent:
-    """The event the server emits when a flow run with ``tags`` enters ``state``."""
+def state_event(state: str, tags: list[str], flow: str = "render-batch") -> ReceivedEvent:
+    """The event the server emits when a flow run of ``flow`` with ``tags`` (as the
+    server's related-resource cache holds them) enters ``state``."""
     run = uuid4()
     return ReceivedEvent(
         occurred=datetime.now(UTC),
@@ -69,7 +70,7 @@ def state_event(state: str, tags: list[str]) -> ReceivedEvent:
             {
                 "prefect.resource.id": f"prefect.flow.{uuid4()}",
                 "prefect.resource.role": "flow",
-                "prefect.resource.name": "render-batch",
+                "prefect.resource.name": flow,
             },
             *(
                 {"prefect.resource.id": f"prefect.tag.{tag}", "prefect.resource.role": "tag"}
@@ -84,32 +85,41 @@ OWNER = f"{OWNER_TAG_PREFIX}0b5d0e1c-9d4c-4b7e-9a4e-2f0e8e3f7a11"
 
 
 @pytest.mark.parametrize(
-    ("state", "tags", "fires"),
+    ("state", "tags", "flow", "fires"),
     [
-        pytest.param("Crashed", ["arr", "rendering", OWNER], True, id="crashed-owner"),
-        pytest.param("Cancelled", [OWNER], True, id="cancelled-owner"),
-        pytest.param("Cancelled", [OWNER, f"{OWNER_TAG_PREFIX}pf-second"], True, id="two-sessions"),
-        pytest.param("Completed", [OWNER], False, id="completed-owner"),
-        pytest.param("Failed", [OWNER], False, id="failed-owner"),
-        pytest.param("Cancelling", [OWNER], False, id="cancelling-owner"),
-        pytest.param("Crashed", ["arr", "rendering"], False, id="crashed-no-session"),
-        pytest.param("Crashed", ["arr-session"], False, id="tag-without-id"),
-        pytest.param("Crashed", ["arr", "maintenance"], False, id="reaper-itself-crashed"),
+        pytest.param(
+            "Crashed", ["arr", "rendering", OWNER], "render-batch", True, id="crashed-owner"
+        ),
+        pytest.param("Cancelled", [OWNER], "render-batch", True, id="cancelled-owner"),
+        # Tagged after its first state event: the cached tags lack the owner tag.
+        pytest.param("Crashed", ["arr", "rendering"], "render-batch", True, id="tag-not-cached"),
+        pytest.param("Cancelled", [], "my-pipeline", True, id="user-flow-never-tagged-arr"),
+        pytest.param("Completed", [OWNER], "render-batch", False, id="completed-owner"),
+        pytest.param("Failed", [OWNER], "render-batch", False, id="failed-owner"),
+        pytest.param("Cancelling", [OWNER], "render-batch", False, id="cancelling-owner"),
+        pytest.param("Running", [OWNER], "render-batch", False, id="running-owner"),
+        pytest.param(
+            "Crashed", ["arr", "maintenance"], "reap-orphaned-sessions", False, id="reaper-itself"
+        ),
+        pytest.param(
+            "Cancelled", [], "reap-orphaned-sessions", False, id="reaper-itself-cancelled"
+        ),
     ],
 )
-def test_reaper_trigger_matches_runs_that_owned_a_session(
-    state: str, tags: list[str], fires: bool
+def test_reaper_trigger_matches_every_crashed_or_cancelled_run(
+    state: str, tags: list[str], flow: str, fires: bool
 ) -> None:
-    """The trigger fires for a run tagged arr-session:* that ends Crashed or Cancelled,
-    and for nothing else (not the reaper's own runs: no loop)."""
+    """The trigger fires for any run that ends Crashed or Cancelled, whatever its cached
+    tags say (the reaper checks ownership), and never for the reaper's own runs (no loop)."""
     trigger = reaper_automation().trigger
     assert isinstance(trigger, EventTrigger)
-    assert trigger.covers(state_event(state, tags)) is fires
+    assert trigger.covers(state_event(state, tags, flow)) is fires
 
 
 def test_reaper_trigger_runs_the_reaper_after_the_hooks() -> None:
     """It runs this deployment immediately on each event, scheduled a minute later with a
-    one-minute grace: the run's own hooks get the first chance to stop its sessions."""
+    one-minute grace (the run's own hooks get the first chance to stop its sessions),
+    naming the run that ended."""
     automation = reaper_automation()
     trigger = automation.trigger
     assert isinstance(trigger, EventTrigger)
@@ -118,6 +128,10 @@ def test_reaper_trigger_runs_the_reaper_after_the_hooks() -> None:
     [action] = automation.actions
     assert isinstance(action, RunDeployment)
     assert action.source == "selected"
-    assert action.parameters == {"grace_minutes": 1, "dry_run": False}
+    assert action.parameters == {
+        "grace_minutes": 1,
+        "dry_run": False,
+        "owner_flow_run": "{{ event.resource.id }}",
+    }
     assert action.schedule_after == timedelta(minutes=1)
     assert automation.enabled
