@@ -222,7 +222,6 @@ async def rolling_lease(
     session: Session,
     report: SessionReport,
     flow_run_id: str | None,
-    *,
     lease: timedelta,
     renew_every: timedelta | None,
     on_lost: Callable[[SessionEndedError], None],
