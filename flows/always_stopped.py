@@ -74,7 +74,6 @@ async def always_stopped(
     report: SessionReport,
     flow_run_id: str | None,
     cancels_seen: list[BaseException],
-    *,
     released: Sequence[Callable[[str], None]] = (),
 ) -> AsyncIterator[None]:
     """Stop the session however the block ends, then say how it ended.

