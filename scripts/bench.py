@@ -56,7 +56,7 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 ACCOUNT = "11111111-1111-1111-1111-111111111111"
 KEY = "arr-emulator-account-key"
-ALL = ("emulator", "client", "scale", "flows")
+ALL = ("emulator", "client", "scale", "flows", "sync")
 
 
 # --------------------------------------------------------------------------- results
@@ -752,6 +752,71 @@ async def _with_limit(
 # --------------------------------------------------------------------------- main
 
 
+def bench_sync(rounds: int, lifecycles: int) -> None:
+    """``with rendering_session`` in a def flow vs ``async with`` in an async flow: the sync
+    form drives the same async core on the package's loop thread, so it should cost about
+    the same wall time and exactly the same requests."""
+    print("== sync (starting a Prefect server)", flush=True)
+    from prefect import flow
+    from prefect.testing.utilities import prefect_test_harness
+
+    from arr_prefect.flows import rendering_session
+
+    @flow
+    def with_sessions(count: int) -> None:
+        for _ in range(count):
+            with rendering_session("standard", lease=timedelta(minutes=10)):
+                pass
+
+    @flow
+    async def async_with_sessions(count: int) -> None:
+        for _ in range(count):
+            async with rendering_session("standard", lease=timedelta(minutes=10)):
+                pass
+
+    with (
+        emulator_process() as url,
+        prefect_test_harness(server_startup_timeout=180),
+        asyncio.Runner() as runner,  # one loop for every async run, as a long-lived worker has
+    ):
+        for name, value in {
+            "ARR_ACCOUNT_ID": ACCOUNT,
+            "ARR_ACCOUNT_KEY": KEY,
+            "ARR_SERVICE_URL": url,
+            "ARR_STS_URL": url,
+            "ARR_API_VERSION": "2021-01-01",
+            "ARR_POLL_INTERVAL": "0.05",
+        }.items():
+            os.environ[name] = value
+        variants: dict[str, Callable[[], object]] = {
+            "with": lambda: with_sessions(lifecycles),
+            "async with": lambda: runner.run(async_with_sessions(lifecycles)),
+        }
+        for run in variants.values():  # warm: imports, connections, token, both loops
+            run()
+        requests = {}
+        for name, run in variants.items():
+            before = sum(runner.run(_counts(url)).values())
+            run()
+            requests[name] = (sum(runner.run(_counts(url)).values()) - before) / lifecycles
+        ratios = []
+        for index in range(rounds):
+            names = list(variants)[:: -1 if index % 2 else 1]
+            wall = {}
+            for name in names:
+                start = time.perf_counter()
+                variants[name]()
+                wall[name] = time.perf_counter() - start
+            ratios.append(wall["with"] / wall["async with"])
+        ratio, spread = summary(ratios)
+        record("sync", f"with rendering_session in a def flow vs async with in an async flow,"
+               f" {lifecycles} lifecycles a run: wall", f"{ratio:.2f}x", "<= 1.1x", ratio <= 1.1,
+               spread)  # fmt: skip
+        record("sync", "service requests per lifecycle, with vs async with",
+               f"{requests['with']:g} vs {requests['async with']:g}", "equal",
+               requests["with"] == requests["async with"])  # fmt: skip
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0] if __doc__ else None)
     parser.add_argument("--only", default=",".join(ALL), help=f"comma-separated of {ALL}")
@@ -785,8 +850,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "flows": lambda: asyncio.run(
             bench_flows(args.rounds, args.sessions, args.with_session_quota)
         ),
+        "sync": lambda: bench_sync(args.rounds, 10),
     }
-    if "flows" in only:
+    if "flows" in only or "sync" in only:
         os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
     for name, run in sections.items():
         if name not in only:

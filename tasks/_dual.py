@@ -110,7 +110,9 @@ class DualTask(Task[P, R]):
             **kwargs: Any,
         ) -> Any:
             if not called_from_sync():
-                return _task_call(self, *args, return_state=return_state, wait_for=wait_for, **kwargs)
+                return _task_call(
+                    self, *args, return_state=return_state, wait_for=wait_for, **kwargs
+                )
 
             async def call() -> Any:
                 # Task.__call__ of an async task returns the task engine's coroutine; made here,
