@@ -76,7 +76,10 @@ def thread_pool(workers: int) -> Any:
 def block_until(clock: VirtualClock, seconds: float) -> None:
     """Block this thread (no event loop here) until ``seconds`` of session time passed."""
     deadline = clock.time() + seconds
+    real_deadline = time.monotonic() + 30
     while clock.time() < deadline:
+        if time.monotonic() > real_deadline:
+            pytest.fail("session time stood still: nothing on the package's loop waits on it")
         time.sleep(0.001)
 
 
