@@ -4,10 +4,14 @@ The core has no Prefect in it; ``tasks`` and ``flows`` build on it. The one Pref
 here, :class:`RemoteRenderingCredentials` (a Block), is imported on first use, so that
 ``import arr_prefect`` (the emulator, the client) stays free of Prefect's import cost;
 ``dir()`` lists it, which is how ``prefect block register -m arr_prefect`` finds it.
+
+``__version__`` is the installed distribution's version (``pip show arr-prefect``).
 """
 
 from __future__ import annotations
 
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as _distribution_version
 from typing import TYPE_CHECKING, Any
 
 from arr_prefect.auth import AccessToken
@@ -51,6 +55,11 @@ from arr_prefect.settings import ArrSettings, load_settings
 
 if TYPE_CHECKING:
     from arr_prefect.credentials import RemoteRenderingCredentials
+
+try:
+    __version__: str = _distribution_version("arr-prefect")
+except PackageNotFoundError:  # a checkout on sys.path that was never installed
+    __version__ = "0+unknown"
 
 __all__ = [
     "MAX_LEASE",

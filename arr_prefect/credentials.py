@@ -1,7 +1,9 @@
 """The ``RemoteRenderingCredentials`` Block: an ARR account, saved in Prefect.
 
-Register the block type once per Prefect server (it then shows on the UI's Blocks page,
-with a form)::
+A Prefect server started where arr-prefect is installed knows the block type (the package
+declares a ``prefect.collections`` entry point, which Prefect imports at start-up): it
+shows on the UI's Blocks page, with a form. A server that runs elsewhere (Prefect Cloud, a
+server without the package) needs it registered once::
 
     prefect block register -m arr_prefect
 
@@ -20,8 +22,14 @@ Use it:
 
 - every task, ``rendering_session`` and ``LeaseKeeper`` take an instance as
   ``credentials=``: ``credentials=await RemoteRenderingCredentials.aload("arr-production")``;
-- ``render_batch`` (and so its deployments, the UI's run form and ``run_deployment``
-  callers) takes the saved block's name: ``credentials_block="arr-production"``;
+- ``render_batch`` takes the block too, as its ``credentials`` parameter: the UI's run
+  form offers a picker of the saved blocks, and a run's stored parameters hold a reference
+  to the block document (``{"$ref": {"block_document_id": ...}}``), never its fields.
+  ``run_render_batch(credentials=block)`` passes a saved block the same way. The 0.1.0
+  form, the block's name as ``credentials_block="arr-production"``, still works and is
+  deprecated (a warning says so);
+- ``block.get_client()`` is a ready :class:`~arr_prefect.client.ArrClient` for the account
+  (Prefect's ``CredentialsBlock`` interface): ``async with block.get_client() as arr: ...``;
 - scripts and the ``arr`` command line turn a name into settings with
   :func:`settings_from_block` (``settings_from_block("arr-production", region="eastus")``,
   keyword overrides win), or into the block with :func:`credentials_from_block`; holding
@@ -32,8 +40,8 @@ instance, or the block a name designates), then the ``ARR_*`` settings. A block 
 where the account is (id, key, domain, region or service URL, STS URL, API version); the
 rest (timeouts, retries, polling, prices) still comes from ``ARR_*``. Its fields are
 checked by the same rules as ``ARR_*`` settings (:func:`~arr_prefect.settings.load_settings`),
-when the block is built in code, and when it is loaded by name (a block saved from the UI
-is checked there).
+when the block is built in code, and when it is loaded by name or reference (a block
+saved from the UI is checked there).
 
 A flow run that uses a saved block records its **name** (never the key) as the run tag
 ``arr-credentials:<name>``, so the teardown hooks, which Prefect may run in another
@@ -46,8 +54,9 @@ from __future__ import annotations
 
 from contextlib import AbstractAsyncContextManager
 from typing import TYPE_CHECKING, Any, ClassVar
+from uuid import UUID
 
-from prefect.blocks.core import Block
+from prefect.blocks.abstract import CredentialsBlock
 from pydantic import ConfigDict, Field, SecretStr, ValidationError
 
 from arr_prefect.errors import ConfigurationError
@@ -59,7 +68,10 @@ if TYPE_CHECKING:
 
 __all__ = [
     "RemoteRenderingCredentials",
+    "block_reference",
+    "checked_credentials",
     "credentials_from_block",
+    "credentials_name_of",
     "load_credentials",
     "open_client_for",
     "saved_credentials_names",
@@ -77,10 +89,10 @@ _ACCOUNT_FIELDS = (
 )
 
 
-class RemoteRenderingCredentials(Block):
+class RemoteRenderingCredentials(CredentialsBlock):
     """An Azure Remote Rendering account: its id and key, where its session API and token
-    service are, and which API version to speak. Tasks and flows of arr-prefect take it as
-    `credentials=`; the render-batch flow takes a saved block's name as `credentials_block`.
+    service are, and which API version to speak. Tasks and flows of arr-prefect (the
+    render-batch flow included) take it as `credentials`; `get_client()` is a client for it.
     """
 
     _block_type_name: ClassVar[str] = "Remote Rendering Credentials"
@@ -104,7 +116,8 @@ from arr_prefect.tasks import list_sessions
 
 credentials = RemoteRenderingCredentials.load("BLOCK_NAME")
 sessions = await list_sessions(credentials=credentials)
-settings = credentials.to_settings()  # ArrSettings, for the core client
+async with credentials.get_client() as arr:  # the core client, for this account
+    sessions = await arr.list_sessions()
 ```"""
 
     # Pydantic's validation errors would otherwise quote the input, the key included.
@@ -178,6 +191,17 @@ settings = credentials.to_settings()  # ArrSettings, for the core client
         """
         return load_settings(**{**self._account_settings(), **overrides})
 
+    def get_client(self, **overrides: Any) -> ArrClient:
+        """A ready :class:`~arr_prefect.client.ArrClient` for this account (Prefect's
+        ``CredentialsBlock`` interface): ``async with block.get_client() as arr: ...``, or
+        ``await arr.aclose()`` when done. ``overrides`` are settings, as for
+        :meth:`to_settings`. Built the way every task builds its clients, so a factory
+        installed with :func:`~arr_prefect.client.use_client_factory` (tests, the demo's
+        in-process emulator) is honoured."""
+        from arr_prefect.client import client_factory
+
+        return client_factory()(self.to_settings(**overrides))
+
 
 def _not_found(name: str) -> ConfigurationError:
     return ConfigurationError(
@@ -236,6 +260,51 @@ def _checked(name: str, credentials: RemoteRenderingCredentials) -> RemoteRender
             " Fix it on the Prefect UI's Blocks page"
         ) from None
     return credentials
+
+
+def checked_credentials(credentials: RemoteRenderingCredentials) -> RemoteRenderingCredentials:
+    """``credentials`` once its fields pass the ``ARR_*`` settings' rules, else a
+    :class:`ConfigurationError` naming the block and what to fix. For a block Prefect
+    loaded itself (a flow parameter given as a reference to the block document), which
+    skipped them."""
+    return _checked(credentials.block_name or "(unsaved)", credentials)
+
+
+def block_reference(credentials: RemoteRenderingCredentials) -> dict[str, Any]:
+    """How a saved block is passed as a deployment run's parameter: a reference to its
+    document, ``{"$ref": {"block_document_id": "..."}}`` (what the UI's block picker
+    sends), which Prefect loads in the flow run. Never the block's fields: their JSON has
+    the key masked, so a run given them would authenticate with ``**********``."""
+    document_id = credentials._block_document_id
+    if document_id is None:
+        raise ConfigurationError(
+            "a credentials block is passed to a deployment run by reference: save it first"
+            " (block.save(name)) or load a saved one (RemoteRenderingCredentials.load(name))"
+        )
+    return {"$ref": {"block_document_id": str(document_id)}}
+
+
+async def credentials_name_of(parameter: object) -> str | None:
+    """The saved block a flow run's parameter designates, by name: render-batch's
+    ``credentials`` (a reference to the block document, read from the Prefect API) or its
+    deprecated ``credentials_block`` (the name itself). None for anything else: no
+    parameter, a block's fields (a flow called directly stores them, key masked), or a
+    reference to a block deleted since."""
+    if isinstance(parameter, str):
+        return parameter.strip() or None
+    reference = parameter.get("$ref") if isinstance(parameter, dict) else None
+    if not isinstance(reference, dict):
+        return None
+    from prefect import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    try:
+        document_id = UUID(str(reference.get("block_document_id")))
+        async with get_client() as prefect:
+            document = await prefect.read_block_document(document_id, include_secrets=False)
+    except (ObjectNotFound, ValueError):
+        return None
+    return None if document.is_anonymous else document.name
 
 
 async def saved_credentials_names() -> list[str]:

@@ -33,10 +33,7 @@ as strings, never the ``httpx.Request``, because Prefect pickles exceptions into
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from arr_prefect.models import Session
+from typing import Any
 
 __all__ = [
     "ArrError",
@@ -213,9 +210,15 @@ class CreateOutcomeUnknownError(ArrError):
 
 
 class SessionEndedError(ArrError):
-    """The session can no longer become (or stay) Ready."""
+    """The session can no longer become (or stay) Ready.
 
-    def __init__(self, message: str, *, session_id: str, session: Session | None = None) -> None:
+    ``session`` is the last :class:`~arr_prefect.models.Session` seen, when there was one.
+    It is typed ``Any`` on purpose: :mod:`arr_prefect.models` imports this module for its
+    validation errors, and naming its ``Session`` here, even for type checkers only, would
+    make the two modules import each other.
+    """
+
+    def __init__(self, message: str, *, session_id: str, session: Any = None) -> None:
         super().__init__(message)
         self.session_id = session_id
         self.session = session

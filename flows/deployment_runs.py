@@ -27,6 +27,7 @@ from prefect.client.schemas.objects import FlowRun, State, StateType
 from prefect.deployments import arun_deployment
 from prefect.states import Cancelled, Cancelling
 
+from arr_prefect.credentials import RemoteRenderingCredentials, block_reference
 from arr_prefect.errors import InvalidInputError
 from arr_prefect.flows.render_batch import RenderSummary
 from arr_prefect.tasks._dual import called_from_sync, run_sync
@@ -81,6 +82,7 @@ async def arun_render_batch(
     tags: Iterable[str] | None = None,
     job_variables: Mapping[str, Any] | None = None,
     flow_run_name: str | None = None,
+    credentials: RemoteRenderingCredentials | None = None,
 ) -> RenderSummary:
     """Run the render-batch deployment, wait for it and return its summary; cancel the run
     if the caller stops waiting first (cancelled, timed out, crashed). The async form of
@@ -97,6 +99,8 @@ async def arun_render_batch(
         tags: Tags for the run, besides the deployment's.
         job_variables: Work-pool job variables for the run (e.g. ``{"env": {...}}``).
         flow_run_name: A name for the run.
+        credentials: A saved credentials block for the run's account, passed by reference
+            (as the UI's picker does; the run loads it, its key never in the parameters).
 
     Raises:
         RenderBatchRunError: The run ended Failed, Crashed or Cancelled (by someone else).
@@ -109,7 +113,10 @@ async def arun_render_batch(
     logger = run_logger()
     run = await arun_deployment(
         deployment,
-        parameters=dict(parameters or {}),
+        parameters={
+            **(parameters or {}),
+            **({"credentials": block_reference(credentials)} if credentials else {}),
+        },
         timeout=0,
         tags=list(tags) if tags is not None else None,
         job_variables=dict(job_variables) if job_variables is not None else None,

@@ -7,6 +7,7 @@ import math
 import os
 import signal
 import time
+import warnings
 from datetime import timedelta
 from typing import Annotated, Any, Literal
 from uuid import UUID
@@ -19,7 +20,11 @@ from prefect.exceptions import TerminationSignal
 from pydantic import BaseModel, Field
 
 from arr_prefect.clock import default_clock
-from arr_prefect.credentials import load_credentials
+from arr_prefect.credentials import (
+    RemoteRenderingCredentials,
+    checked_credentials,
+    load_credentials,
+)
 from arr_prefect.errors import InvalidInputError, SessionExpiredError, SessionFailedError
 from arr_prefect.flows.cancel_noise import drop_after_prefect_cancel
 from arr_prefect.flows.jobs import (
@@ -246,6 +251,7 @@ async def render_batch(
     models: list[str] | None = None,
     ready_timeout_includes_slot_wait: bool = False,
     credentials_block: str | None = None,
+    credentials: RemoteRenderingCredentials | None = None,
 ) -> RenderSummary:
     """Render a batch on a fresh ARR session, and stop the session whatever happens.
 
@@ -275,8 +281,11 @@ async def render_batch(
         ready_timeout_includes_slot_wait: Count the wait for a slot of the account's
             session quota (a Prefect global concurrency limit) against the ready timeout.
             Off by default: the run waits for a slot as long as it takes.
-        credentials_block: Name of a saved Remote Rendering Credentials block (UI: Blocks)
-            holding the ARR account to use. Empty: the worker's ARR_* settings.
+        credentials_block: Deprecated since 0.2.0, use `credentials`: the name of a saved
+            Remote Rendering Credentials block.
+        credentials: The saved Remote Rendering Credentials block (UI: Blocks) holding
+            the ARR account to use; the run form offers a picker of them. Empty: the
+            worker's ARR_* settings.
     """
     started = time.monotonic()  # a moment after the engine armed the flow's timeout
     logger = run_logger()
@@ -291,8 +300,7 @@ async def render_batch(
             f"ready_timeout_minutes must be positive, got {ready_timeout_minutes!r}"
         )
     await validate_job(job)
-    # A block only by name: the run's parameters (and so the UI) never hold the key.
-    credentials = await load_credentials(credentials_block) if credentials_block else None
+    credentials = await _credentials(credentials, credentials_block)
     # A configuration error, too, before any session exists.
     _ = credentials.to_settings() if credentials is not None else load_settings()
 
@@ -333,6 +341,37 @@ async def render_batch(
             await job_artifact.flush()
         await _publish(summary)
     return summary
+
+
+CREDENTIALS_BLOCK_DEPRECATED = (
+    "render_batch's credentials_block (a block's name) is deprecated since arr-prefect 0.2.0"
+    " and will be removed in 1.0: pass the block as credentials (the UI's run form offers"
+    " a picker; run_render_batch(credentials=block), or"
+    " parameters={{'credentials': {{'$ref': {{'block_document_id': ...}}}}}})."
+    " This run uses the block named {name!r}"
+)
+
+
+async def _credentials(
+    credentials: RemoteRenderingCredentials | None, credentials_block: str | None
+) -> RemoteRenderingCredentials | None:
+    """The run's account: the block given, or the one the deprecated name designates.
+
+    A block given as a parameter reaches the flow as a reference to its document (the run
+    form's picker, ``run_render_batch``), which Prefect loads, so its key never is in the
+    run's parameters; its fields are checked here by the same rules as a block loaded by
+    name (a block saved from the UI was never checked by them).
+    """
+    if credentials is not None and credentials_block:
+        raise InvalidInputError(
+            "give credentials (the block) or credentials_block (its name, deprecated), not both"
+        )
+    if credentials_block:
+        message = CREDENTIALS_BLOCK_DEPRECATED.format(name=credentials_block)
+        warnings.warn(message, DeprecationWarning, stacklevel=2)
+        run_logger().warning("%s", message)  # a deployment's caller reads the run's log
+        return await load_credentials(credentials_block)
+    return checked_credentials(credentials) if credentials is not None else None
 
 
 CANCELLED_FROM_PREFECT = "a cancel from the Prefect UI or API"

@@ -363,6 +363,105 @@ async def bench_emulator(rounds: int, requests: int) -> None:
                "GET throughput (per server CPU-second), 10,000 sessions in the ledger vs 1;"
                f" wall: {wall('big')} vs {wall('small')} req/s",
                f"{ratio:.2f}x", "0.9x-1.1x", 0.9 <= ratio <= 1.1, spread)  # fmt: skip
+    await bench_emulator_list(rounds)
+
+
+async def bench_emulator_list(rounds: int, sessions: int = 1000, pairs: int = 60) -> None:
+    """Issue 22: the emulator's list answer with ``sessions`` active, against a Starlette
+    hello world serving the same bytes; both in their own uvicorn process on loopback,
+    one keep-alive connection each, GETs interleaved (random order within each pair).
+    The figure is the median of per-pair latency ratios; the load average is reported
+    with it (the machine is shared: only ratios mean something)."""
+    import random
+    import tempfile
+    import textwrap
+
+    import httpx
+
+    hello_source = """
+    import sys
+    from pathlib import Path
+    from starlette.applications import Starlette
+    from starlette.responses import Response
+    from starlette.routing import Route
+    from arr_prefect.emulator.server import base_url_of, bind_socket, run_server
+    bodies = {name: Path(path).read_bytes() for name, path in zip(("v1", "v2021"), sys.argv[1:])}
+    async def same_bytes(request):
+        return Response(bodies[request.path_params["name"]], media_type="application/json")
+    sock = bind_socket("127.0.0.1", 0)
+    print(f"hello listening on {base_url_of(sock)}", flush=True)
+    run_server(Starlette(routes=[Route("/{name}", same_bytes)]), sock, log_level="warning")
+    """
+    print(f"== emulator list, {sessions} active sessions", flush=True)
+    load_before = os.getloadavg()[0]
+    with emulator_served("--page-size", str(sessions)) as emu:
+        token = await _token(emu.url)
+        await _fill(emu.url, token, sessions)
+        auth = {"Authorization": f"Bearer {token}"}
+        paths = {
+            "v1": f"/v1/accounts/{ACCOUNT}/sessions",
+            "v2021": f"/accounts/{ACCOUNT}/sessions?api-version=2021-01-01",
+        }
+        with tempfile.TemporaryDirectory() as tmp:
+            files, sizes = [], {}
+            async with httpx.AsyncClient(base_url=emu.url) as http:
+                for name, path in paths.items():
+                    answer = await http.get(path, headers=auth)
+                    listed = len(answer.json()["sessions"])
+                    if answer.status_code != 200 or listed != sessions:
+                        raise RuntimeError(f"{name} list: {answer.status_code}, {listed} sessions")
+                    files.append(Path(tmp, name))
+                    files[-1].write_bytes(answer.content)
+                    sizes[name] = len(answer.content)
+            hello_args = [_python(), "-c", textwrap.dedent(hello_source), *map(str, files)]
+            with served_process(hello_args) as hello:
+                for name, path in paths.items():
+                    sides = {
+                        "emulator": (emu.url, _request("GET", path, auth)),
+                        "hello": (hello.url, _request("GET", f"/{name}", {})),
+                    }
+                    opened = {}
+                    for side, (url, _) in sides.items():
+                        opened[side] = await asyncio.open_connection(*_host_port(url))
+                    try:
+                        for side, (_, raw) in sides.items():  # warm both
+                            for _ in range(10):
+                                await _exchange(*opened[side], raw)
+                        ratios: list[float] = []
+                        medians: list[float] = []
+                        took: dict[str, list[float]] = {"emulator": [], "hello": []}
+                        cpu = {"emulator": emu.cpu_seconds(), "hello": hello.cpu_seconds()}
+                        for _ in range(rounds):
+                            in_round = []
+                            for _ in range(pairs):
+                                pair = {}
+                                for side in random.sample(list(sides), 2):
+                                    start = time.perf_counter()
+                                    status = await _exchange(*opened[side], sides[side][1])
+                                    pair[side] = time.perf_counter() - start
+                                    if status != 200:
+                                        raise RuntimeError(f"{side} answered {status}")
+                                    took[side].append(pair[side])
+                                in_round.append(pair["emulator"] / pair["hello"])
+                            ratios += in_round
+                            medians.append(statistics.median(in_round))
+                        cpu_ratio = (emu.cpu_seconds() - cpu["emulator"]) / max(
+                            hello.cpu_seconds() - cpu["hello"], 1e-3
+                        )
+                    finally:
+                        for _, writer in opened.values():
+                            writer.close()
+                    ratio = statistics.median(ratios)
+                    _, spread = summary(medians)
+                    ms = {side: statistics.median(t) * 1000 for side, t in took.items()}
+                    load = f"load {load_before:.1f} -> {os.getloadavg()[0]:.1f}"
+                    record("emulator",
+                           f"{name} list of {sessions} active sessions"
+                           f" ({sizes[name] // 1024} KiB) vs Starlette"
+                           f" serving the same bytes, median of {len(ratios)} pair ratios;"
+                           f" {ms['emulator']:.2f} vs {ms['hello']:.2f} ms, server CPU"
+                           f" {cpu_ratio:.2f}x; {load}",
+                           f"{ratio:.2f}x", "<= 1.2x", ratio <= 1.2, spread)  # fmt: skip
 
 
 # --------------------------------------------------------------------------- client

@@ -30,6 +30,7 @@ from arr_prefect.models import Session, SessionStatus
 
 __all__ = [
     "Output",
+    "lease_left",
     "session_json",
 ]
 
@@ -58,6 +59,12 @@ def _iso(value: datetime | None) -> str | None:
     if value.tzinfo is None:
         value = value.replace(tzinfo=UTC)
     return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def lease_left(session: Session) -> timedelta | None:
+    """The lease a session has left; None (shown as "-") unless it is Starting or Ready:
+    a session that is over holds no VM, so it has no lease left whatever its numbers say."""
+    return session.remaining if session.status.is_active else None
 
 
 def session_json(session: Session) -> dict[str, Any]:
@@ -138,7 +145,7 @@ class Output:
             ("size", session.size.value if session.size else "-"),
             ("elapsed", format_duration(session.elapsed)),
             ("lease", format_duration(session.max_lease)),
-            ("lease left", format_duration(session.remaining)),
+            ("lease left", format_duration(lease_left(session))),
         ]
         if session.created_at is not None:
             rows.append(("created", _iso(session.created_at) or "-"))
@@ -176,7 +183,7 @@ class Output:
                 s.size.value if s.size else "-",
                 self.status_text(s.status),
                 format_duration(s.elapsed),
-                format_duration(s.remaining),
+                format_duration(lease_left(s)),
                 s.hostname or "-",
             )
         self._table(table)

@@ -61,14 +61,28 @@ Admin API (no token on loopback; beyond it, or with ``admin_token`` set,
 ``GET /_emulator/requests``,
 ``GET|POST|DELETE /_emulator/faults``, ``POST /_emulator/tokens/expire``,
 ``POST /_emulator/clock/advance`` (virtual clock only), ``GET /_emulator/health``.
+
+How the package is laid out (each module imports only those listed before it)::
+
+    state.py      the pure state machine: sessions, leases, tokens, billing (no I/O)
+    faults.py     scripted and random fault injection
+    wire.py       what every answer looks like: JSON, MS-CV and service headers, errors
+    listing.py    the session lists, kept serialized between requests
+    request.py    reading a request: limits, lenient JSON, fields; Call and RouteSpec
+    routes/       one module per route family: sts, v1, v2021, admin
+    app.py        the ASGI app: routes each request, in the service's order of checks
+    server.py     serving it with uvicorn, behind a front end's limits
+    service.py    the Emulator facade: state, faults, the app, in-process transport
+    cli.py        the ``arr-emulator`` command
 """
 
 from __future__ import annotations
 
-from arr_prefect.emulator.app import EmulatedConnectionDrop, create_app
+from arr_prefect.emulator.app import create_app
 from arr_prefect.emulator.faults import FaultController, FaultKind, ScriptedFault
 from arr_prefect.emulator.service import DEFAULT_ACCOUNT_ID, DEFAULT_ACCOUNT_KEY, Emulator
 from arr_prefect.emulator.state import ApiError, EmulatorState, SessionRecord
+from arr_prefect.emulator.wire import EmulatedConnectionDrop
 
 __all__ = [
     "DEFAULT_ACCOUNT_ID",

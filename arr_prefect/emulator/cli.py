@@ -11,6 +11,7 @@ beyond loopback, a second line ``arr-emulator admin token: TOKEN`` gives the tok
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import ipaddress
 import logging
 import os
@@ -22,7 +23,16 @@ from arr_prefect.clock import ScaledClock, SystemClock
 from arr_prefect.emulator.server import base_url_of, bind_socket, run_server
 from arr_prefect.emulator.service import DEFAULT_ACCOUNT_ID, DEFAULT_ACCOUNT_KEY, Emulator
 
-__all__ = ["build_parser", "is_loopback", "main"]
+__all__ = ["build_parser", "is_loopback", "main", "package_version"]
+
+
+def package_version() -> str:
+    """``arr-prefect <version>``, the installed distribution this emulator comes from."""
+    try:
+        return f"arr-prefect {importlib.metadata.version('arr-prefect')}"
+    except importlib.metadata.PackageNotFoundError:
+        # Imported from a source tree that was never installed: there is no version to say.
+        return "arr-prefect (not installed: no version)"
 
 
 def _probability(text: str) -> float:
@@ -50,12 +60,33 @@ def is_loopback(host: str) -> bool:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``arr-emulator`` command line: network, service, random faults, logging."""
     parser = argparse.ArgumentParser(
         prog="arr-emulator",
         description="Serve an emulated Azure Remote Rendering service (STS, v1 and"
         " 2021-01-01 session APIs, /_emulator/ admin API) on loopback.",
     )
-    net = parser.add_argument_group("network")
+    parser.add_argument(
+        "--version", action="version", version=package_version(), help="print the version"
+    )
+    _add_network_options(parser.add_argument_group("network"))
+    _add_service_options(parser.add_argument_group("service"))
+    _add_fault_options(parser.add_argument_group("random faults (probability per request)"))
+    parser.add_argument(
+        "--access-log",
+        action="store_true",
+        help="log every request to stderr (off by default: it costs more than the answer)",
+    )
+    parser.add_argument(
+        "--log-level",
+        default="info",
+        choices=["critical", "error", "warning", "info", "debug"],
+        help="stderr log level (default: %(default)s)",
+    )
+    return parser
+
+
+def _add_network_options(net: argparse._ArgumentGroup) -> None:
     net.add_argument("--host", default="127.0.0.1", help="address to bind (default: %(default)s)")
     net.add_argument(
         "--admin-token",
@@ -67,7 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
     net.add_argument(
         "--port", type=int, default=8080, help="port; 0 picks a free one (default: %(default)s)"
     )
-    service = parser.add_argument_group("service")
+
+
+def _add_service_options(service: argparse._ArgumentGroup) -> None:
     service.add_argument(
         "--account-id", default=DEFAULT_ACCOUNT_ID, help="account GUID (default: %(default)s)"
     )
@@ -125,7 +158,9 @@ def build_parser() -> argparse.ArgumentParser:
     service.add_argument(
         "--seed", type=int, default=None, help="seed for ids, ports and random faults"
     )
-    faults = parser.add_argument_group("random faults (probability per request)")
+
+
+def _add_fault_options(faults: argparse._ArgumentGroup) -> None:
     faults.add_argument("--p-throttle", type=_probability, default=0.0, help="429 with Retry-After")
     faults.add_argument("--p-server-error", type=_probability, default=0.0, help="500/502/503")
     faults.add_argument(
@@ -152,18 +187,6 @@ def build_parser() -> argparse.ArgumentParser:
         default=1,
         help="Retry-After of a 429, seconds (default: %(default)s)",
     )
-    parser.add_argument(
-        "--access-log",
-        action="store_true",
-        help="log every request to stderr (off by default: it costs more than the answer)",
-    )
-    parser.add_argument(
-        "--log-level",
-        default="info",
-        choices=["critical", "error", "warning", "info", "debug"],
-        help="stderr log level (default: %(default)s)",
-    )
-    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -176,14 +199,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--page-size must be at least 1")
     if args.max_sessions is not None and args.max_sessions < 1:
         parser.error("--max-sessions must be at least 1")
-    capacity = {
-        size: limit
-        for size, limit in (
-            ("standard", args.capacity_standard),
-            ("premium", args.capacity_premium),
-        )
-        if limit is not None
-    }
     logging.basicConfig(
         stream=sys.stderr,
         level=args.log_level.upper(),
@@ -194,30 +209,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if generated_token:
         # Beyond loopback anyone on the network could inject faults or read every session.
         admin_token = secrets.token_urlsafe(24)
-    emulator = Emulator(
-        {args.account_id: args.account_key},
-        admin_token=admin_token,
-        clock=SystemClock() if args.time_scale == 1.0 else ScaledClock(args.time_scale),
-        startup_seconds=args.startup_seconds,
-        region=args.region,
-        capacity=capacity or None,
-        token_lifetime=args.token_lifetime,
-        page_size=args.page_size,
-        seed=args.seed,
-        max_sessions=args.max_sessions,
-    )
     try:
-        emulator.faults.set_random(
-            p_throttle=args.p_throttle,
-            p_server_error=args.p_server_error,
-            p_slow=args.p_slow,
-            p_drop=args.p_drop,
-            p_lost_create=args.p_lost_create,
-            p_session_error=args.p_session_error,
-            retry_after=args.retry_after,
-            slow_seconds=args.slow_seconds,
-            seed=args.seed,
-        )
+        emulator = _emulator_from(args, admin_token)
     except ValueError as exc:
         parser.error(str(exc))
     try:
@@ -238,6 +231,42 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         sock.close()
     return 0
+
+
+def _emulator_from(args: argparse.Namespace, admin_token: str | None) -> Emulator:
+    """The emulator the command line describes (every service and fault option)."""
+    capacity = {
+        size: limit
+        for size, limit in (
+            ("standard", args.capacity_standard),
+            ("premium", args.capacity_premium),
+        )
+        if limit is not None
+    }
+    emulator = Emulator(
+        {args.account_id: args.account_key},
+        admin_token=admin_token,
+        clock=SystemClock() if args.time_scale == 1.0 else ScaledClock(args.time_scale),
+        startup_seconds=args.startup_seconds,
+        region=args.region,
+        capacity=capacity or None,
+        token_lifetime=args.token_lifetime,
+        page_size=args.page_size,
+        seed=args.seed,
+        max_sessions=args.max_sessions,
+    )
+    emulator.faults.set_random(
+        p_throttle=args.p_throttle,
+        p_server_error=args.p_server_error,
+        p_slow=args.p_slow,
+        p_drop=args.p_drop,
+        p_lost_create=args.p_lost_create,
+        p_session_error=args.p_session_error,
+        retry_after=args.retry_after,
+        slow_seconds=args.slow_seconds,
+        seed=args.seed,
+    )
+    return emulator
 
 
 if __name__ == "__main__":  # pragma: no cover

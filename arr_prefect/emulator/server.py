@@ -21,21 +21,18 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from http import HTTPStatus
 from types import FrameType
+from typing import ClassVar
 
 import h11
 import uvicorn
 from starlette.types import ASGIApp
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from arr_prefect.emulator.app import (
-    EmulatedConnectionDrop,
-    EmulatorApp,
-    add_service_headers,
-    error_response,
-)
+from arr_prefect.emulator.app import EmulatorApp
+from arr_prefect.emulator.wire import EmulatedConnectionDrop, add_service_headers, error_response
 
 __all__ = [
     "MAX_HEAD_BYTES",
@@ -104,135 +101,161 @@ MAX_HEAD_BYTES = 32 * 1024
 _RESERVED_DESCRIPTORS = 32
 
 
-def _protocol_class(app: ASGIApp, limits: FrontEndLimits) -> type[H11Protocol]:
-    """uvicorn's h11 protocol with a front end's limits and the service's JSON errors."""
-    cap = limits.connection_cap()
-    open_connections: dict[_FrontEndProtocol, None] = {}  # insertion order: oldest first
+@dataclass
+class _FrontEnd:
+    """What the connections of one server share: the app, the limits, who is connected."""
 
-    class _FrontEndProtocol(H11Protocol):
-        _timer: asyncio.TimerHandle | None = None
-        _phase: str | None = None
-        _head = b""
+    app: ASGIApp
+    limits: FrontEndLimits
+    cap: int
+    open_connections: dict[_FrontEndProtocol, None] = field(default_factory=dict)
+    """Insertion order: oldest first."""
 
-        def connection_made(self, transport: asyncio.BaseTransport) -> None:
-            super().connection_made(transport)  # type: ignore[arg-type]
-            open_connections[self] = None
-            self._phase = None
-            self._rearm()
-            if len(open_connections) > cap:
-                self._evict()
 
-        def connection_lost(self, exc: Exception | None) -> None:
-            open_connections.pop(self, None)
-            self._cancel()
-            super().connection_lost(exc)
+class _FrontEndProtocol(H11Protocol):
+    """uvicorn's h11 protocol with a front end's limits and the service's JSON errors.
 
-        def data_received(self, data: bytes) -> None:
-            if self.conn.their_state is h11.IDLE:
-                # h11's own bound applies only to a head still incomplete after a read, and
-                # asyncio reads 256 KiB at a time: measure the head here.
-                self._head += data[: MAX_HEAD_BYTES + 4 - len(self._head)]
-                end = self._head.find(b"\r\n\r\n")
-                if end > MAX_HEAD_BYTES or (end == -1 and len(self._head) > MAX_HEAD_BYTES):
-                    self._answer_and_close(
-                        431,
-                        "RequestHeaderFieldsTooLarge",
-                        f"The request head is larger than {MAX_HEAD_BYTES} bytes.",
-                    )
-                    return
-            try:
-                super().data_received(data)
-            except UnicodeDecodeError:
-                # uvicorn decodes the target as ASCII; h11 lets other bytes through.
-                self._answer_and_close(400, "BadRequest", "The request URL is not valid.")
-                return
-            self._rearm(refresh=True)
+    One subclass per server (:func:`_protocol_class`) carries that server's
+    :class:`_FrontEnd`: uvicorn builds a protocol per connection from a class alone.
+    """
 
-        def _should_upgrade(self) -> bool:
-            # The service speaks plain HTTPS: an `Upgrade` (WebSocket, h2c) is ignored, as
-            # RFC 9110 §7.8 lets a server do, and the request answered as any other.
-            # (uvicorn would answer a WebSocket upgrade with a plain-text 500 or 400.)
-            return False
+    front_end: ClassVar[_FrontEnd]
+    _timer: asyncio.TimerHandle | None = None
+    _phase: str | None = None
+    _head = b""
 
-        def on_response_complete(self) -> None:
-            super().on_response_complete()
-            self._head = b""
-            self._rearm()
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvicorn narrows the parameter to asyncio.Transport; asyncio passes one.
+        super().connection_made(transport)  # type: ignore[arg-type]
+        self.front_end.open_connections[self] = None
+        self._phase = None
+        self._rearm()
+        if len(self.front_end.open_connections) > self.front_end.cap:
+            self._evict()
 
-        def send_400_response(self, msg: str) -> None:
-            self._answer_and_close(
-                400, "BadRequest", "The request is not valid HTTP/1.1 (or its head is too large)."
-            )
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.front_end.open_connections.pop(self, None)
+        self._cancel()
+        super().connection_lost(exc)
 
-        # --- timers ---------------------------------------------------------------------
-
-        def _cancel(self) -> None:
-            if self._timer is not None:
-                self._timer.cancel()
-                self._timer = None
-
-        def _rearm(self, *, refresh: bool = False) -> None:
-            """Arm the read deadline that fits what the client owes us now."""
-            if self.transport is None or self.transport.is_closing():
-                self._cancel()
-                return
-            state = self.conn.their_state
-            if state is h11.IDLE:
-                # The head's deadline is absolute: trickling bytes does not extend it.
-                if self._phase != "head":
-                    self._phase = "head"
-                    self._cancel()
-                    self._timer = self.loop.call_later(limits.header_timeout, self._head_late)
-            elif state is h11.SEND_BODY and self.cycle is not None and self.cycle.more_body:
-                if self._phase != "body" or refresh:
-                    self._phase = "body"
-                    self._cancel()
-                    self._timer = self.loop.call_later(limits.body_timeout, self._body_late)
-            else:
-                self._phase = None
-                self._cancel()
-
-        def _head_late(self) -> None:
-            self._timer = None
-            if self._head:
+    def data_received(self, data: bytes) -> None:
+        if self.conn.their_state is h11.IDLE:
+            # h11's own bound applies only to a head still incomplete after a read, and
+            # asyncio reads 256 KiB at a time: measure the head here.
+            self._head += data[: MAX_HEAD_BYTES + 4 - len(self._head)]
+            end = self._head.find(b"\r\n\r\n")
+            if end > MAX_HEAD_BYTES or (end == -1 and len(self._head) > MAX_HEAD_BYTES):
                 self._answer_and_close(
-                    408, "RequestTimeout", "The request head did not arrive in time."
+                    431,
+                    "RequestHeaderFieldsTooLarge",
+                    f"The request head is larger than {MAX_HEAD_BYTES} bytes.",
                 )
-            else:
-                self.transport.close()
+                return
+        try:
+            super().data_received(data)
+        except UnicodeDecodeError:
+            # uvicorn decodes the target as ASCII; h11 lets other bytes through.
+            self._answer_and_close(400, "BadRequest", "The request URL is not valid.")
+            return
+        self._rearm(refresh=True)
 
-        def _body_late(self) -> None:
-            # The app is waiting in receive(): closing makes it see a disconnect.
+    def _should_upgrade(self) -> bool:
+        # The service speaks plain HTTPS: an `Upgrade` (WebSocket, h2c) is ignored, as
+        # RFC 9110 §7.8 lets a server do, and the request answered as any other.
+        # (uvicorn would answer a WebSocket upgrade with a plain-text 500 or 400.)
+        return False
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        self._head = b""
+        self._rearm()
+
+    def send_400_response(self, msg: str) -> None:
+        self._answer_and_close(
+            400, "BadRequest", "The request is not valid HTTP/1.1 (or its head is too large)."
+        )
+
+    # --- timers ---------------------------------------------------------------------
+
+    def _cancel(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
             self._timer = None
-            _log.info("arr-emulator: closed a connection whose request body stalled")
+
+    def _rearm(self, *, refresh: bool = False) -> None:
+        """Arm the read deadline that fits what the client owes us now."""
+        if self.transport is None or self.transport.is_closing():
+            self._cancel()
+            return
+        state = self.conn.their_state
+        if state is h11.IDLE:
+            # The head's deadline is absolute: trickling bytes does not extend it.
+            if self._phase != "head":
+                self._phase = "head"
+                self._cancel()
+                self._timer = self.loop.call_later(
+                    self.front_end.limits.header_timeout, self._head_late
+                )
+        elif state is h11.SEND_BODY and self.cycle is not None and self.cycle.more_body:
+            if self._phase != "body" or refresh:
+                self._phase = "body"
+                self._cancel()
+                self._timer = self.loop.call_later(
+                    self.front_end.limits.body_timeout, self._body_late
+                )
+        else:
+            self._phase = None
+            self._cancel()
+
+    def _head_late(self) -> None:
+        self._timer = None
+        if self._head:
+            self._answer_and_close(
+                408, "RequestTimeout", "The request head did not arrive in time."
+            )
+        else:
             self.transport.close()
 
-        def _evict(self) -> None:
-            # A closed transport reports connection_lost only on a later loop turn: drop it
-            # from the count now, or every newcomer would "evict" the same one.
-            victim = next(
-                (c for c in open_connections if c is not self and c._phase == "head"), self
-            )
-            # (No other connection waiting for a request: all are being answered, and the
-            # newcomer is the one refused.)
-            open_connections.pop(victim, None)
-            victim._cancel()
-            victim.transport.close()
+    def _body_late(self) -> None:
+        # The app is waiting in receive(): closing makes it see a disconnect.
+        self._timer = None
+        _log.info("arr-emulator: closed a connection whose request body stalled")
+        self.transport.close()
 
-        def _answer_and_close(self, status: int, code: str, message: str) -> None:
-            self._cancel()
-            if not self.transport.is_closing():
-                self.transport.write(_raw_error(app, status, code, message))
-                self.transport.close()
+    def _evict(self) -> None:
+        # A closed transport reports connection_lost only on a later loop turn: drop it
+        # from the count now, or every newcomer would "evict" the same one.
+        victim = next(
+            (c for c in self.front_end.open_connections if c is not self and c._phase == "head"),
+            self,
+        )
+        # (No other connection waiting for a request: all are being answered, and the
+        # newcomer is the one refused.)
+        self.front_end.open_connections.pop(victim, None)
+        victim._cancel()
+        victim.transport.close()
 
-    return _FrontEndProtocol
+    def _answer_and_close(self, status: int, code: str, message: str) -> None:
+        self._cancel()
+        if not self.transport.is_closing():
+            self.transport.write(_raw_error(self.front_end.app, status, code, message))
+            self.transport.close()
+
+
+def _protocol_class(app: ASGIApp, limits: FrontEndLimits) -> type[H11Protocol]:
+    """A :class:`_FrontEndProtocol` for one server."""
+
+    class _ServerProtocol(_FrontEndProtocol):
+        front_end = _FrontEnd(app, limits, limits.connection_cap())
+
+    return _ServerProtocol
 
 
 def _raw_error(app: ASGIApp, status: int, code: str, message: str) -> bytes:
     """A whole HTTP/1.1 error answer written by the protocol layer (no ASGI request exists),
     shaped and logged as the app answers: JSON, MS-CV and the service headers."""
-    if isinstance(app, EmulatorApp):
-        app.emulator.request_log_record("unknown", status)
+    if isinstance(app, EmulatorApp):  # (a benchmark serves other apps the same way)
+        app.record_unrouted(status)
     response = error_response(status, code, message, headers={"Connection": "close"})
     add_service_headers(response)
     head = [f"HTTP/1.1 {status} {HTTPStatus(status).phrase}".encode("ascii")]

@@ -349,6 +349,9 @@ class EmulatorState:
         self._live_tokens: set[str] = set()
         self._issued: dict[str, dict[str, Any]] = {}
         self.tokens_issued = 0
+        self.revision = 0
+        """Counts the changes to what a session list shows: a session created, settled,
+        extended or ended. Equal revisions mean equal lists, up to elapsed times."""
 
     # --- time ---------------------------------------------------------------------------
 
@@ -372,6 +375,7 @@ class EmulatorState:
 
     def _resettle(self, record: SessionRecord, now: float) -> None:
         """Settle one session after a change, then index it by what it has become."""
+        self.revision += 1
         if record.is_active:
             record.settle(now)
         if not record.is_active:
@@ -388,6 +392,7 @@ class EmulatorState:
 
     def _admit(self, record: SessionRecord) -> None:
         """Add a new session to the ledger and, while it is active, to the indexes."""
+        self.revision += 1
         self._sessions[(record.account_id, record.id)] = record
         self._active.setdefault(record.account_id, {})[record.id] = record
         if record.fail_now is None:
@@ -401,6 +406,7 @@ class EmulatorState:
         active = self._active.get(record.account_id)
         if active is None or active.pop(record.id, None) is None:
             return
+        self.revision += 1
         if record.fail_now is None:
             self._in_use[record.size] -= 1
         record.timer_due = None

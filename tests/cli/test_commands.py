@@ -201,6 +201,29 @@ def test_people_get_tables_and_durations(arr: Arr, clock: VirtualClock) -> None:
     assert "No active sessions." in arr("sessions", "list").stdout
 
 
+@pytest.mark.parametrize(
+    "end",
+    [
+        pytest.param(("sessions", "stop"), id="stopped"),
+        pytest.param(None, id="expired"),
+    ],
+)
+def test_a_session_that_is_over_has_no_lease_left(
+    arr: Arr, clock: VirtualClock, end: tuple[str, str] | None
+) -> None:
+    """Stopped or Expired, a session shows "lease left -", not what its numbers subtract to."""
+    sid = arr.json("sessions", "create", "--lease", "30m", "--wait")["id"]
+    clock.advance(5 * 60)
+    if end is None:
+        clock.advance(30 * 60)
+    else:
+        arr(*end, sid)
+    shown = arr("sessions", "get", sid).stdout
+    assert re.search(r"^status\s+(Stopped|Expired)$", shown, re.M), shown
+    assert re.search(r"^elapsed\s+\d", shown, re.M), shown  # the numbers are there...
+    assert re.search(r"^lease left\s+-$", shown, re.M), shown  # ...and no lease is left
+
+
 def test_create_wait_shows_progress_without_control_characters(arr: Arr) -> None:
     """`create --wait` off a terminal: plain status lines on stderr, the session on stdout."""
     result = arr("sessions", "create", "--wait", "--lease", "30m")

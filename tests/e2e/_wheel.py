@@ -29,7 +29,7 @@ BUILD_TIMEOUT = 300.0
 INSTALL_TIMEOUT = 900.0
 """Real seconds to create the venv and install the wheel with its dependencies."""
 
-_SOURCES = ("pyproject.toml", "README.md", "arr_prefect", "flows", "tasks")
+_SOURCES = ("pyproject.toml", "README.md", "LICENSE", "arr_prefect", "flows", "tasks")
 REUSE_VARIABLE = "E2E_REUSE_VENV"
 
 

@@ -1,10 +1,13 @@
-"""The Prefect UI shows a finished render-batch run: its summary artifact and our events.
+"""The Prefect UI shows a finished render-batch run (its summary artifact and our events),
+and render-batch's run form offers a picker of the saved credentials blocks.
 
 A real Prefect server with its UI (own home, loopback port), the demo's run against it
 (the emulator in-process, time 60x), and Debian's headless Chromium driven over the
 DevTools protocol: the flow-run page must fetch our ``arr.session.*`` events for its
 timeline, list the ``render-batch-summary`` artifact, and the artifact's page must render
-the summary (table and timeline). Screenshots are left next to the logs. About 1-2 min.
+the summary (table and timeline). The deployment's run form must show a block picker for
+``credentials`` holding the saved block, and a run submitted from it must store a reference
+to the block document, never its fields. Screenshots are left next to the logs. About 2 min.
 """
 
 from __future__ import annotations
@@ -208,3 +211,108 @@ async def test_flow_run_page_shows_artifact_and_events(ui_server: tuple[str, Pat
         assert "create → Ready" in text
         await page.screenshot(workdir / "artifact-page.png")
     print(f"screenshots in {workdir}")
+
+
+PICKER_BLOCK = "ui-picker-account"
+PICKER_KEY = "ui-picker-secret-key-5d1"
+_SAVE_AND_DEPLOY = f"""
+import asyncio, json
+from arr_prefect import RemoteRenderingCredentials
+from arr_prefect.flows import render_batch
+from prefect import get_client
+
+async def main():
+    block_id = await RemoteRenderingCredentials(
+        account_id="5b6c7d8e-9f01-4a23-8b45-c6d7e8f90a1b",
+        account_key="{PICKER_KEY}",
+        service_url="http://127.0.0.1:9",
+        sts_url="http://127.0.0.1:9",
+    ).asave("{PICKER_BLOCK}", overwrite=True)
+    reference = {{"$ref": {{"block_document_id": str(block_id)}}}}
+    async with get_client() as prefect:
+        flow_id = await prefect.create_flow(render_batch)
+        deployment_id = await prefect.create_deployment(
+            flow_id=flow_id,
+            name="ui-picker",
+            entrypoint="arr_prefect/flows/render_batch.py:render_batch",
+            parameter_openapi_schema=render_batch.parameters.model_dump(),
+            parameters={{"credentials": reference}},
+        )
+    print(json.dumps({{"deployment_id": str(deployment_id), "block_id": str(block_id)}}))
+
+asyncio.run(main())
+"""
+
+
+def _save_block_and_deploy(base: str, workdir: Path) -> dict[str, str]:
+    """A saved credentials block and a render-batch deployment whose default
+    ``credentials`` is that block (as the picker stores it); their IDs."""
+    env = _environment(workdir / "home") | {"PREFECT_API_URL": f"{base}/api"}
+    done = subprocess.run(
+        [sys.executable, "-c", _SAVE_AND_DEPLOY],
+        env=env,
+        cwd=workdir,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    ids: dict[str, str] = json.loads(done.stdout.strip().splitlines()[-1])
+    return ids
+
+
+@pytest.mark.skipif(
+    CHROMIUM is None, reason="Debian's chromium is not installed (.ci/run installs it)"
+)
+async def test_run_form_offers_a_credentials_block_picker(ui_server: tuple[str, Path]) -> None:
+    """render-batch's run form shows `credentials` as a picker of saved blocks (the saved
+    one selected), and a run submitted from the form stores a reference to the block."""
+    assert CHROMIUM is not None
+    base, workdir = ui_server
+    ids = _save_block_and_deploy(base, workdir)
+    async with open_browser(CHROMIUM, workdir / "chromium-picker.log") as page:
+        await page.navigate(f"{base}/deployments/deployment/{ids['deployment_id']}/run")
+        text = await page.wait_for_text("credentials", PICKER_BLOCK)
+        assert PICKER_KEY not in text
+        # The block's name shows in a block-document picker, not in a text box.
+        picker = await page.send(
+            "Runtime.evaluate",
+            expression=(
+                "Array.from(document.querySelectorAll('.block-document-input'))"
+                ".map(e => e.innerText).join('|')"
+            ),
+        )
+        assert PICKER_BLOCK in str(picker.get("result", {}).get("value", "")), picker
+        await page.send(
+            "Runtime.evaluate",
+            expression="document.querySelector('.block-document-input')"
+            ".scrollIntoView({block: 'center'})",
+        )
+        await asyncio.sleep(0.5)  # the scroll settles before the picture
+        await page.screenshot(workdir / "run-form-picker.png")
+        await page.send(
+            "Runtime.evaluate",
+            expression=(
+                "Array.from(document.querySelectorAll('button'))"
+                ".find(b => b.innerText.trim() === 'Submit').click()"
+            ),
+        )
+
+        runs: list[dict[str, object]] = []
+        async with httpx.AsyncClient(base_url=base, timeout=10) as api:
+            for _ in range(120):  # the form posts the run; a minute at most
+                runs = (
+                    await api.post(
+                        "/api/flow_runs/filter",
+                        json={"deployments": {"id": {"any_": [ids["deployment_id"]]}}},
+                    )
+                ).json()
+                if runs:
+                    break
+                await asyncio.sleep(0.5)
+    assert len(runs) == 1, f"no run submitted from the form: {runs}"
+    (run,) = runs
+    parameters: dict[str, object] = run["parameters"]  # type: ignore[assignment]
+    assert parameters["credentials"] == {"$ref": {"block_document_id": ids["block_id"]}}
+    assert PICKER_KEY not in json.dumps(run)

@@ -10,7 +10,7 @@ import pytest
 
 from arr_prefect.clock import VirtualClock
 from arr_prefect.emulator import Emulator
-from arr_prefect.emulator.app import (
+from arr_prefect.emulator.request import (
     MAX_BODY_BYTES,
     MAX_JSON_DEPTH,
     MAX_MODEL_CHARS,

@@ -6,7 +6,7 @@ import httpx
 import pytest
 
 from arr_prefect.clock import VirtualClock
-from arr_prefect.emulator.app import parse_lenient_json
+from arr_prefect.emulator.request import parse_lenient_json
 from tests.emulator._support import ACCOUNT
 
 

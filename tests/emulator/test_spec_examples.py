@@ -10,7 +10,7 @@ case says so and follows the recorded exchange with the live service (ARR_API.md
 - no ``"error": null`` (the recording has no ``error`` key when there is none);
 - ``creationTime`` with 7 fractional digits and ``+00:00`` (the recording), not ``.111Z``;
 - 401/403/404/429, which the examples show with headers only, carry the error body too
-  (see ``arr_prefect.emulator.app.error_response`` for why).
+  (see ``arr_prefect.emulator.wire.error_response`` for why).
 
 The conversion examples (CreateConversion, GetConversion, ListConversions) describe an
 API the emulator does not serve; the last test pins that it answers them with the
