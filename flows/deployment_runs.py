@@ -148,6 +148,7 @@ def run_render_batch(
     tags: Iterable[str] | None = None,
     job_variables: Mapping[str, Any] | None = None,
     flow_run_name: str | None = None,
+    credentials: RemoteRenderingCredentials | None = None,
 ) -> Any:
     """Run the render-batch deployment, wait for it and return its :class:`RenderSummary`;
     cancel the run if the caller stops waiting first. From sync code (a ``def`` flow or
@@ -171,6 +172,7 @@ def run_render_batch(
         tags=tags,
         job_variables=job_variables,
         flow_run_name=flow_run_name,
+        credentials=credentials,
     )
     if not called_from_sync():
         return call
