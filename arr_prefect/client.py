@@ -16,13 +16,14 @@ are retried with capped, jittered exponential back-off, honouring ``Retry-After`
 :class:`~arr_prefect.models.Session` models or one of the exceptions of
 :mod:`arr_prefect.errors`; callers never see an ``httpx.Response``.
 
+What differs between API versions (paths, bodies, parsing, the create and extend steps)
+lives in one module per version behind one interface (:mod:`arr_prefect.dialects`): the
+client holds its settings' dialect (``arr.dialect``) and never compares version strings.
+
 API facts this module relies on (ARR_API.md):
 
-- v1 create (``POST .../sessions/create``) is **not idempotent**: a retry after a lost
-  response can create a second, billed session. The client therefore never re-posts after
-  an ambiguous failure; it reconciles (see :meth:`ArrClient.create_session`).
-- 2021-01-01 create is a ``PUT`` of a client-chosen ID: retrying it is safe (200 when the
-  same session already exists with the same settings).
+- A non-idempotent request (v1's create) is never re-sent after an ambiguous failure:
+  the dialect is told (:class:`~arr_prefect.dialects.AmbiguousOutcome`) and reconciles.
 - The lease sent on update is the **total** since the session became Ready, never an
   increment (:meth:`ArrClient.extend_session_by` does the arithmetic).
 - Stop is idempotent from the caller's view: already stopped, expired or unknown is success.
@@ -34,13 +35,19 @@ import asyncio
 import contextlib
 import logging
 import random
-import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterable,
+    Iterator,
+    Sequence,
+)
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
 from types import TracebackType
 from typing import Any, Protocol, Self
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 import httpx
 
@@ -54,14 +61,13 @@ from arr_prefect.auth import (
     jwt_expiry,
 )
 from arr_prefect.clock import Clock, default_clock
+from arr_prefect.dialects import AmbiguousOutcome, Dialect, dialect_for
+from arr_prefect.dialects.v2021_01_01 import new_session_id
 from arr_prefect.errors import (
     ArrHTTPError,
     ArrTransportError,
-    CreateOutcomeUnknownError,
-    LeaseNotExtendedError,
     RateLimitedError,
     ReadyTimeoutError,
-    SessionConflictError,
     SessionExpiredError,
     SessionFailedError,
     SessionNotFoundError,
@@ -73,8 +79,6 @@ from arr_prefect.models import (
     Session,
     SessionSize,
     SessionStatus,
-    format_timespan,
-    lease_minutes,
     parse_lease,
     validate_session_id,
 )
@@ -92,35 +96,12 @@ __all__ = [
 
 logger = logging.getLogger("arr_prefect.client")
 
-API_VERSION_2021 = "2021-01-01"
 _RETRYABLE_STATUS = frozenset({429, 500, 502, 503, 504})
-# How many times a v1 create is re-posted after the service provably did not make a session.
-_V1_CREATE_ROUNDS = 3
-# How many list calls a v1 create reconciliation makes before concluding nothing was made.
-_V1_RECONCILE_LISTS = 3
 # How many sessions' last-seen properties a client keeps (the oldest are forgotten).
 _SEEN_SESSIONS = 1024
-# A v1 lease this close to the time already elapsed may end the session when sent
-# (elapsed is reported in whole seconds and ages between the answer and the PATCH).
-_V1_EXTEND_MARGIN = timedelta(seconds=60)
 
 StatusCallback = Callable[[SessionStatus | None, Session], Awaitable[None] | None]
 """Called by :meth:`ArrClient.wait_until_ready` when the status changes: (old, session)."""
-
-
-def new_session_id(prefix: str = "arr") -> str:
-    """A fresh 2021-01-01 session ID: ``{prefix}-{uuid4}`` (letters, digits and ``-``)."""
-    return validate_session_id(f"{prefix}-{uuid.uuid4()}")
-
-
-class _AmbiguousOutcome(Exception):
-    """A non-idempotent request may or may not have been carried out."""
-
-    def __init__(self, reason: str, *, may_still_happen: bool = False) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        # A timed-out request may still be carried out after we look for its effect.
-        self.may_still_happen = may_still_happen
 
 
 def _never_sent(exc: httpx.TransportError) -> bool:
@@ -133,6 +114,8 @@ class ArrClient:
 
     ``transport`` is injected for tests and the in-process emulator
     (``httpx.ASGITransport(app)``); ``clock`` drives back-off, polling and token expiry.
+    :attr:`dialect` is the API version's dialect: ask it what differs between versions
+    (``arr.dialect.client_chooses_session_id``) rather than comparing ``api_version``.
 
     A client is a light handle (building one takes well under a millisecond): without an
     injected transport, every client of the same account and endpoints in an event loop
@@ -153,7 +136,14 @@ class ArrClient:
         self.settings = settings if settings is not None else load_settings()
         self.account_id, account_key = self.settings.require_account()
         self.api_version = self.settings.api_version
+        self.dialect: Dialect = dialect_for(self.api_version)
+        """The API version's paths, bodies, parsing and the steps that differ."""
+        # The dialect's query, written into each URL once: httpx rebuilds the URL for any
+        # params given (tens of microseconds a request).
+        self._query = f"?{urlencode(self.dialect.query)}" if self.dialect.query else ""
         self._service = self.settings.service_base_url
+        service = httpx.URL(self._service)
+        self._origin = (service.scheme, service.host, service.port)
         self._sts = self.settings.sts_base_url
         self.clock: Clock = clock if clock is not None else default_clock()
         self._rng = rng if rng is not None else random.Random()
@@ -187,6 +177,7 @@ class ArrClient:
             refresh_margin=self.settings.token_refresh_margin,
         )
         self._auth = ArrAuth(self._tokens)
+        self._calls = _DialectCalls(self)
 
     def __repr__(self) -> str:
         return (
@@ -240,16 +231,7 @@ class ArrClient:
     # ------------------------------------------------------------------ plumbing
 
     def _sessions_url(self, *parts: str) -> str:
-        account = quote(self.account_id, safe="")
-        tail = "".join(f"/{quote(p, safe=':')}" for p in parts)
-        if self.api_version == "v1":
-            return f"{self._service}/v1/accounts/{account}/sessions{tail}"
-        return f"{self._service}/accounts/{account}/sessions{tail}"
-
-    def _params(self) -> dict[str, str] | None:
-        # None, not {}, for v1: httpx rebuilds the URL for any params given, even empty ones
-        # (tens of microseconds a request).
-        return None if self.api_version == "v1" else {"api-version": API_VERSION_2021}
+        return self._service + self.dialect.sessions_path(self.account_id, *parts) + self._query
 
     def _backoff(self, attempt: int) -> float:
         ceiling: float = min(
@@ -278,7 +260,6 @@ class ArrClient:
         url: str,
         *,
         json: Any = None,
-        params: dict[str, str] | None = None,
         idempotent: bool = True,
         authenticated: bool = True,
         headers: dict[str, str] | None = None,
@@ -287,7 +268,7 @@ class ArrClient:
         """Send with bounded retries; return the final response (error statuses included).
 
         For a non-idempotent request an answer that may hide a carried-out request (a broken
-        connection after sending, a 5xx) raises :class:`_AmbiguousOutcome` instead of being
+        connection after sending, a 5xx) raises :class:`AmbiguousOutcome` instead of being
         retried; a 429 or a connection that was never made are retried as usual.
         ``on_retry`` is told before each retry (the request is about to be sent again).
         """
@@ -299,12 +280,11 @@ class ArrClient:
                     url,
                     authenticated=authenticated,
                     json=json,
-                    params=params,
                     headers=headers,
                 )
             except httpx.TransportError as exc:
                 if not idempotent and not _never_sent(exc):
-                    raise _AmbiguousOutcome(
+                    raise AmbiguousOutcome(
                         f"{type(exc).__name__}: {exc}",
                         may_still_happen=isinstance(exc, httpx.TimeoutException),
                     ) from exc
@@ -334,7 +314,7 @@ class ArrClient:
                 return response
             await response.aread()
             if not idempotent and response.status_code != 429:
-                raise _AmbiguousOutcome(f"HTTP {response.status_code}")
+                raise AmbiguousOutcome(f"HTTP {response.status_code}")
             if attempt == attempts:
                 return response
             retry_after = self._retry_after(response)
@@ -394,7 +374,6 @@ class ArrClient:
             method,
             url,
             json=json,
-            params=self._params(),
             idempotent=idempotent,
             on_retry=on_retry,
         )
@@ -433,14 +412,11 @@ class ArrClient:
 
     # ------------------------------------------------------------------ sessions
 
-    def _parse(self, body: dict[str, Any]) -> Session:
-        return Session.from_v1(body) if self.api_version == "v1" else Session.from_v2021(body)
-
     def _session_in(self, operation: str, response: httpx.Response) -> Session:
         """The session in a success answer; one that cannot be read is an ArrHTTPError."""
         try:
-            return self._parse(response.json())
-        except (ValueError, KeyError, TypeError, AttributeError):
+            return self.dialect.parse_session(response.content)
+        except ValueError:
             # Not JSON (a proxy's HTML page), a missing field, an unknown status...
             raise self._error(f"{operation} (unreadable answer)", response) from None
 
@@ -459,158 +435,15 @@ class ArrClient:
         and the create is retried safely. With v1 the service chooses the ID and create is
         not idempotent: after a lost answer the client looks for the session its request
         made (each attempt's lease carries a sub-second fingerprint) and adopts it, and
-        re-posts only when the service provably made none.
+        re-posts only when the service provably made none. (``dialect.create`` does each.)
         """
-        max_lease = parse_lease(lease)
-        session_size = SessionSize.parse(size)
-        if self.api_version == "v1":
-            if session_id is not None:
-                raise ValueError("v1 chooses session IDs itself: do not pass session_id")
-            return await self._create_v1(max_lease, session_size, list(models))
-        sid = validate_session_id(session_id) if session_id is not None else new_session_id()
-        body = {
-            "maxLeaseTimeMinutes": lease_minutes(max_lease),
-            "size": session_size.wire(self.api_version),
-        }
-        if models:
-            body["models"] = list(models)
-        retried = False
-
-        def note_retry() -> None:
-            nonlocal retried
-            retried = True
-
-        try:
-            response = await self._call(
-                "create session",
-                "PUT",
-                self._sessions_url(sid),
-                expect=(200, 201),
-                json=body,
-                on_retry=note_retry,
-            )
-        except SessionConflictError:
-            # A retried PUT is answered 200 while the session its lost first attempt made is
-            # active, but 409 once that session has ended (e.g. at once, for lack of
-            # capacity). Then the conflicting session is our own: return it, so the caller
-            # learns its fate (Error and the service's message) and can account for it.
-            if not retried:
-                raise
-            existing = await self.get_session(sid)
-            if existing.size != session_size or existing.max_lease != timedelta(
-                minutes=lease_minutes(max_lease)
-            ):
-                raise
-            logger.warning(
-                "create session: adopted session %s made by an attempt whose answer was lost"
-                " (now %s)",
-                sid,
-                existing.status,
-            )
-            return existing
-        return self._session_in("create session", response)
-
-    async def _create_v1(self, lease: timedelta, size: SessionSize, models: list[str]) -> Session:
-        url = self._sessions_url("create")
-        for _ in range(_V1_CREATE_ROUNDS):
-            # A fingerprint in the microseconds of the lease (harmless: under a second more)
-            # lets a lost create be recognised in the session list.
-            fingerprint = lease.microseconds or self._rng.randrange(1, 1_000_000)
-            attempt_lease = (
-                lease
-                - timedelta(microseconds=lease.microseconds)
-                + timedelta(microseconds=fingerprint)
-            )
-            if attempt_lease > MAX_LEASE:
-                attempt_lease -= timedelta(seconds=1)
-            body = {
-                "maxLeaseTime": format_timespan(attempt_lease),
-                "models": models,
-                "size": size.wire("v1"),
-            }
-            try:
-                response = await self._send(
-                    "create session",
-                    "POST",
-                    url,
-                    json=body,
-                    params=self._params(),
-                    idempotent=False,
-                )
-            except _AmbiguousOutcome as ambiguous:
-                logger.warning(
-                    "create session: the answer was lost (%s); looking for the session it made",
-                    ambiguous.reason,
-                )
-                found, certain = await self._find_v1_created(attempt_lease, size)
-                if found is not None:
-                    logger.warning(
-                        "create session: adopted session %s made by the lost request", found.id
-                    )
-                    return found
-                if certain and not ambiguous.may_still_happen:
-                    continue  # the service provably made nothing: posting again is safe
-                raise self._outcome_unknown(
-                    attempt_lease,
-                    "the session list could not be read to check"
-                    if not certain
-                    else "the request timed out and may still be carried out",
-                ) from None
-            if (
-                response.status_code != 202
-                and response.status_code != 200
-                and response.status_code != 201
-            ):
-                raise self._error("create session", response)
-            try:
-                sid = validate_session_id(str(response.json()["sessionId"]))
-            except (ValueError, KeyError, TypeError):
-                raise self._error("create session (no sessionId in the answer)", response) from None
-            return Session(
-                id=sid, status=SessionStatus.STARTING, size=size, max_lease=attempt_lease
-            )
-        raise self._outcome_unknown(
-            attempt_lease, f"the answer was lost {_V1_CREATE_ROUNDS} times; not posting again"
+        return await self.dialect.create(
+            self._calls,
+            lease=parse_lease(lease),
+            size=SessionSize.parse(size),
+            models=models,
+            session_id=session_id,
         )
-
-    def _outcome_unknown(self, lease: timedelta, why: str) -> CreateOutcomeUnknownError:
-        error = CreateOutcomeUnknownError(
-            f"create session failed: the service's answer was lost and {why}. Not posting again,"
-            " to avoid a duplicate billed session. If the request did make a session, it is the"
-            f" one whose maxLeaseTime is {format_timespan(lease)}, and the service ends it when"
-            " that lease runs out"
-        )
-        error.lease_fingerprint = format_timespan(lease)
-        return error
-
-    async def _find_v1_created(
-        self, lease: timedelta, size: SessionSize
-    ) -> tuple[Session | None, bool]:
-        """Find the active session whose lease carries this attempt's fingerprint.
-
-        Returns the session (or None) and whether every look succeeded: "not found" only
-        proves nothing was made when the list could actually be read.
-        """
-        certain = True
-        for attempt in range(1, _V1_RECONCILE_LISTS + 1):
-            try:
-                sessions = await self.list_sessions()
-            except (ArrHTTPError, ArrTransportError) as exc:
-                logger.warning("create session: listing sessions to reconcile failed: %s", exc)
-                certain = False
-                sessions = []
-            matches = [
-                s for s in sessions if s.max_lease == lease and (s.size is None or s.size == size)
-            ]
-            if matches:
-                adopted, *duplicates = matches
-                for duplicate in duplicates:
-                    logger.warning("create session: stopping duplicate session %s", duplicate.id)
-                    await self.stop_session(duplicate.id)
-                return adopted, True
-            if attempt < _V1_RECONCILE_LISTS:
-                await self.clock.sleep(self._backoff(attempt))
-        return None, certain
 
     async def get_session(self, session_id: str) -> Session:
         """The session's current properties (404: :class:`SessionNotFoundError`)."""
@@ -620,8 +453,8 @@ class ArrClient:
     async def _get_session(self, session_id: str) -> tuple[Session, str | None]:
         """The session and the answer's MS-CV, for errors raised from its status."""
         sid = validate_session_id(session_id)
-        parts = (sid, "properties") if self.api_version == "v1" else (sid,)
-        response = await self._call("get session", "GET", self._sessions_url(*parts), expect=(200,))
+        url = self._sessions_url(*self.dialect.properties_parts(sid))
+        response = await self._call("get session", "GET", url, expect=(200,))
         session = self._remember(self._session_in("get session", response))
         return session, response.headers.get("MS-CV")
 
@@ -634,67 +467,47 @@ class ArrClient:
             del seen[next(iter(seen))]
         return session
 
-    def _after_v1_extend(self, session_id: str, lease: timedelta) -> Session | None:
-        """The session after a v1 PATCH answered 200 (an empty body), or None if unknown.
-
-        Known when this client last saw the session Ready and ``lease`` exceeds the time
-        elapsed since (estimated from that answer, with a margin): the 200 says the session
-        was active, a Ready session never goes back to Starting, and a lease longer than the
-        elapsed time cannot have ended it. Otherwise only the service knows: a session last
-        seen Starting may be Ready now with a hostname, and a lease not above the elapsed
-        time ends the session as Expired.
-        """
-        seen = self._seen.get(session_id)
-        if seen is None:
-            return None
-        before, at = seen
-        if before.status != SessionStatus.READY or before.elapsed is None:
-            return None
-        elapsed = before.elapsed + timedelta(seconds=max(0.0, self.clock.time() - at))
-        if lease <= elapsed + _V1_EXTEND_MARGIN:
-            return None
-        after = before.model_copy(
-            update={"max_lease": lease, "elapsed": timedelta(seconds=int(elapsed.total_seconds()))}
-        )
-        return self._remember(after)
-
     async def iter_sessions(self) -> AsyncIterator[Session]:
         """Every active session of the account, following ``@nextLink`` pages."""
-        url: str | None = self._sessions_url()
-        params: dict[str, str] | None = self._params()
+        async for page in self._pages():
+            for session in page:
+                yield session
+
+    async def list_sessions(self) -> list[Session]:
+        """Every active (Starting or Ready) session of the account, all pages."""
+        sessions: list[Session] = []
+        async for page in self._pages():
+            sessions.extend(page)
+        return sessions
+
+    async def _pages(self) -> AsyncIterator[list[Session]]:
+        """The sessions of each list page, each page read in one validation."""
+        url = self._sessions_url()
         seen: set[str] = set()
-        while url is not None:
-            response = await self._send("list sessions", "GET", url, params=params)
+        while True:
+            response = await self._send("list sessions", "GET", url)
             if response.status_code != 200:
                 await response.aread()
                 raise self._error("list sessions", response)
             try:
-                body = response.json()
-                page = [self._parse(item) for item in body.get("sessions") or []]
-                next_link = body.get("@nextLink")
-            except (ValueError, KeyError, TypeError, AttributeError):
+                page, next_link = self.dialect.parse_page(response.content)
+            except ValueError:
                 raise self._error("list sessions (unreadable answer)", response) from None
-            for session in page:
-                yield session
+            yield page
             if not next_link or next_link in seen:
-                break
+                return
             seen.add(next_link)
-            url = str(httpx.URL(url).join(next_link))
+            link = httpx.URL(url).join(next_link)
+            url = str(link)
             # The bearer token goes with the request: a link to another origin (or a
             # downgrade to plain http on the same host) must not receive it.
-            link, service = httpx.URL(url), httpx.URL(self._service)
-            if (link.scheme, link.host, link.port) != (service.scheme, service.host, service.port):
+            if (link.scheme, link.host, link.port) != self._origin:
                 raise ArrTransportError(
                     f"list sessions failed: @nextLink points to another origin ({url})",
                     operation="list sessions",
                     method="GET",
                     url=url,
                 )
-            params = None  # the link carries its own query
-
-    async def list_sessions(self) -> list[Session]:
-        """Every active (Starting or Ready) session of the account, all pages."""
-        return [s async for s in self.iter_sessions()]
 
     async def extend_session(
         self, session_id: str, max_lease: timedelta | str | int | float
@@ -704,38 +517,9 @@ class ArrClient:
         The service takes the total, not an increment: to add an hour to a one-hour session,
         send two hours (or use :meth:`extend_session_by`).
         """
-        sid = validate_session_id(session_id)
-        lease = parse_lease(max_lease)
-        if self.api_version == "v1":
-            await self._call(
-                "extend session",
-                "PATCH",
-                self._sessions_url(sid),
-                expect=(200, 204),
-                json={"maxLeaseTime": format_timespan(lease)},
-            )
-            # v1 answers 200 with an empty body. The session's state is known without
-            # asking again when this client saw it Ready just before (extend_session_by
-            # and the lease keeper always have); otherwise one GET reads it back.
-            known = self._after_v1_extend(sid, lease)
-            return known if known is not None else await self.get_session(sid)
-        try:
-            response = await self._call(
-                "extend session",
-                "PATCH",
-                self._sessions_url(sid),
-                expect=(200,),
-                json={"maxLeaseTimeMinutes": lease_minutes(lease)},
-            )
-        except LeaseNotExtendedError:
-            # A retried PATCH whose first attempt was applied is answered 422: fine if the
-            # lease is now exactly what was asked. Asking for less than the current lease
-            # stays an error: the service cannot shorten a lease.
-            current = await self.get_session(sid)
-            if current.max_lease == timedelta(minutes=lease_minutes(lease)):
-                return current
-            raise
-        return self._remember(self._session_in("extend session", response))
+        return await self.dialect.extend(
+            self._calls, validate_session_id(session_id), parse_lease(max_lease)
+        )
 
     async def extend_session_by(
         self, session_id: str, duration: timedelta | str | int | float
@@ -744,15 +528,14 @@ class ArrClient:
 
         Sends ``elapsed + duration`` as the new total (capped at 24 h), and nothing when the
         lease already reaches that far. 2021-01-01 reports elapsed time in whole minutes,
-        rounded down, so one more minute is added there to never cut the lease short.
+        rounded down, so one more minute is added there to never cut the lease short
+        (``dialect.elapsed_rounding``).
         Two requests on either API version: a GET (for the elapsed time) and the PATCH.
         """
         remaining = parse_lease(duration)
         session, ms_cv = await self._get_session(session_id)
         _raise_if_ended(session, "extend session", ms_cv)
-        elapsed = session.elapsed or timedelta(0)
-        if self.api_version != "v1":
-            elapsed += timedelta(minutes=1)
+        elapsed = (session.elapsed or timedelta(0)) + self.dialect.elapsed_rounding
         target = min(elapsed + remaining, MAX_LEASE)
         if session.max_lease is not None and session.max_lease >= target:
             return session
@@ -764,12 +547,10 @@ class ArrClient:
         when it answered that the session is unknown (404) or already over. Transient
         failures are retried."""
         sid = validate_session_id(session_id)
-        if self.api_version == "v1":
-            method, url = "DELETE", self._sessions_url(sid)
-        else:
-            method, url = "POST", self._sessions_url(sid, ":stop")
+        method, parts = self.dialect.stop_request(sid)
+        url = self._sessions_url(*parts)
         self._seen.pop(sid, None)
-        response = await self._send("stop session", method, url, params=self._params())
+        response = await self._send("stop session", method, url)
         if response.status_code in (200, 202, 204):
             return True
         if response.status_code == 404:
@@ -840,6 +621,85 @@ class ArrClient:
                     session=session,
                 )
             await self.clock.sleep(min(interval, deadline - now))
+
+
+class _DialectCalls:
+    """The client as its dialect sees it (:class:`~arr_prefect.dialects.SessionCalls`):
+    sending with the client's retries and reading its last-seen sessions, without making
+    those internals part of ArrClient's public surface."""
+
+    __slots__ = ("_arr",)
+
+    def __init__(self, arr: ArrClient) -> None:
+        self._arr = arr
+
+    @property
+    def clock(self) -> Clock:
+        return self._arr.clock
+
+    def sessions_url(self, *parts: str) -> str:
+        return self._arr._sessions_url(*parts)
+
+    async def send(
+        self,
+        operation: str,
+        method: str,
+        url: str,
+        *,
+        json: Any = None,
+        idempotent: bool = True,
+        on_retry: Callable[[], None] | None = None,
+    ) -> httpx.Response:
+        arr = self._arr
+        return await arr._send(
+            operation,
+            method,
+            url,
+            json=json,
+            idempotent=idempotent,
+            on_retry=on_retry,
+        )
+
+    async def call(
+        self,
+        operation: str,
+        method: str,
+        url: str,
+        *,
+        expect: Iterable[int],
+        json: Any = None,
+        on_retry: Callable[[], None] | None = None,
+    ) -> httpx.Response:
+        return await self._arr._call(
+            operation, method, url, expect=expect, json=json, on_retry=on_retry
+        )
+
+    def error(self, operation: str, response: httpx.Response) -> ArrHTTPError:
+        return self._arr._error(operation, response)
+
+    def session_in(self, operation: str, response: httpx.Response) -> Session:
+        return self._arr._session_in(operation, response)
+
+    def remember(self, session: Session) -> Session:
+        return self._arr._remember(session)
+
+    def last_seen(self, session_id: str) -> tuple[Session, float] | None:
+        return self._arr._seen.get(session_id)
+
+    def backoff(self, attempt: int) -> float:
+        return self._arr._backoff(attempt)
+
+    def random_below(self, limit: int) -> int:
+        return self._arr._rng.randrange(1, limit)
+
+    async def get_session(self, session_id: str) -> Session:
+        return await self._arr.get_session(session_id)
+
+    async def list_sessions(self) -> list[Session]:
+        return await self._arr.list_sessions()
+
+    async def stop_session(self, session_id: str) -> bool:
+        return await self._arr.stop_session(session_id)
 
 
 def _raise_if_ended(session: Session, doing: str, ms_cv: str | None = None) -> None:

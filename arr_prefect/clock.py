@@ -71,7 +71,15 @@ class SystemClock:
 
 
 class ScaledClock:
-    """Time that runs ``scale`` times faster than real time, starting from now."""
+    """Time that runs ``scale`` times faster than real time, starting from now.
+
+    Args:
+        scale: Emulated seconds per real second (``arr-emulator --time-scale``).
+        start: Where the clock starts, in seconds since the epoch (default: now).
+
+    Raises:
+        ValueError: ``scale`` is not positive.
+    """
 
     def __init__(self, scale: float = 1.0, *, start: float | None = None) -> None:
         if scale <= 0:
@@ -98,6 +106,12 @@ class VirtualClock:
     task is parked too, checked by yielding to the loop ``idle_yields`` times) moves the
     clock to the earliest deadline, so concurrent loops (a job, a lease keeper, a poller)
     interleave exactly as they would in real time, without waiting for it.
+
+    Args:
+        start: Where the clock starts, in seconds since the epoch.
+        autojump: Jump to the earliest deadline whenever every task is asleep.
+        idle_yields: How many times a sleeper yields to the loop before it calls the
+            loop idle (``autojump`` only).
     """
 
     def __init__(
@@ -118,7 +132,14 @@ class VirtualClock:
         return self._now
 
     def advance(self, seconds: float) -> None:
-        """Move the clock forward and wake every sleeper whose deadline has come."""
+        """Move the clock forward and wake every sleeper whose deadline has come.
+
+        Args:
+            seconds: How far to move it.
+
+        Raises:
+            ValueError: ``seconds`` is negative.
+        """
         if seconds < 0:
             raise ValueError("a clock cannot go backwards")
         self._set(self._now + seconds)

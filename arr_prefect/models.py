@@ -1,6 +1,8 @@
-"""Session models, normalised across both API versions, and .NET TimeSpan handling.
+"""Session models, normalised across API versions, and .NET TimeSpan handling.
 
-API facts relied on here (ARR_API.md §3, §4):
+Each API version's wire shapes (paths, bodies, property names) are read and written by
+its dialect (:mod:`arr_prefect.dialects`); this module knows no version. API facts relied
+on here (ARR_API.md §3, §4):
 
 - v1 speaks TimeSpan strings (``"4:0:0"``, ``"04:00:00"``, ``"1.02:30:00"``) and camelCase
   ``session*`` property names; sizes are sent lower-case (``"standard"``).
@@ -16,7 +18,7 @@ import math
 import re
 from datetime import datetime, timedelta
 from enum import StrEnum
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
@@ -41,6 +43,8 @@ __all__ = [
 ]
 
 ApiVersion = Literal["v1", "2021-01-01"]
+"""The API versions settings accept: one per dialect in ``arr_prefect.dialects.DIALECTS``
+(a test keeps the two the same)."""
 
 MAX_LEASE = timedelta(hours=24)
 """The longest lease the service grants (ARR_API.md §5)."""
@@ -69,6 +73,10 @@ class SessionStatus(StrEnum):
     @classmethod
     def parse(cls, value: str) -> SessionStatus:
         """Parse a status as either API version spells it (case-insensitive)."""
+        try:
+            return _STATUSES[value]
+        except (KeyError, TypeError):  # TypeError: unhashable
+            pass
         for member in cls:
             if member.value.lower() == str(value).strip().lower():
                 return member
@@ -86,25 +94,38 @@ class SessionSize(StrEnum):
         """Parse a size case-insensitively; anything else is an :class:`InvalidSizeError`."""
         if isinstance(value, SessionSize):
             return value
+        try:
+            return _SIZES[value]
+        except (KeyError, TypeError):  # TypeError: unhashable
+            pass
         for member in cls:
             if isinstance(value, str) and member.value.lower() == value.strip().lower():
                 return member
         choices = ", ".join(repr(m.value.lower()) for m in cls)
         raise InvalidSizeError(f"unknown session size {value!r}: expected one of {choices}")
 
-    def wire(self, api_version: ApiVersion) -> str:
-        """The spelling each API version expects on the wire."""
-        return self.value.lower() if api_version == "v1" else self.value
+
+# The spellings the service writes, looked up before any case-folding (lists parse many).
+_STATUSES: dict[object, SessionStatus] = {m.value: m for m in SessionStatus}
+_SIZES: dict[object, SessionSize] = {
+    **{m.value: m for m in SessionSize},
+    **{m.value.lower(): m for m in SessionSize},
+}
 
 
 # .NET TimeSpan "c" format: [-][d.]hh:mm:ss[.fffffff]; hours 0-23, minutes and seconds 0-59.
 # The service also accepts single-digit fields ("4:0:0"), as the seed's examples show.
-# Digits are ASCII 0-9 only, as .NET's TimeSpan parser reads them: Python's \d (and int())
-# would also take Arabic-Indic "٤:٠:٠" or fullwidth "４:0:0" as four hours.
-_TIMESPAN = re.compile(
-    r"^(?P<sign>-)?(?:(?P<days>[0-9]{1,8})\.)?(?P<hours>[0-9]{1,2}):(?P<minutes>[0-9]{1,2}):"
-    r"(?P<seconds>[0-9]{1,2})(?:\.(?P<fraction>[0-9]{1,7}))?$"
-)
+# Digits are ASCII 0-9 only, as .NET's TimeSpan parser reads them: Python's str.isdigit()
+# (and int()) would also take Arabic-Indic "٤:٠:٠" or fullwidth "４:0:0" as four hours.
+# Read by splitting, not by a regex: a v1 session list carries two TimeSpans per session.
+_TIMESPAN_HINT = "expected [d.]hh:mm:ss[.fffffff], e.g. '04:00:00', '4:0:0' or '1.02:30:00'"
+
+
+def _ascii_number(text: str, longest: int) -> int | None:
+    """``text`` as a number of 1 to ``longest`` ASCII digits, else None."""
+    if 0 < len(text) <= longest and text.isascii() and text.isdigit():
+        return int(text)
+    return None
 
 
 def parse_timespan(value: str) -> timedelta:
@@ -115,27 +136,30 @@ def parse_timespan(value: str) -> timedelta:
     """
     if not isinstance(value, str):
         raise TimeSpanFormatError(f"a TimeSpan must be a string like '04:00:00', got {value!r}")
-    match = _TIMESPAN.match(value.strip())
-    if match is None:
-        raise TimeSpanFormatError(
-            f"{value!r} is not a TimeSpan: expected [d.]hh:mm:ss[.fffffff], e.g. '04:00:00',"
-            " '4:0:0' or '1.02:30:00'"
-        )
-    hours, minutes, seconds = (int(match[k]) for k in ("hours", "minutes", "seconds"))
+    text = value.strip()
+    negative = text.startswith("-")
+    fields = text[1:].split(":") if negative else text.split(":")
+    if len(fields) != 3:
+        raise TimeSpanFormatError(f"{value!r} is not a TimeSpan: {_TIMESPAN_HINT}")
+    days_text, has_days, hours_text = fields[0].rpartition(".")
+    seconds_text, has_fraction, fraction = fields[2].partition(".")
+    days = _ascii_number(days_text, 8) if has_days else 0
+    hours = _ascii_number(hours_text, 2)
+    minutes = _ascii_number(fields[1], 2)
+    seconds = _ascii_number(seconds_text, 2)
+    digits = _ascii_number(fraction, 7) if has_fraction else 0
+    if days is None or hours is None or minutes is None or seconds is None or digits is None:
+        raise TimeSpanFormatError(f"{value!r} is not a TimeSpan: {_TIMESPAN_HINT}")
     if hours > 23 or minutes > 59 or seconds > 59:
         raise TimeSpanFormatError(
             f"{value!r} is not a TimeSpan: hours must be 0-23 and minutes and seconds 0-59"
             " (write more than a day as 'd.hh:mm:ss')"
         )
-    fraction = (match["fraction"] or "").ljust(7, "0")[:6]
+    microseconds = int(fraction.ljust(7, "0")[:6]) if has_fraction else 0
     result = timedelta(
-        days=int(match["days"] or 0),
-        hours=hours,
-        minutes=minutes,
-        seconds=seconds,
-        microseconds=int(fraction or 0),
+        days=days, hours=hours, minutes=minutes, seconds=seconds, microseconds=microseconds
     )
-    return -result if match["sign"] else result
+    return -result if negative else result
 
 
 def format_timespan(value: timedelta) -> str:
@@ -215,7 +239,11 @@ def validate_session_id(value: str) -> str:
 
 
 class Session(BaseModel):
-    """A rendering session, as either API version describes it."""
+    """A rendering session, as every API version describes it.
+
+    Each API version's dialect (:mod:`arr_prefect.dialects`) reads its own wire shape into
+    this one model.
+    """
 
     model_config = ConfigDict(frozen=True)
 
@@ -232,47 +260,6 @@ class Session(BaseModel):
     message: str | None = None
     """The service's message (v1 ``message``, 2021-01-01 ``error.message``)."""
     error_code: str | None = None
-
-    @classmethod
-    def from_v1(cls, body: dict[str, Any]) -> Session:
-        """Build from a v1 properties object (``sessionId``, ``sessionStatus``, ...)."""
-        size = body.get("sessionSize")
-        lease = body.get("sessionMaxLeaseTime")
-        elapsed = body.get("sessionElapsedTime")
-        return cls(
-            id=str(body["sessionId"]),
-            status=SessionStatus.parse(body["sessionStatus"]),
-            size=SessionSize.parse(size) if size else None,
-            hostname=body.get("sessionHostname") or None,
-            handshake_port=body.get("handshakePort"),
-            arr_inspector_port=body.get("arrInspectorPort"),
-            max_lease=parse_timespan(lease) if lease else None,
-            elapsed=parse_timespan(elapsed) if elapsed else None,
-            message=body.get("message"),
-        )
-
-    @classmethod
-    def from_v2021(cls, body: dict[str, Any]) -> Session:
-        """Build from a 2021-01-01 properties object (``id``, ``status``, minutes ...)."""
-        error = body.get("error") or None
-        size = body.get("size")
-        lease = body.get("maxLeaseTimeMinutes")
-        elapsed = body.get("elapsedTimeMinutes")
-        created = body.get("creationTime")
-        return cls(
-            id=str(body["id"]),
-            status=SessionStatus.parse(body["status"]),
-            size=SessionSize.parse(size) if size else None,
-            hostname=body.get("hostname") or None,
-            handshake_port=body.get("handshakePort"),
-            arr_inspector_port=body.get("arrInspectorPort"),
-            max_lease=timedelta(minutes=lease) if lease is not None else None,
-            elapsed=timedelta(minutes=elapsed) if elapsed is not None else None,
-            created_at=datetime.fromisoformat(created.replace("Z", "+00:00")) if created else None,
-            teraflops=body.get("teraflops"),
-            message=error.get("message") if isinstance(error, dict) else None,
-            error_code=error.get("code") if isinstance(error, dict) else None,
-        )
 
     @property
     def remaining(self) -> timedelta | None:

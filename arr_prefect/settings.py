@@ -309,8 +309,19 @@ def load_settings(*, environment: bool = True, **overrides: Any) -> ArrSettings:
     """Build settings, turning pydantic's validation error into a :class:`ConfigurationError`.
 
     The message lists each bad field with its reason, and never the key's value.
-    ``environment=False`` checks the given values alone (no ``ARR_*`` variables, no
-    ``.env``): how a credentials block validates its fields with these same rules.
+
+    Args:
+        environment: Read the ``ARR_*`` variables and ``.env`` under the overrides (the
+            default). ``False`` checks the given values alone: how a credentials block
+            validates its fields with these same rules.
+        **overrides: Field values (``account_id=...``, ``api_version="2021-01-01"``...),
+            which win over the environment; ``_env_file=None`` ignores ``.env``.
+
+    Returns:
+        The validated settings.
+
+    Raises:
+        ConfigurationError: A field is invalid (each bad field is named with its reason).
     """
     try:
         return (ArrSettings if environment else _GivenOnly)(**overrides)

@@ -2,7 +2,7 @@
 
 Cancelling an async flow run from the UI under a Prefect 3.9.1 worker makes Prefect itself
 log two records that say something false; a plain ``async`` flow with no arr_prefect code
-logs the same two (README, *What a run shows*). How they come about, in
+logs the same two (the docs, *What a run shows*). How they come about, in
 ``site-packages/prefect``:
 
 1. The worker commits a "cancel" intent on its control channel, then sends SIGTERM.

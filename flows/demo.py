@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 __all__ = ["main", "parse_args"]
 
 DEMO_TIME_SCALE = 60.0
+SUMMARY_ARTIFACT_KEY = "render-batch-summary"
 
 # Prefect's temporary server gets 20 s to start by default, which a loaded machine's first
 # run (cold imports, database migrations) can exceed. The demo allows this many, unless
@@ -38,20 +39,41 @@ class DemoArgumentError(ValueError):
     """An argument the demo refuses before starting anything."""
 
 
+DESCRIPTION = """\
+The main job, end to end: the render-batch flow with the sample job.
+
+With no ARR account configured (no ARR_ACCOUNT_ID / ARR_ACCOUNT_KEY), it starts the
+built-in emulator on loopback with time running 60 times faster (a minute of session time
+per real second), runs render-batch, prints the run's summary and the emulator's ledger,
+and exits 0 only if the run went as asked and no session is left running. With ARR_*
+settings it runs the same flow against the configured service, in real time.
+
+--fail-at-frame N makes the sample job fail at frame N, to show teardown on failure: the
+run fails, the session is stopped anyway, and the demo exits 0 if it was."""
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="./scripts/demo",
-        description=__doc__,
+        description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
-        "--size", choices=["standard", "premium"], default="standard", help="session size"
+        "--size",
+        choices=["standard", "premium"],
+        default="standard",
+        help="session size (default standard)",
     )
     parser.add_argument(
-        "--frames", type=int, default=10, help="frames the sample job renders (default 10)"
+        "--frames",
+        type=int,
+        default=10,
+        metavar="N",
+        help="frames the sample job renders (default 10)",
     )
     parser.add_argument(
         "--seconds-per-frame",
+        metavar="SECONDS",
         type=float,
         default=60.0,
         help="session seconds per frame (default 60)",
@@ -61,7 +83,8 @@ def _parser() -> argparse.ArgumentParser:
         type=int,
         default=None,
         metavar="N",
-        help="make the sample job fail at frame N, to show teardown on failure",
+        help="make the sample job fail at frame N, to show teardown on failure"
+        " (default: no failure)",
     )
     parser.add_argument(
         "--api-version",
@@ -71,18 +94,21 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--time-scale",
+        metavar="X",
         type=float,
         default=None,
         help=f"emulator only: session seconds per real second (default {DEMO_TIME_SCALE:g})",
     )
     parser.add_argument(
         "--lease-minutes",
+        metavar="MINUTES",
         type=float,
         default=4.0,
         help="rolling lease in minutes, 1 to 1440 (default 4)",
     )
     parser.add_argument(
         "--startup-seconds",
+        metavar="SECONDS",
         type=float,
         default=None,
         help="emulator only: session start-up time in seconds (default 90)",
@@ -154,14 +180,63 @@ def _print_ledger(ledger: dict[str, Any]) -> None:
         end = entry.get("end_reason") or "-"
         print(f"  {entry['id']:<38} {entry['status']:<8} {ran:>12}  {end}")
     print(f"  still running: {ledger['running']}")
+    print(
+        "  (ran: from the create's arrival at the service to the stop; the summary counts"
+        " from the create request to the stop's answer, the two requests' round trips more)"
+    )
 
 
-def _print_summary(summary: RenderSummary) -> None:
-    print("\nRender batch summary:")
-    print(summary.text())
+def _print_summary(summary: RenderSummary | str, time_scale: float | None) -> None:
+    if time_scale is not None and time_scale != 1.0:
+        print(
+            f"\nRender batch summary (durations in emulated time: the emulator runs"
+            f" {time_scale:g}x faster; Prefect's own durations in its log are real time):"
+        )
+    else:
+        print("\nRender batch summary:")
+    print(summary if isinstance(summary, str) else summary.text())
 
 
-def _run(args: argparse.Namespace) -> RenderSummary:
+def summary_text(markdown: str) -> str:
+    """The render-batch summary artifact's Markdown as the aligned text
+    :meth:`RenderSummary.text` prints: how the demo shows the summary of a run that failed,
+    whose only copy is its artifact (the flow raised instead of returning it)."""
+    lines: list[str] = []
+    for line in markdown.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if not line.startswith("| ") or set(cells[0]) <= {"-"} or cells[0] in ("What", "Phase"):
+            continue
+        if len(cells) == 2:
+            lines.append(f"  {cells[0]:<15} {cells[1].replace('`', '')}")
+        elif len(cells) == 4:
+            lines.append(f"  {'  ' + cells[0]:<15} {cells[1]}, took {cells[2]}")
+    return "\n".join(lines)
+
+
+async def _summary_of_run(flow_run_id: Any) -> str | None:
+    """The summary a finished render-batch run published, as text (None if it has none)."""
+    from prefect import get_client
+    from prefect.client.schemas.filters import (
+        ArtifactFilter,
+        ArtifactFilterFlowRunId,
+        ArtifactFilterKey,
+    )
+
+    async with get_client() as client:
+        artifacts = await client.read_artifacts(
+            artifact_filter=ArtifactFilter(
+                key=ArtifactFilterKey(any_=[SUMMARY_ARTIFACT_KEY]),
+                flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]),
+            )
+        )
+    markdown = next((a.data for a in artifacts if isinstance(a.data, str)), None)
+    return summary_text(markdown) if markdown else None
+
+
+async def _run(
+    args: argparse.Namespace,
+) -> tuple[RenderSummary | str | None, BaseException | None]:
+    """Run render-batch; a run that failed gives its published summary and its error."""
     from arr_prefect.flows.render_batch import render_batch
 
     parameters: dict[str, Any] = {
@@ -170,9 +245,18 @@ def _run(args: argparse.Namespace) -> RenderSummary:
     }
     if args.fail_at_frame is not None:
         parameters["fail_at_frame"] = args.fail_at_frame
-    return asyncio.run(
-        render_batch(size=args.size, job_parameters=parameters, lease_minutes=args.lease_minutes)
+    state = await render_batch(
+        size=args.size,
+        job_parameters=parameters,
+        lease_minutes=args.lease_minutes,
+        return_state=True,
     )
+    if state.is_completed():
+        result = await state.aresult()
+        return result, None
+    error = await state.aresult(raise_on_failure=False)
+    failed = error if isinstance(error, BaseException) else RuntimeError(state.message)
+    return await _summary_of_run(state.state_details.flow_run_id), failed
 
 
 def _explain_start_failure(exc: BaseException) -> str | None:
@@ -240,7 +324,7 @@ def _main(args: argparse.Namespace) -> int:
         )
         summary, failed = _attempt(args)
         ledger = emulator.ledger()
-    return _finish(args, summary, failed, ledger=ledger)
+    return _finish(args, summary, failed, ledger=ledger, time_scale=scale)
 
 
 def _configured() -> bool:
@@ -249,22 +333,31 @@ def _configured() -> bool:
     return load_settings().is_configured
 
 
-def _attempt(args: argparse.Namespace) -> tuple[RenderSummary | None, BaseException | None]:
+def _attempt(
+    args: argparse.Namespace,
+) -> tuple[RenderSummary | str | None, BaseException | None]:
+    if args.fail_at_frame is not None:
+        print(
+            f"The sample job will fail at frame {args.fail_at_frame} on purpose: Prefect logs"
+            " its SampleJobError with a traceback below. That is expected; the summary and"
+            " the ledger then show the session stopped all the same."
+        )
     try:
-        return _run(args), None
+        return asyncio.run(_run(args))
     except Exception as exc:  # noqa: BLE001 - reported by _finish, with the ledger
         return None, exc
 
 
 def _finish(
     args: argparse.Namespace,
-    summary: RenderSummary | None,
+    summary: RenderSummary | str | None,
     failed: BaseException | None,
     *,
     ledger: dict[str, Any] | None,
+    time_scale: float | None = None,
 ) -> int:
     if summary is not None:
-        _print_summary(summary)
+        _print_summary(summary, time_scale)
     if ledger is not None:
         _print_ledger(ledger)
     if failed is not None:

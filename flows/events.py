@@ -10,7 +10,8 @@ Every session event has
 - **payload** ``session_id``, ``size``, ``api_version``, ``elapsed_seconds`` (since the
   create request), ``billed_minutes`` (every minute started since the create request, as
   the service billed), ``estimated_cost`` and ``currency`` (null without a configured
-  price), and the fields named below.
+  price), and the fields named below. A field with no value is null, never an empty
+  string (an Automation's filter can test for it one way).
 
 Events, when each is emitted, and their extra payload fields:
 
@@ -144,7 +145,20 @@ def session_payload(
     currency: str | None = None,
     **extra: Any,
 ) -> dict[str, Any]:
-    """The payload every session event carries, plus ``extra``."""
+    """The payload every session event carries, plus ``extra``.
+
+    Args:
+        session_id: The session's ID.
+        size: ``standard`` or ``premium`` (any case; sent lower case), if known.
+        api_version: ``v1`` or ``2021-01-01``, if known.
+        elapsed_seconds: Seconds since the create request, if known.
+        price_per_hour: The size's configured price, for ``estimated_cost``.
+        currency: The price's currency, sent only with a cost.
+        **extra: The event's own fields; an empty string among them is sent as null.
+
+    Returns:
+        The payload, ready for :func:`emit_session_event`.
+    """
     minutes = billed_minutes(elapsed_seconds)
     cost = estimated_cost(minutes, price_per_hour)
     return {
@@ -155,7 +169,7 @@ def session_payload(
         "billed_minutes": minutes,
         "estimated_cost": cost,
         "currency": currency if cost is not None else None,
-        **extra,
+        **{name: None if value == "" else value for name, value in extra.items()},
     }
 
 

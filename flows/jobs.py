@@ -100,18 +100,33 @@ class JobSpec(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     kind: Literal["callable", "command", "deployment"]
+    """Which of the three the job is."""
     target: str | list[str]
+    """``"package.module:function"``, the command's argument list, or
+    ``"flow-name/deployment-name"``."""
     parameters: dict[str, Any] = {}
+    """Keyword arguments for a callable, parameters for a deployment (a command takes none)."""
     timeout_seconds: float | None = None
+    """The job's own timeout (None: none; the flow's timeout still applies)."""
 
     @property
     def label(self) -> str:
+        """How logs and the summary name the job: its kind and target."""
         target = " ".join(self.target) if isinstance(self.target, list) else self.target
         return f"{self.kind} {target}"
 
 
 def session_environment(session: Session) -> dict[str, str]:
-    """The ``ARR_SESSION_*`` variables a command job gets."""
+    """The ``ARR_SESSION_*`` variables a command job gets (never the account key).
+
+    Args:
+        session: The Ready session the job runs on.
+
+    Returns:
+        ``ARR_SESSION_ID``, and those of ``ARR_SESSION_HOSTNAME``,
+        ``ARR_SESSION_HANDSHAKE_PORT``, ``ARR_SESSION_ARR_INSPECTOR_PORT`` and
+        ``ARR_SESSION_SIZE`` that the session has.
+    """
     env = {"ARR_SESSION_ID": session.id}
     if session.hostname:
         env["ARR_SESSION_HOSTNAME"] = session.hostname
@@ -125,7 +140,15 @@ def session_environment(session: Session) -> dict[str, str]:
 
 
 def session_parameters(session: Session) -> dict[str, Any]:
-    """The parameters a deployment job gets."""
+    """The parameters a deployment job's flow run gets (never the account key).
+
+    Args:
+        session: The Ready session the job runs on.
+
+    Returns:
+        ``session_id``, ``hostname``, ``handshake_port``, ``arr_inspector_port`` and
+        ``size`` (None where the session has no such value).
+    """
     return {
         "session_id": session.id,
         "hostname": session.hostname,

@@ -124,9 +124,16 @@ def job_progress(artifact: ProgressArtifact | None = None) -> Iterator[ProgressA
 
 
 async def report_progress(done: float, total: float, note: str | None = None) -> None:
-    """Report a job's progress: ``done`` of ``total`` units (frames, scenes...), with an
-    optional note. Shows as the run's ``render-job-progress`` artifact; does nothing
-    outside a ``render-batch`` job."""
+    """Report a job's progress, shown as the run's ``render-job-progress`` artifact.
+
+    It never waits on the Prefect API (the artifact is written in the background), and
+    does nothing outside a ``render-batch`` job.
+
+    Args:
+        done: Units done so far (frames, scenes...).
+        total: Units in all; nothing is reported when it is 0 or less.
+        note: Shown after ``"<done> of <total> done: "`` in the artifact's description.
+    """
     artifact = _job_artifact.get()
     if artifact is None or total <= 0:
         return

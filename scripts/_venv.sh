@@ -31,7 +31,9 @@ _fresh() { [ -f "$1" ] && [ ! pyproject.toml -nt "$1" ] && [ ! "$_constraints" -
 # An install with the dev extra holds everything the plain one needs.
 if ! _fresh "$_stamp" && ! { [ -z "$_extra" ] && _fresh "$_venv/.installed-dev"; }; then
     "$_venv/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade pip
-    "$_venv/bin/python" -m pip install --quiet --disable-pip-version-check \
-        -c "$_constraints" -e "$_spec"
+    # PYTHONWARNINGS: setuptools warns at every editable install that folders named like
+    # the package may shadow it; here they are the package (arr_prefect/ is the source).
+    PYTHONWARNINGS=ignore "$_venv/bin/python" -m pip install --quiet \
+        --disable-pip-version-check -c "$_constraints" -e "$_spec"
     touch "$_stamp"
 fi

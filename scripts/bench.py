@@ -22,11 +22,20 @@ What is measured:
   counted them, against a hand-written httpx lifecycle; lifecycle wall time of the client
   (one reused, and a new one per lifecycle) against that raw httpx floor; the CPU time to
   build a client.
+- list: ``list_sessions()`` with 1,000 active sessions against a hand-written httpx GET +
+  ``.json()`` of the same pages (following ``@nextLink``) on the same emulator, both API
+  versions, call by call interleaved: the median of the pairs' ratios, and its spread.
 - scale: 1000 concurrent lifecycles (new client each, half per API version) in one child
   process against one emulator (start-up 0): wall time, peak RSS, failures; again with
-  the child's open-file limit at 1024.
-- flows: ``render_batch`` (no-op job) against a flow of five no-op tasks, warm; 200
-  ``rendering_session``s in one flow run, per session, against the same flow without them.
+  the child's open-file limit at 1024; and the same with a ``list_sessions()`` in every
+  lifecycle (each list then returns up to 1,000 sessions), with the per-lifecycle cost
+  (wall, and client + emulator CPU) against batches of 10 run in the same child before and
+  after it.
+- flows: ``render_batch`` (no-op job) against a flow of five no-op tasks, warm, as 24
+  pairs in random order with random 0-1 s pauses (median of the pairs' ratios); 200
+  ``rendering_session``s in one flow run, per session, against the same flow without them
+  (``--with-session-quota``: also with a limit that exists, beside the same slot calls made
+  by hand; ``--postgres``: the server on PostgreSQL, as the fleet test starts it).
 """
 
 from __future__ import annotations
@@ -56,7 +65,7 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 ACCOUNT = "11111111-1111-1111-1111-111111111111"
 KEY = "arr-emulator-account-key"
-ALL = ("emulator", "client", "scale", "flows", "sync")
+ALL = ("emulator", "client", "list", "scale", "flows", "sync")
 
 
 # --------------------------------------------------------------------------- results
@@ -76,6 +85,8 @@ ROWS: list[Row] = []
 
 
 def record(area: str, what: str, value: str, goal: str, ok: bool, spread: str = "") -> None:
+    # The machine is shared: every figure carries the load it was measured under.
+    spread = f"{spread}; load {os.getloadavg()[0]:.1f}".lstrip("; ")
     ROWS.append(Row(area, what, value, goal, ok, spread))
     print(f"  {what}: {value} (goal {goal}) {'ok' if ok else 'MISSED'} {spread}", flush=True)
 
@@ -158,6 +169,10 @@ def emulator_process(*extra: str) -> Iterator[str]:
         yield served.url
 
 
+EMULATOR_ARGS: list[str] = []
+"""Extra emulator options for every section (``--emulator-args``), e.g. ``--page-size 1000``."""
+
+
 def emulator_served(*extra: str) -> contextlib.AbstractContextManager[Served]:
     return served_process(
         [
@@ -170,6 +185,7 @@ def emulator_served(*extra: str) -> contextlib.AbstractContextManager[Served]:
             "0",
             "--log-level",
             "warning",
+            *EMULATOR_ARGS,
             *extra,
         ]
     )
@@ -537,10 +553,12 @@ class RawLifecycle:
             (await http.post(f"{url}/:stop", params=params, headers=auth)).raise_for_status()
 
 
-async def client_lifecycle(arr: Any) -> None:
+async def client_lifecycle(arr: Any, with_list: bool = False) -> None:
     session = await arr.create_session(lease=timedelta(minutes=10))
     await arr.wait_until_ready(session.id)
     await arr.extend_session(session.id, timedelta(minutes=20))
+    if with_list:
+        await arr.list_sessions()
     await arr.stop_session(session.id)
 
 
@@ -637,58 +655,112 @@ async def bench_client(rounds: int, per_round: int) -> None:
 # --------------------------------------------------------------------------- scale
 
 
-async def _scale(url: str, lifecycles: int) -> dict[str, Any]:
+def _cpu_of(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def _batch(
+    settings: dict[str, Any], count: int, with_list: bool, emulator_pid: int | None
+) -> dict[str, Any]:
+    """``count`` concurrent lifecycles (a new client each, half per API version)."""
     from arr_prefect.client import ArrClient
 
-    settings = {v: _settings(url, v) for v in ("v1", "2021-01-01")}
     failures: list[str] = []
 
     async def one(index: int) -> None:
         api_version = "v1" if index % 2 else "2021-01-01"
         try:
             async with ArrClient(settings[api_version]) as arr:
-                await client_lifecycle(arr)
+                await client_lifecycle(arr, with_list)
         except Exception as exc:  # noqa: BLE001 - counted and reported
             failures.append(f"{type(exc).__name__}: {exc}")
 
-    start = time.perf_counter()
-    await asyncio.gather(*(one(i) for i in range(lifecycles)))
+    emulator_cpu = _cpu_of(emulator_pid) if emulator_pid else 0.0
+    cpu, start = time.process_time(), time.perf_counter()
+    await asyncio.gather(*(one(i) for i in range(count)))
     wall = time.perf_counter() - start
     return {
         "wall": wall,
+        "cpu": time.process_time() - cpu,
+        "emulator_cpu": (_cpu_of(emulator_pid) - emulator_cpu) if emulator_pid else 0.0,
+        "failures": failures,
+    }
+
+
+async def _scale(
+    url: str, lifecycles: int, with_list: bool, emulator_pid: int | None
+) -> dict[str, Any]:
+    settings = {v: _settings(url, v) for v in ("v1", "2021-01-01")}
+    small: list[dict[str, Any]] = []
+    if with_list:
+        # The N=10 rate, in batches of 10 before and after the big run (same process, same
+        # emulator), so that what the machine's other jobs do falls on both sides.
+        await _batch(settings, 10, with_list, emulator_pid)  # warm: imports, pool, token
+        small += [await _batch(settings, 10, with_list, emulator_pid) for _ in range(5)]
+    big = await _batch(settings, lifecycles, with_list, emulator_pid)
+    if with_list:
+        small += [await _batch(settings, 10, with_list, emulator_pid) for _ in range(5)]
+    failures = big["failures"] + [f for batch in small for f in batch["failures"]]
+
+    def per_lifecycle(key: str) -> float:
+        return statistics.median(batch[key] / 10 for batch in small) if small else 0.0
+
+    return {
+        "wall": big["wall"],
         "failures": len(failures),
         "first_failure": failures[0] if failures else None,
         "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        "cpu": time.process_time(),
+        "cpu": big["cpu"],
+        "emulator_cpu": big["emulator_cpu"],
+        "small_wall": per_lifecycle("wall"),
+        "small_cpu": per_lifecycle("cpu") + per_lifecycle("emulator_cpu"),
         "nofile": resource.getrlimit(resource.RLIMIT_NOFILE)[0],
     }
 
 
-def scale_child(url: str, lifecycles: int, nofile: int | None) -> int:
+def scale_child(
+    url: str, lifecycles: int, nofile: int | None, with_list: bool, emulator_pid: int | None
+) -> int:
     if nofile is not None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
-    print(json.dumps(asyncio.run(_scale(url, lifecycles))), flush=True)
+    print(json.dumps(asyncio.run(_scale(url, lifecycles, with_list, emulator_pid))), flush=True)
     return 0
 
 
-def bench_scale(lifecycles: int) -> None:
+def bench_scale(lifecycles: int, variants: Sequence[tuple[int | None, bool]]) -> None:
     print("== scale", flush=True)
-    for nofile in (None, 1024):
+    for nofile, with_list in variants:
         with emulator_served() as served:
             args = [_python(), str(Path(__file__).resolve()), "--scale-child", served.url,
-                    "--lifecycles", str(lifecycles)]  # fmt: skip
+                    "--lifecycles", str(lifecycles), "--emulator-pid", str(served.pid)]  # fmt: skip
             if nofile is not None:
                 args += ["--nofile", str(nofile)]
-            emulator_cpu = served.cpu_seconds()
+            if with_list:
+                args += ["--with-list"]
             out = subprocess.run(args, capture_output=True, text=True, timeout=900, check=False)
-            emulator_cpu = served.cpu_seconds() - emulator_cpu
             if out.returncode != 0:
                 raise RuntimeError(f"scale child failed: {out.stderr[-2000:]}")
             result = json.loads(out.stdout.strip().splitlines()[-1])
         limit = f"open files <= {result['nofile']}"
+        if with_list:
+            limit += ", each lifecycle also lists"
+        cpus = f"client {result['cpu']:.1f} s, emulator {result['emulator_cpu']:.1f} s"
         record("scale", f"{lifecycles} concurrent lifecycles, one process, {limit}: wall"
-               f" (CPU used: client {result['cpu']:.1f} s, emulator {emulator_cpu:.1f} s)",
+               f" (CPU used: {cpus})",
                f"{result['wall']:.1f} s", "<= 15 s", result["wall"] <= 15)  # fmt: skip
+        if with_list:
+            wall_ratio = result["wall"] / lifecycles / result["small_wall"]
+            cpu_ratio = (result["cpu"] + result["emulator_cpu"]) / lifecycles / result["small_cpu"]
+            record("scale", f"{lifecycles} concurrent lifecycles, {limit}: wall per lifecycle"
+                   f" vs batches of 10 ({result['wall'] / lifecycles * 1000:.1f} ms vs"
+                   f" {result['small_wall'] * 1000:.1f} ms)",
+                   f"{wall_ratio:.2f}x", "<= 1.2x", wall_ratio <= 1.2)  # fmt: skip
+            record("scale", f"{lifecycles} concurrent lifecycles, {limit}: CPU (client +"
+                   " emulator) per lifecycle vs batches of 10"
+                   f" ({(result['cpu'] + result['emulator_cpu']) / lifecycles * 1000:.1f} ms vs"
+                   f" {result['small_cpu'] * 1000:.1f} ms)",
+                   f"{cpu_ratio:.2f}x", "<= 1.2x", cpu_ratio <= 1.2)  # fmt: skip
         rss = result["max_rss_mb"]
         record("scale", f"{lifecycles} concurrent lifecycles, {limit}: peak RSS",
                f"{rss:.0f} MB", "<= 250 MB", rss <= 250)  # fmt: skip
@@ -699,14 +771,100 @@ def bench_scale(lifecycles: int) -> None:
                result["failures"] == 0)  # fmt: skip
 
 
+# --------------------------------------------------------------------------- list
+
+
+async def bench_list(rounds: int, sessions: int, per_round: int) -> None:
+    """Our list_sessions() against raw httpx GET + .json() of the same pages, interleaved."""
+    print("== list", flush=True)
+    import httpx
+
+    from arr_prefect.client import ArrClient
+
+    with emulator_served() as served:
+        url = served.url
+        token = await _token(url)
+        await _fill(url, token, sessions)
+        for api_version in ("v1", "2021-01-01"):
+            auth = {"Authorization": f"Bearer {token}"}
+            if api_version == "v1":
+                first, params = f"/v1/accounts/{ACCOUNT}/sessions", None
+            else:
+                first, params = f"/accounts/{ACCOUNT}/sessions", {"api-version": "2021-01-01"}
+            http = httpx.AsyncClient(base_url=url)
+            arr = ArrClient(_settings(url, api_version))
+
+            async def raw(
+                http: httpx.AsyncClient = http,
+                first: str = first,
+                params: dict[str, str] | None = params,
+                auth: dict[str, str] = auth,
+            ) -> int:
+                body = (await http.get(first, params=params, headers=auth)).json()
+                count = len(body["sessions"])
+                while body.get("@nextLink"):
+                    body = (await http.get(body["@nextLink"], headers=auth)).json()
+                    count += len(body["sessions"])
+                return count
+
+            async def ours(arr: Any = arr) -> int:
+                return len(await arr.list_sessions())
+
+            for warm in (raw, ours, raw, ours):  # warm: connections, token
+                if await warm() != sessions:
+                    raise RuntimeError(f"{api_version}: a list did not return {sessions}")
+            ratios, cpu_ratios, ours_ms, raw_ms = [], [], [], []
+            for _ in range(rounds):
+                pairs, cpu_pairs = [], []
+                for index in range(per_round):
+                    walls, cpus = {}, {}
+                    order: list[tuple[str, Callable[[], Awaitable[int]]]] = [
+                        ("raw", raw),
+                        ("ours", ours),
+                    ]
+                    for name, call in order if index % 2 else order[::-1]:
+                        served_cpu, cpu = served.cpu_seconds(), time.process_time()
+                        start = time.perf_counter()
+                        await call()
+                        walls[name] = time.perf_counter() - start
+                        cpus[name] = time.process_time() - cpu + served.cpu_seconds() - served_cpu
+                    pairs.append(walls["ours"] / walls["raw"])
+                    cpu_pairs.append(cpus["ours"] / cpus["raw"])
+                    ours_ms.append(walls["ours"] * 1000)
+                    raw_ms.append(walls["raw"] * 1000)
+                ratios.append(statistics.median(pairs))
+                cpu_ratios.append(statistics.median(cpu_pairs))
+            await http.aclose()
+            await arr.aclose()
+            ratio, spread = summary(ratios)
+            record("list", f"list_sessions() of {sessions} vs raw httpx GET + .json(),"
+                   f" {api_version}, wall ({statistics.median(ours_ms):.1f} ms vs"
+                   f" {statistics.median(raw_ms):.1f} ms)",
+                   f"{ratio:.2f}x", "<= 1.2x", ratio <= 1.2, spread)  # fmt: skip
+            # On a loaded machine a call's wall time is mostly waiting for a core; the CPU
+            # both processes spent on it (client + emulator, which take turns on a call)
+            # is what the same call costs on an idle one.
+            ratio, spread = summary(cpu_ratios)
+            record("list", f"list_sessions() of {sessions} vs raw httpx GET + .json(),"
+                   f" {api_version}, CPU of client + emulator per call",
+                   f"{ratio:.2f}x", "<= 1.2x", ratio <= 1.2, spread)  # fmt: skip
+
+
 # --------------------------------------------------------------------------- flows
 
 
-async def bench_flows(rounds: int, sessions: int, with_quota: bool) -> None:
-    print("== flows (starting a Prefect server)", flush=True)
-    from prefect import flow, task
+async def bench_flows(
+    pairs: int,
+    rounds: int,
+    sessions: int,
+    with_quota: bool,
+    postgres: bool = False,
+    limit_only: bool = False,
+) -> None:
+    where = "PostgreSQL" if postgres else "SQLite"
+    print(f"== flows (starting a Prefect server on {where})", flush=True)
+    from prefect import flow, get_client, task
     from prefect.cache_policies import NO_CACHE
-    from prefect.testing.utilities import prefect_test_harness
 
     from arr_prefect.flows.render_batch import render_batch
     from arr_prefect.flows.session import rendering_session
@@ -743,7 +901,46 @@ async def bench_flows(rounds: int, sessions: int, with_quota: bool) -> None:
 
         await asyncio.gather(*(one() for _ in range(count)))
 
-    with emulator_process() as url, prefect_test_harness(server_startup_timeout=180):
+    @flow
+    async def many_bare_slots(count: int) -> None:
+        """The floor of the quota: many_bare plus, by hand, the slot calls rendering_session
+        makes for each session (take a leased slot before the create, give it back after
+        the stop), queued as it queues them (at most SLOT_CALLS_AT_ONCE at once)."""
+        from prefect.client.schemas.objects import ConcurrencyLeaseHolder
+        from prefect.context import FlowRunContext
+
+        from arr_prefect.flows.quota import SLOT_CALLS_AT_ONCE
+
+        context = FlowRunContext.get()
+        assert context is not None
+        assert context.flow_run is not None
+        holder = ConcurrencyLeaseHolder(type="flow_run", id=context.flow_run.id)
+        gate = asyncio.Semaphore(SLOT_CALLS_AT_ONCE)
+        limit = os.environ["ARR_SESSION_LIMIT"]
+
+        async with get_client() as prefect:
+
+            async def one() -> None:
+                async with gate:
+                    taken = await prefect.increment_concurrency_slots_with_lease(
+                        names=[limit],
+                        slots=1,
+                        mode="concurrency",
+                        lease_duration=600,
+                        holder=holder,
+                    )
+                session = await tasks.create_session(lease=timedelta(minutes=10))
+                await tasks.wait_until_ready(session.id)
+                await tasks.stop_session(session.id)
+                async with gate:
+                    await prefect.release_concurrency_slots_with_lease(
+                        lease_id=taken.json()["lease_id"]
+                    )
+
+            await asyncio.gather(*(one() for _ in range(count)))
+
+    server = _postgres_prefect_server() if postgres else _sqlite_prefect_server()
+    with emulator_process() as url, server:
         for name, value in {
             "ARR_ACCOUNT_ID": ACCOUNT,
             "ARR_ACCOUNT_KEY": KEY,
@@ -757,36 +954,139 @@ async def bench_flows(rounds: int, sessions: int, with_quota: bool) -> None:
         async def batch() -> None:
             await render_batch(job_callable="builtins:id")
 
-        for warm in (five_tasks, batch, five_tasks, batch):
-            await warm()
-        ratios = []
-        for index in range(rounds):
-            wall = {}
-            order: list[tuple[str, Callable[[], Awaitable[None]]]] = [
-                ("trivial", five_tasks),
-                ("batch", batch),
-            ]
-            if index % 2:
-                order.reverse()
-            for name, run in order:
-                start = time.perf_counter()
-                for _ in range(3):
-                    await run()
-                wall[name] = (time.perf_counter() - start) / 3
-            ratios.append(wall["batch"] / wall["trivial"])
-        ratio, spread = summary(ratios)
-        record("flows", "render_batch (no-op job) vs a flow of 5 no-op tasks, warm",
-               f"{ratio:.2f}x", "<= 1.3x", ratio <= 1.3, spread)  # fmt: skip
+        if pairs > 0:
+            await _flow_pairs(pairs, five_tasks, batch, where)
 
-        # As users run it (the default ARR_SESSION_LIMIT; no such limit on this server, so
-        # the run asks once and holds no slot), and with the quota turned off.
-        for quota in ("arr-sessions-{account_id}", ""):
-            os.environ["ARR_SESSION_LIMIT"] = quota
-            await _many(sessions, max(3, (rounds + 1) // 2), quota, many_bare, many_sessions)
-        if with_quota:
-            # A limit that exists, large enough never to make a session wait: a slot taken
-            # and given back per session (four Prefect API requests each).
-            await _with_limit(sessions, max(3, (rounds + 1) // 2), many_bare, many_sessions)
+        if sessions > 0:
+            # As users run it (the default ARR_SESSION_LIMIT; no such limit on this server,
+            # so the run asks once and holds no slot), and with the quota turned off.
+            many_rounds = max(3, (rounds + 1) // 2)
+            for quota in () if limit_only else ("arr-sessions-{account_id}", ""):
+                os.environ["ARR_SESSION_LIMIT"] = quota
+                await _many(sessions, many_rounds, quota, many_bare, many_sessions, where)
+            if with_quota or limit_only:
+                # A limit that exists, large enough never to make a session wait: a slot
+                # taken and given back per session; beside it the same slot calls by hand.
+                await _with_limit(
+                    sessions, many_rounds, many_bare, many_sessions, many_bare_slots, where
+                )
+
+
+@contextlib.contextmanager
+def _sqlite_prefect_server() -> Iterator[None]:
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=180):
+        yield
+
+
+@contextlib.contextmanager
+def _postgres_prefect_server() -> Iterator[None]:
+    """``prefect server start`` on a throwaway PostgreSQL, as the fleet test starts it
+    (tests/e2e/_postgres.py; leases on disk), and this process's client pointed at it."""
+    import socket
+    import tempfile
+
+    import httpx
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from tests.e2e._postgres import missing_reason, temporary_postgres
+
+    if (reason := missing_reason()) is not None:
+        raise RuntimeError(reason)
+
+    def free_port() -> int:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            return int(probe.getsockname()[1])
+
+    with tempfile.TemporaryDirectory(prefix="arr-bench-") as home:
+        log = Path(home) / "postgres.log"
+        with temporary_postgres(free_port(), log) as pg:
+            port = free_port()
+            env = {
+                **os.environ,
+                "PREFECT_HOME": home,
+                "PREFECT_API_DATABASE_CONNECTION_URL": pg.url,
+                "PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE": (
+                    "prefect.server.concurrency.lease_storage.filesystem"
+                ),
+                "PREFECT_UI_ENABLED": "false",
+                "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+            }
+            with (Path(home) / "server.log").open("wb") as sink:
+                server = subprocess.Popen(
+                    [str(Path(_python()).parent / "prefect"), "server", "start",
+                     "--host", "127.0.0.1", "--port", str(port)],
+                    env=env, stdout=sink, stderr=subprocess.STDOUT, cwd=home,
+                )  # fmt: skip
+            api = f"http://127.0.0.1:{port}/api"
+            try:
+                deadline = time.monotonic() + 180
+                while True:
+                    with contextlib.suppress(httpx.HTTPError):
+                        if httpx.get(f"{api}/health", timeout=5).status_code == 200:
+                            break
+                    if server.poll() is not None or time.monotonic() > deadline:
+                        tail = (Path(home) / "server.log").read_text(errors="replace")[-2000:]
+                        raise RuntimeError(f"the Prefect server did not start:\n{tail}")
+                    time.sleep(0.5)
+                with temporary_settings(updates={PREFECT_API_URL: api}):
+                    yield
+            finally:
+                server.send_signal(signal.SIGTERM)
+                try:
+                    server.wait(20)
+                except subprocess.TimeoutExpired:
+                    server.kill()
+                    server.wait(5)
+
+
+PAIR_PAUSE_SECONDS = 1.0
+"""Most real seconds of the random pause before each measured call (uniform from 0)."""
+
+
+async def _flow_pairs(
+    pairs: int,
+    five_tasks: Callable[[], Awaitable[None]],
+    batch: Callable[[], Awaitable[None]],
+    where: str,
+) -> None:
+    """render_batch against the trivial flow: ``pairs`` pairs, each in a random order with
+    a random pause before each call, so that the server's own stalls (its services, the
+    events of the previous run) fall on either side at random. The figure is the median of
+    the pairs' ratios."""
+    import random
+
+    seed = int(os.environ.get("ARR_BENCH_SEED", time.time_ns() % 1_000_000))
+    rng = random.Random(seed)
+    for warm in (five_tasks, batch, five_tasks, batch):
+        await warm()
+    ratios: list[float] = []
+    walls: dict[str, list[float]] = {"trivial": [], "batch": []}
+    cpu: dict[str, list[float]] = {"trivial": [], "batch": []}
+    for _ in range(pairs):
+        order = [("trivial", five_tasks), ("batch", batch)]
+        rng.shuffle(order)
+        wall = {}
+        for name, run in order:
+            await asyncio.sleep(rng.uniform(0, PAIR_PAUSE_SECONDS))
+            start, start_cpu = time.perf_counter(), time.process_time()
+            await run()
+            wall[name] = time.perf_counter() - start
+            walls[name].append(wall[name])
+            cpu[name].append(time.process_time() - start_cpu)
+        ratios.append(wall["batch"] / wall["trivial"])
+    ratio, spread = summary(ratios)
+    quartiles = statistics.quantiles(ratios, n=4)
+    record("flows", f"render_batch (no-op job) vs a flow of 5 no-op tasks, warm, {where}"
+           f" server ({pairs} pairs in random order, random 0-{PAIR_PAUSE_SECONDS:g} s pauses,"
+           f" seed {seed}; median walls {statistics.median(walls['batch']) * 1000:.0f} vs"
+           f" {statistics.median(walls['trivial']) * 1000:.0f} ms; this process's CPU per run"
+           f" {statistics.median(cpu['batch']) * 1000:.0f} vs"
+           f" {statistics.median(cpu['trivial']) * 1000:.0f} ms, the server's not counted)",
+           f"{ratio:.2f}x", "<= 1.3x", ratio <= 1.3,
+           f"{spread}, quartiles {quartiles[0]:.2f}-{quartiles[2]:.2f}")  # fmt: skip
 
 
 QUIET_SECONDS = 3.0
@@ -799,35 +1099,56 @@ async def _many(
     quota: str,
     many_bare: Callable[[int], Awaitable[None]],
     many_sessions: Callable[[int], Awaitable[None]],
+    where: str,
+    many_floor: Callable[[int], Awaitable[None]] | None = None,
 ) -> None:
-    own, whole, cpu = [], [], []
+    runs: list[tuple[str, Callable[[int], Awaitable[None]]]] = [
+        ("bare", many_bare),
+        ("session", many_sessions),
+    ]
+    if many_floor is not None:
+        runs.append(("floor", many_floor))
+    wall: dict[str, list[float]] = {name: [] for name, _ in runs}
+    used: dict[str, list[float]] = {name: [] for name, _ in runs}
     for index in range(rounds):
-        wall, used = {}, {}
-        pairs: list[tuple[str, Callable[[int], Awaitable[None]]]] = [
-            ("bare", many_bare),
-            ("session", many_sessions),
-        ]
-        for name, run_flow in pairs if index % 2 == 0 else pairs[::-1]:
+        # Each round in another order (rotated, then reversed), so that none of the flows
+        # always runs first.
+        turn = runs[index % len(runs) :] + runs[: index % len(runs)]
+        for name, run_flow in turn if index % 2 == 0 else turn[::-1]:
             # Let the Prefect server finish with the previous run's events and logs, so
             # that each run starts on an idle server rather than paying for the last one.
             await asyncio.sleep(QUIET_SECONDS)
             start, start_cpu = time.perf_counter(), time.process_time()
             await run_flow(sessions)
-            wall[name] = time.perf_counter() - start
-            used[name] = time.process_time() - start_cpu
-        own.append((wall["session"] - wall["bare"]) / sessions * 1000)
-        whole.append(wall["session"] / sessions * 1000)
-        cpu.append((used["session"] - used["bare"]) / sessions * 1000)
+            wall[name].append(time.perf_counter() - start)
+            used[name].append(time.process_time() - start_cpu)
+
+    def per_session(a: str, b: str, what: dict[str, list[float]]) -> list[float]:
+        return [(x - y) / sessions * 1000 for x, y in zip(what[a], what[b], strict=True)]
+
+    own = per_session("session", "bare", wall)
+    whole = [w / sessions * 1000 for w in wall["session"]]
+    cpu = per_session("session", "bare", used)
     ms, spread = summary(own, "ms", 1)
     setting = {
         "": "ARR_SESSION_LIMIT='' (no quota)",
         "exists": "a session limit that exists (a slot taken and given back per session)",
     }.get(quota, f"ARR_SESSION_LIMIT={quota} (the default; no such limit on this server)")
-    record("flows", f"{sessions} concurrent rendering_sessions in one flow run, {setting}:"
-           " our own overhead per session (wall, vs the same create/wait/stop tasks"
-           f" without rendering_session; whole session {statistics.median(whole):.0f} ms;"
+    record("flows", f"{sessions} concurrent rendering_sessions in one flow run, {where} server,"
+           f" {setting}: our own overhead per session (wall, vs the same create/wait/stop"
+           f" tasks without rendering_session; whole session {statistics.median(whole):.0f} ms;"
            f" this process's CPU {statistics.median(cpu):.1f} ms more per session)",
            f"{ms:.1f} ms", "<= 50 ms", ms <= 50, spread)  # fmt: skip
+    if many_floor is not None:
+        floor, floor_spread = summary(per_session("floor", "bare", wall), "ms", 1)
+        above, above_spread = summary(per_session("session", "floor", wall), "ms", 1)
+        record("flows", f"  the floor beside it: the same slot calls made by hand (take before"
+               " the create, give back after the stop), per session, vs the same tasks"
+               f" without them ({where} server)",
+               f"{floor:.1f} ms", "(Prefect's server)", True, floor_spread)  # fmt: skip
+        record("flows", "  rendering_session above that floor, per session (our own work"
+               " with the quota on, the server's slot calls taken out)",
+               f"{above:.1f} ms", "<= 50 ms", above <= 50, above_spread)  # fmt: skip
 
 
 async def _with_limit(
@@ -835,6 +1156,8 @@ async def _with_limit(
     rounds: int,
     many_bare: Callable[[int], Awaitable[None]],
     many_sessions: Callable[[int], Awaitable[None]],
+    many_floor: Callable[[int], Awaitable[None]],
+    where: str,
 ) -> None:
     from prefect import get_client
     from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
@@ -845,7 +1168,7 @@ async def _with_limit(
             GlobalConcurrencyLimitCreate(name=name, limit=sessions * 2)
         )
     os.environ["ARR_SESSION_LIMIT"] = name
-    await _many(sessions, rounds, "exists", many_bare, many_sessions)
+    await _many(sessions, rounds, "exists", many_bare, many_sessions, where, many_floor)
 
 
 # --------------------------------------------------------------------------- main
@@ -924,6 +1247,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, default=4000, help="per throughput trial")
     parser.add_argument("--lifecycles", type=int, default=1000, help="scale: concurrent")
     parser.add_argument("--sessions", type=int, default=200, help="flows: sessions in a run")
+    parser.add_argument(
+        "--pairs", type=int, default=24, help="flows: render_batch/trivial pairs (0: skip)"
+    )
+    parser.add_argument(
+        "--limit-only",
+        action="store_true",
+        help="flows: of the many-sessions rows, only the one with a limit that exists",
+    )
+    parser.add_argument(
+        "--postgres",
+        action="store_true",
+        help="flows: run the Prefect server on a throwaway PostgreSQL (as the fleet test)",
+    )
     parser.add_argument("--per-round", type=int, default=60, help="client: lifecycles a round")
     parser.add_argument(
         "--with-session-quota",
@@ -933,11 +1269,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--serve-hello", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--scale-child", metavar="URL", help=argparse.SUPPRESS)
     parser.add_argument("--nofile", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--with-list", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--emulator-pid", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--list-sessions", type=int, default=1000, help="list: active sessions")
+    parser.add_argument(
+        "--emulator-args",
+        default="",
+        help="extra emulator options, e.g. '--page-size 1000' (default: the emulator as shipped)",
+    )
+    parser.add_argument(
+        "--scale-variants",
+        default="plain,nofile,list",
+        help="scale: comma-separated of plain, nofile (open files <= 1024), list",
+    )
     args = parser.parse_args(argv)
     if args.serve_hello:
         return serve_hello()
     if args.scale_child:
-        return scale_child(args.scale_child, args.lifecycles, args.nofile)
+        return scale_child(
+            args.scale_child, args.lifecycles, args.nofile, args.with_list, args.emulator_pid
+        )
+    EMULATOR_ARGS[:] = args.emulator_args.split()
     only = {part.strip() for part in args.only.split(",") if part.strip()}
     unknown = only - set(ALL)
     if unknown:
@@ -946,9 +1298,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     sections: dict[str, Callable[[], object]] = {
         "emulator": lambda: asyncio.run(bench_emulator(args.rounds, args.requests)),
         "client": lambda: asyncio.run(bench_client(args.rounds, args.per_round)),
-        "scale": lambda: bench_scale(args.lifecycles),
+        "list": lambda: asyncio.run(bench_list(args.rounds, args.list_sessions, 10)),
+        "scale": lambda: bench_scale(
+            args.lifecycles,
+            [
+                {"plain": (None, False), "nofile": (1024, False), "list": (None, True)}[v]
+                for v in args.scale_variants.split(",")
+                if v
+            ],
+        ),
         "flows": lambda: asyncio.run(
-            bench_flows(args.rounds, args.sessions, args.with_session_quota)
+            bench_flows(
+                args.pairs,
+                args.rounds,
+                args.sessions,
+                args.with_session_quota,
+                args.postgres,
+                args.limit_only,
+            )
         ),
         "sync": lambda: bench_sync(args.rounds, 10),
     }

@@ -1,21 +1,16 @@
-"""The README's commands and examples stay true."""
+"""The README stays a front door: the two commands, the docs command, and links that lead
+somewhere. (The manual is the site under docs/: tests/docs/ keeps it true.)"""
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
 
-from tests.emulator.test_serving import _curl_session
+import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()
-
-
-def test_readme_curl_session_is_the_tested_one() -> None:
-    """The README's curl lifecycle is the one the loopback test runs, word for word."""
-    block = README.split("this block is run by the test suite):\n\n```bash\n", 1)[1]
-    block = block.split("```", 1)[0]
-    assert block.strip() == _curl_session().strip()
+LINKS = re.findall(r"\]\(([^)#]+)(?:#[^)]*)?\)", README)
 
 
 def test_readme_has_the_two_setup_commands() -> None:
@@ -30,3 +25,34 @@ def test_ci_runs_the_readme_test_command() -> None:
     """CI runs exactly the README's test command."""
     ci = (ROOT / ".ci" / "run").read_text()
     assert "./scripts/test" in ci
+
+
+def test_readme_says_how_to_serve_the_site() -> None:
+    """The README gives the one command that builds and serves the docs site, and it is
+    a script that serves it with mkdocs."""
+    assert "```console\n./scripts/docs\n```" in README
+    script = ROOT / "scripts" / "docs"
+    assert script.stat().st_mode & 0o111
+    assert "mkdocs serve" in script.read_text()
+
+
+def test_readme_fits_on_a_few_screens() -> None:
+    """The README stays a front door: at most 250 lines."""
+    assert len(README.splitlines()) <= 250
+
+
+@pytest.mark.parametrize("target", sorted(set(LINKS)))
+def test_readme_links_lead_somewhere(target: str) -> None:
+    """Every relative link of the README names a file of the repository."""
+    if target.startswith(("http://", "https://")):
+        pytest.skip("an address on the web, not a file")
+    assert (ROOT / target).exists(), target
+
+
+def test_readme_links_every_page_of_the_site() -> None:
+    """Each page in the site's navigation is linked from the README's page list."""
+    nav = re.findall(r":\s+(\S+\.md)\s*$", (ROOT / "mkdocs.yml").read_text(), re.MULTILINE)
+    linked = {link.removeprefix("docs/") for link in LINKS}
+    # The site's home page is the README's own job.
+    missing = [page for page in nav if page not in linked | {"index.md"}]
+    assert missing == []

@@ -14,6 +14,7 @@ from arr_prefect.cli.config import resolve_settings
 from arr_prefect.cli.options import scope_of
 from arr_prefect.cli.output import Output
 from arr_prefect.client import ArrClient
+from arr_prefect.dialects import dialect_for
 from arr_prefect.errors import (
     ArrError,
     ArrTransportError,
@@ -76,9 +77,9 @@ class Done(Exception):
 def service_chooses_session_id(inv: Invocation) -> bool:
     """True when the service, not the caller, chooses a new session's ID (API v1).
 
-    The one place ``arr`` looks at the API version's name.
+    The dialect of the chosen API version says; ``arr`` never compares version names.
     """
-    return inv.settings.api_version == "v1"
+    return not dialect_for(inv.settings.api_version).client_chooses_session_id
 
 
 def run(

@@ -20,8 +20,8 @@ from arr_prefect.cli import build_app
 from arr_prefect.clock import VirtualClock
 from arr_prefect.emulator import DEFAULT_ACCOUNT_ID, DEFAULT_ACCOUNT_KEY, Emulator
 
-README = (Path(__file__).parents[2] / "README.md").read_text()
-SECTION = README.split("## `arr`: sessions by hand", 1)[1].split("\n## ", 1)[0]
+README = (Path(__file__).parents[2] / "docs" / "arr.md").read_text()
+SECTION = README.split("## A real run", 1)[1].split("\n## ", 1)[0]
 CONFIG = SECTION.split("```json\n", 1)[1].split("```", 1)[0]
 TRANSCRIPT = SECTION.split("```console\n", 1)[1].split("```", 1)[0]
 UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")

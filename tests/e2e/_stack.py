@@ -68,13 +68,13 @@ class StackError(RuntimeError):
 WORKER_COMMAND_PREFIX = ("prefect", "worker", "start")
 
 
-def readme_deploy_commands(readme: Path = REPO_ROOT / "README.md") -> list[list[str]]:
-    """The commands of the README's first ``bash`` block under *Deployments*, as argument
+def readme_deploy_commands(readme: Path = REPO_ROOT / "docs" / "deployments.md") -> list[list[str]]:
+    """The commands of the Deployments page's first ``bash`` block, as argument
     lists (comments dropped): the work pool, the deploy, and the worker start."""
     text = readme.read_text()
-    section = re.search(r"^## Deployments.*?^```bash\n(.*?)^```", text, re.M | re.S)
+    section = re.search(r"^# Deployments.*?^```bash\n(.*?)^```", text, re.M | re.S)
     if section is None:
-        raise StackError("README.md has no ```bash block under a '## Deployments' heading")
+        raise StackError(f"{readme} has no ```bash block under a '# Deployments' heading")
     commands = [shlex.split(line, comments=True) for line in section[1].splitlines()]
     return [argv for argv in commands if argv]
 

@@ -189,9 +189,9 @@ async def test_run_render_batch_cancels_its_run_on_timeout(
 
 
 def readme_caller_flow() -> str:
-    """The README's run_render_batch example (its ``my_pipeline`` flow), as written."""
-    readme = (REPO_ROOT / "README.md").read_text()
-    section = readme.split("### Results for callers", 1)[1]
+    """The docs' run_render_batch example (its ``my_pipeline`` flow), as written."""
+    readme = (REPO_ROOT / "docs" / "deployments.md").read_text()
+    section = readme.split("## Results for callers", 1)[1]
     return section.split("```python\n", 1)[1].split("```", 1)[0]
 
 

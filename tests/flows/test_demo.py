@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 
 import pytest
 
@@ -34,6 +35,7 @@ def test_demo_renders_and_leaves_nothing_running(
     assert demo.main([*FAST, f"--api-version={api_version}"]) == 0
     out = capsys.readouterr().out
     assert "OK: the batch rendered and no session is left running." in out
+    assert "Render batch summary (durations in emulated time" in out
 
 
 def test_demo_fail_at_frame_shows_teardown(capsys: pytest.CaptureFixture[str]) -> None:
@@ -42,6 +44,15 @@ def test_demo_fail_at_frame_shows_teardown(capsys: pytest.CaptureFixture[str]) -
     out = capsys.readouterr().out
     assert "The job failed as asked (sample job failed on purpose at frame 1)" in out
     assert "the session was stopped all the same" in out
+    # Said before the run, so Prefect's traceback reads as expected; then the summary,
+    # from the run's artifact, as a succeeded run shows it.
+    assert out.index("fail at frame 1 on purpose") < out.index("Render batch summary")
+    summary = out.split("Render batch summary", 1)[1].split("Emulator ledger", 1)[0]
+    assert "durations in emulated time: the emulator runs 60x faster" in summary
+    assert re.search(r"Outcome +failed: SampleJobError: sample job failed on purpose", summary)
+    assert re.search(r"Stopped +by finally in ", summary)
+    assert re.search(r"Final status +Stopped", summary)
+    assert re.search(r"job +\+.*, took ", summary), summary
 
 
 def test_slow_first_start_hint() -> None:

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from arr_prefect.flows.demo import parse_args
+from arr_prefect.flows.demo import _parser, parse_args, summary_text
+from arr_prefect.flows.render_batch import RenderSummary, TimelinePhase
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -111,3 +112,57 @@ def test_demo_script_refuses_bad_argument_before_starting() -> None:
     assert done.returncode == 2
     assert "--frames must be at least 1" in done.stderr
     assert "emulator" not in done.stdout
+
+
+def _summary(**changes: object) -> RenderSummary:
+    fields: dict[str, object] = {
+        "session_id": "e68149b2-c26e-46c0-9982-badcc11506ad",
+        "size": "standard",
+        "api_version": "v1",
+        "time_to_ready_seconds": 96.0,
+        "job": "callable arr_prefect.flows.sample_job:render_frames",
+        "job_outcome": "failed",
+        "job_error": "SampleJobError: sample job failed on purpose at frame 2",
+        "lease_renewals": 1,
+        "session_final_status": "Stopped",
+        "stopped_by": "finally",
+        "billed_minutes": 5,
+        "run_seconds": 280.0,
+        "job_seconds": 181.0,
+        "stop_seconds": 1.3,
+        "timeline": [
+            TimelinePhase(name="create → Ready", start_seconds=0.0, seconds=96.0),
+            TimelinePhase(name="job", start_seconds=98.0, seconds=181.0),
+            TimelinePhase(name="stop", start_seconds=279.0, seconds=1.3),
+        ],
+    }
+    fields.update(changes)
+    return RenderSummary.model_validate(fields)
+
+
+@pytest.mark.parametrize(
+    "summary",
+    [
+        pytest.param(_summary(), id="failed-job"),
+        pytest.param(_summary(job_outcome="succeeded", job_error=None), id="succeeded"),
+        pytest.param(
+            _summary(session_id=None, stopped_by=None, timeline=[], job_error="a | b"),
+            id="no-session-and-a-pipe",
+        ),
+    ],
+)
+def test_summary_text_from_the_artifact_is_the_summarys_own(summary: RenderSummary) -> None:
+    """A failed run's summary, read back from its Markdown artifact, prints as the
+    summary itself does (the demo's only copy of it when the flow raised)."""
+    expected = summary.text().replace("a | b", "a / b")  # the artifact's table has no pipes
+    assert summary_text(summary.markdown()) == expected
+
+
+def test_help_is_plain_text_with_every_default() -> None:
+    """--help shows no reStructuredText markup, and every option says its default."""
+    text = _parser().format_help()
+    assert "``" not in text
+    options = [a for a in _parser()._actions if a.option_strings != ["-h", "--help"]]
+    for action in options:
+        assert action.help is not None
+        assert "default" in action.help, action.option_strings

@@ -1,9 +1,12 @@
-"""Models: .NET TimeSpans, leases, sizes, statuses, session IDs and both property shapes."""
+"""Models: .NET TimeSpans, leases, sizes, statuses, session IDs and the Session value.
+
+Each API version's property shapes are read by its dialect: tests/unit/test_dialects.py.
+"""
 
 from __future__ import annotations
 
-import math
-from datetime import UTC, datetime, timedelta
+import re
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -29,31 +32,11 @@ from arr_prefect.models import (
     validate_session_id,
 )
 
-# The seed's properties answer, verbatim (ARR_API.md §3).
-SEED_V1_PROPERTIES: dict[str, Any] = {
-    "message": None,
-    "sessionElapsedTime": "00:00:01",
-    "sessionHostname": "5018fee8-817e-4366-9179-556af79a4240.remoterenderingvm.westeurope"
-    ".mixedreality.azure.com",
-    "sessionId": "e13d2c44-63e0-4591-991e-f9e05e599a93",
-    "sessionMaxLeaseTime": "04:00:00",
-    "sessionStatus": "Ready",
-}
-
-# The 2021-01-01 Ready answer from the recorded exchange (ARR_API.md §4).
-V2021_READY: dict[str, Any] = {
-    "id": "my-session_1",
-    "creationTime": "2022-03-01T10:00:00.000Z",
-    "size": "Standard",
-    "status": "Ready",
-    "maxLeaseTimeMinutes": 15,
-    "elapsedTimeMinutes": 2,
-    "hostname": "host.remoterendering.westus2.mixedreality.azure.com",
-    "handshakePort": 50001,
-    "arrInspectorPort": 50000,
-    "teraflops": 8.1,
-    "error": None,
-}
+# The .NET "c" grammar as a regex (the parser splits instead): the oracle for a property test.
+_TIMESPAN_GRAMMAR = re.compile(
+    r"^(?P<sign>-)?(?:(?P<d>[0-9]{1,8})\.)?(?P<h>[0-9]{1,2}):(?P<m>[0-9]{1,2}):(?P<s>[0-9]{1,2})"
+    r"(?:\.(?P<f>[0-9]{1,7}))?$"
+)
 
 
 class TestParseTimespan:
@@ -143,6 +126,28 @@ class TestParseTimespan:
         text = format_timespan(value)
         assert format_timespan(parse_timespan(text)) == text
 
+    @given(
+        st.from_regex(
+            r"\A-?([0-9\u0664]{1,9}\.)?[0-9\uff14]{1,3}:[0-9]{1,3}:[0-9\u0661]{1,3}(\.[0-9]{1,8})?\Z"
+        )
+        | st.text(alphabet="0123456789.:-+ \u0664\uff14", max_size=14)
+    )
+    def test_parses_exactly_what_the_grammar_allows(self, text: str) -> None:
+        """The split-based parser accepts and reads exactly what the .NET grammar's regex does."""
+        match = _TIMESPAN_GRAMMAR.match(text.strip())
+        if match is None or int(match["h"]) > 23 or int(match["m"]) > 59 or int(match["s"]) > 59:
+            with pytest.raises(TimeSpanFormatError):
+                parse_timespan(text)
+            return
+        expected = timedelta(
+            days=int(match["d"] or 0),
+            hours=int(match["h"]),
+            minutes=int(match["m"]),
+            seconds=int(match["s"]),
+            microseconds=int((match["f"] or "").ljust(7, "0")[:6]),
+        )
+        assert parse_timespan(text) == (-expected if match["sign"] else expected)
+
 
 class TestParseLease:
     @pytest.mark.parametrize(
@@ -227,17 +232,6 @@ class TestSessionSize:
         with pytest.raises(InvalidSizeError, match="'standard', 'premium'"):
             SessionSize.parse(value)
 
-    @pytest.mark.parametrize(
-        ("api_version", "wire"),
-        [
-            pytest.param("v1", "standard", id="v1"),
-            pytest.param("2021-01-01", "Standard", id="2021"),
-        ],
-    )
-    def test_wire_spelling(self, api_version: Any, wire: str) -> None:
-        """v1 sends sizes lower-case, 2021-01-01 capitalised."""
-        assert SessionSize.STANDARD.wire(api_version) == wire
-
 
 class TestSessionStatus:
     @pytest.mark.parametrize(
@@ -306,68 +300,16 @@ class TestValidateSessionId:
 
 
 class TestSession:
-    def test_from_v1_seed_body(self) -> None:
-        """The seed's v1 properties answer becomes a Ready session with its lease and host."""
-        session = Session.from_v1(SEED_V1_PROPERTIES)
-        assert session.id == "e13d2c44-63e0-4591-991e-f9e05e599a93"
-        assert session.status is SessionStatus.READY
-        assert session.hostname == SEED_V1_PROPERTIES["sessionHostname"]
-        assert session.max_lease == timedelta(hours=4)
-        assert session.elapsed == timedelta(seconds=1)
-        assert session.remaining == timedelta(hours=4) - timedelta(seconds=1)
-        assert session.message is None
-        assert session.size is None
-
-    def test_from_v1_error_with_message_and_later_fields(self) -> None:
-        """An Error session keeps the service's message; later releases' ports are read."""
-        session = Session.from_v1(
-            {
-                "message": "No capacity in region",
-                "sessionElapsedTime": "00:00:00",
-                "sessionHostname": "",
-                "sessionId": "d31bddca-dab7-498e-9bc9-7594bc12862f",
-                "sessionMaxLeaseTime": "4:0:0",
-                "sessionSize": "premium",
-                "sessionStatus": "Error",
-                "handshakePort": 50001,
-                "arrInspectorPort": 50000,
-            }
-        )
-        assert session.status is SessionStatus.ERROR
-        assert session.message == "No capacity in region"
-        assert session.hostname is None
-        assert session.size is SessionSize.PREMIUM
-        assert (session.handshake_port, session.arr_inspector_port) == (50001, 50000)
-
-    def test_from_v2021_ready_body(self) -> None:
-        """The recorded 2021-01-01 Ready answer keeps ports, teraflops, minutes and time."""
-        session = Session.from_v2021(V2021_READY)
-        assert session.id == "my-session_1"
-        assert session.status is SessionStatus.READY
-        assert session.size is SessionSize.STANDARD
-        assert session.max_lease == timedelta(minutes=15)
-        assert session.elapsed == timedelta(minutes=2)
-        assert session.hostname == V2021_READY["hostname"]
-        assert (session.handshake_port, session.arr_inspector_port) == (50001, 50000)
-        assert session.teraflops is not None
-        assert math.isclose(session.teraflops, 8.1)
-        assert session.created_at == datetime(2022, 3, 1, 10, 0, tzinfo=UTC)
-        assert session.message is None
-        assert session.error_code is None
-
-    def test_from_v2021_starting_and_error(self) -> None:
-        """A Starting body has no host yet; an Error body's code and message are kept."""
-        starting = Session.from_v2021({"id": "s1", "status": "Starting", "size": "Premium"})
-        assert starting.hostname is None
-        assert starting.max_lease is None
-        assert starting.remaining is None
-        failed = Session.from_v2021(
-            {"id": "s1", "status": "Error", "error": {"code": "NoCapacity", "message": "full"}}
-        )
-        assert (failed.error_code, failed.message) == ("NoCapacity", "full")
-
     def test_session_is_frozen(self) -> None:
         """Sessions are values: assigning to a field fails."""
-        session = Session.from_v1(SEED_V1_PROPERTIES)
+        session = Session(id="s1", status=SessionStatus.READY)
         with pytest.raises(ValueError, match="frozen"):
             session.id = "other"  # type: ignore[misc]
+
+    def test_remaining_needs_lease_and_elapsed(self) -> None:
+        """The lease left is lease minus elapsed, and None while either is unknown."""
+        ready = Session(
+            id="s1", status="Ready", max_lease=timedelta(hours=4), elapsed=timedelta(seconds=1)
+        )
+        assert ready.remaining == timedelta(hours=4) - timedelta(seconds=1)
+        assert Session(id="s1", status="Starting").remaining is None
