@@ -37,7 +37,8 @@ interrupted by an exception sent to it (``PyThreadState_SetAsyncExc``: how Prefe
 out a sync task outside the main thread); waiting in short slices lets it arrive."""
 
 SHUTDOWN_SECONDS = 5.0
-"""At interpreter exit, how long the loop may take to close its connection pools."""
+"""At interpreter exit, how long tasks still running on the loop get to finish once
+cancelled (and, again, the connection pools to close)."""
 
 
 class _LoopThread:
@@ -67,6 +68,14 @@ class _LoopThread:
             new_loop.run_forever()
         finally:
             try:
+                # As asyncio.run ends: what still runs (a session whose daemon-thread body
+                # outlived the interpreter's main thread) is cancelled and given a bounded
+                # moment for its teardown; then the connection pools close.
+                pending = [t for t in asyncio.all_tasks(new_loop) if not t.done()]
+                for task in pending:
+                    task.cancel()
+                if pending:
+                    new_loop.run_until_complete(asyncio.wait(pending, timeout=SHUTDOWN_SECONDS))
                 new_loop.run_until_complete(new_loop.shutdown_asyncgens())
             finally:
                 new_loop.close()
@@ -83,7 +92,7 @@ class _LoopThread:
         if running is None or thread is None or not thread.is_alive():
             return
         running.call_soon_threadsafe(running.stop)
-        thread.join(SHUTDOWN_SECONDS)
+        thread.join(2 * SHUTDOWN_SECONDS)
 
     def forget(self) -> None:
         """After a fork: the child has no loop thread (only the forking thread survives)."""

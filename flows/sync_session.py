@@ -45,7 +45,7 @@ from arr_prefect.credentials import RemoteRenderingCredentials
 from arr_prefect.flows.rendering import arendering_session
 from arr_prefect.flows.report import SessionReport
 from arr_prefect.models import Session, SessionSize
-from arr_prefect.tasks._dual import called_from_sync
+from arr_prefect.tasks._dual import called_from_sync, with_shared_client
 
 __all__ = ["RenderingSession", "arendering_session", "rendering_session"]
 
@@ -110,7 +110,7 @@ class RenderingSession(AbstractAsyncContextManager[Session]):
         if self._host is not None:
             raise RuntimeError("a rendering_session(...) can be entered only once")
         self._thread_id = threading.get_ident()
-        self._host = _loop.run(self._serve())
+        self._host = _loop.run(with_shared_client(self._serve()))
         try:
             session = _loop.wait(self._entered)
         except BaseException as exc:

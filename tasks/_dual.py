@@ -30,7 +30,14 @@ from prefect import Task
 
 from arr_prefect import _loop
 
-__all__ = ["AsyncTask", "DualTask", "called_from_sync", "run_sync", "task_pair"]
+__all__ = [
+    "AsyncTask",
+    "DualTask",
+    "called_from_sync",
+    "run_sync",
+    "task_pair",
+    "with_shared_client",
+]
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -66,6 +73,40 @@ def called_from_sync() -> bool:
     return not running
 
 
+_shared_clients: dict[str, Any] = {}
+_shared_lock: asyncio.Lock | None = None
+
+
+async def with_shared_client(coro: Coroutine[Any, Any, T]) -> T:
+    """Await ``coro`` with one long-lived Prefect client for the package's loop in its
+    context, as an async flow run has one for its loop.
+
+    Without it, every task run and every Prefect API call made on the loop for a sync
+    caller (whose own client context is a sync client, of no use on this loop) would
+    build, open and version-check a client of its own: several times the cost of the
+    work itself. One client per API URL, so a process that talks to several servers in
+    turn (tests, scripts) reaches the right one.
+    """
+    from prefect.context import AsyncClientContext
+    from prefect.settings import PREFECT_API_URL
+
+    global _shared_lock
+    loop = asyncio.get_running_loop()
+    current = AsyncClientContext.get()
+    if current is None or current.client.loop is not loop:
+        key = str(PREFECT_API_URL.value() or "")
+        if _shared_lock is None:
+            _shared_lock = asyncio.Lock()
+        async with _shared_lock:
+            shared = _shared_clients.get(key)
+            if shared is None or shared.client.loop is not loop:
+                shared = AsyncClientContext()
+                await shared.__aenter__()  # entered for the loop's lifetime
+                _shared_clients[key] = shared
+        AsyncClientContext.__var__.set(shared)  # in this task's copy of the context only
+    return await coro
+
+
 def run_sync(coro: Coroutine[Any, Any, T]) -> T:
     """Run ``coro`` on the package's loop with this thread's context and return its value.
 
@@ -74,7 +115,7 @@ def run_sync(coro: Coroutine[Any, Any, T]) -> T:
     cancelling a deployment run, done), the interruption is raised; further interruptions
     arriving meanwhile are dropped in favour of the first.
     """
-    future = _loop.run(coro)
+    future = _loop.run(with_shared_client(coro))
     try:
         return _loop.wait(future)
     except BaseException:
