@@ -102,6 +102,9 @@ async def arun_render_batch(
         credentials: A saved credentials block for the run's account, passed by reference
             (as the UI's picker does; the run loads it, its key never in the parameters).
 
+    Returns:
+        The run's :class:`RenderSummary` (its result).
+
     Raises:
         RenderBatchRunError: The run ended Failed, Crashed or Cancelled (by someone else).
         RenderBatchTimeoutError: ``timeout`` passed; the run was cancelled.

@@ -52,9 +52,8 @@ async def stop_owned_sessions(flow: Flow | Any, flow_run: FlowRun, state: State[
         flow_run: The run that was cancelled or crashed.
         state: Its final state (names the hook in the log and the event).
 
-    Raises:
-        Nothing: a session that cannot be stopped is logged, and left to the lease and
-        the reaper.
+    It raises nothing: a session that cannot be stopped is logged, and left to its lease
+    and the reaper.
     """
     logger = get_logger("arr.teardown")
     ids = await owned_session_ids(flow_run.id)

@@ -34,8 +34,8 @@ __all__ = [
     "AsyncTask",
     "DualTask",
     "called_from_sync",
+    "dual_task",
     "run_sync",
-    "task_pair",
     "with_shared_client",
 ]
 
@@ -164,6 +164,16 @@ class DualTask(Task[P, R]):
 
             return run_sync(call())
 
+    task_options: dict[str, Any] = {}  # noqa: RUF012 - replaced per instance by dual_task
+    """The options the task was declared with (what its async form is declared with)."""
+
+    def async_form(self) -> AsyncTask[P, R]:
+        """The explicit async form of this task: the same function and options, callable
+        from async code only (sync code gets a ``TypeError`` naming this form)."""
+        explicit: AsyncTask[P, R] = AsyncTask(fn=self.fn, **self.task_options)
+        explicit.sync_name = self.fn.__name__
+        return explicit
+
     def with_options(self, **options: Any) -> DualTask[P, R]:
         """:meth:`prefect.Task.with_options`, keeping the dual form."""
         new = super().with_options(**options)
@@ -203,12 +213,16 @@ class AsyncTask(Task[P, R]):
         return new  # type: ignore[return-value]  # its class was just set
 
 
-def task_pair(
-    fn: Callable[P, Coroutine[Any, Any, T]], sync_name: str, **options: Any
-) -> tuple[DualTask[P, Coroutine[Any, Any, T]], AsyncTask[P, Coroutine[Any, Any, T]]]:
-    """The sync-or-async form and the async form of one ``async def``, with the same
-    Prefect options (and so the same task-run names in the UI)."""
-    dual = DualTask(fn=fn, **options)
-    explicit = AsyncTask(fn=fn, **options)
-    explicit.sync_name = sync_name
-    return dual, explicit
+def dual_task(
+    **options: Any,
+) -> Callable[[Callable[P, Coroutine[Any, Any, T]]], DualTask[P, Coroutine[Any, Any, T]]]:
+    """Decorate an ``async def`` as a :class:`DualTask` with Prefect's task ``options``;
+    its explicit async form is then ``.async_form()``, with the same options (and so the
+    same task-run names in the UI)."""
+
+    def decorate(fn: Callable[P, Coroutine[Any, Any, T]]) -> DualTask[P, Coroutine[Any, Any, T]]:
+        dual = DualTask(fn=fn, **options)
+        dual.task_options = options
+        return dual
+
+    return decorate

@@ -35,7 +35,7 @@ from arr_prefect.client import ArrClient
 from arr_prefect.credentials import RemoteRenderingCredentials, open_client_for
 from arr_prefect.errors import ArrTransportError, RateLimitedError, ServiceError
 from arr_prefect.models import Session, SessionSize, SessionStatus
-from arr_prefect.tasks._dual import task_pair
+from arr_prefect.tasks._dual import dual_task
 from arr_prefect.units import format_duration
 
 __all__ = [
@@ -88,12 +88,25 @@ _IDEMPOTENT: dict[str, Any] = {
 }
 
 
-async def _get_access_token(
+@dual_task(name="get-access-token", **_COMMON)
+async def get_access_token(
     client: ArrClient | None = None, credentials: RemoteRenderingCredentials | None = None
 ) -> AccessToken:
     """Get an STS access token for the configured account (cached until shortly before exp).
 
     The token is a ``SecretStr``: it never shows in logs, the UI or result storage.
+
+    Args:
+        client: A client to use (its account and connection pool); else ``credentials``.
+        credentials: A credentials block for the account; else the ``ARR_*`` settings.
+
+    Returns:
+        The token (a ``SecretStr`` value, with its account and expiry).
+
+    Raises:
+        AuthenticationError: The account key was refused (401).
+        ConfigurationError: No account is configured.
+        ArrTransportError: The STS could not be reached after the client's retries.
 
     Example::
 
@@ -110,7 +123,8 @@ async def _get_access_token(
     return token
 
 
-async def _create_session(
+@dual_task(name="create-session", task_run_name="create-session-{size}", **_COMMON)
+async def create_session(
     lease: timedelta | str | int | float = timedelta(minutes=30),
     size: SessionSize | str = SessionSize.STANDARD,
     models: list[str] | None = None,
@@ -123,6 +137,26 @@ async def _create_session(
     ``lease`` is the total lease (``timedelta``, TimeSpan string like ``"1:00:00"`` or
     minutes). Bad input raises before any request. Not retried by Prefect: v1 create is not
     idempotent (the client reconciles a lost answer instead).
+
+    Args:
+        lease: The total lease: a ``timedelta``, a TimeSpan string (``"1:00:00"``) or
+            minutes. At most 24 h.
+        size: ``"standard"`` or ``"premium"``.
+        models: URLs of asset containers to preload.
+        session_id: The ID to create (2021-01-01 only, where the client names sessions);
+            None: a fresh one.
+        client: A client to use (its account and connection pool); else ``credentials``.
+        credentials: A credentials block for the account; else the ``ARR_*`` settings.
+
+    Returns:
+        The new session, status Starting.
+
+    Raises:
+        InvalidLeaseError: The lease is not positive or over 24 h (before any request).
+        InvalidSizeError: The size is neither standard nor premium (before any request).
+        CreateOutcomeUnknownError: A v1 create whose answer was lost and could not be
+            reconciled; look for the session with ``list_sessions``.
+        ArrHTTPError: Any other refusal of the service (e.g. 403 QuotaExceeded).
 
     Example::
 
@@ -148,7 +182,8 @@ async def _create_session(
     return session
 
 
-async def _wait_until_ready(
+@dual_task(name="wait-until-ready", task_run_name="wait-until-ready-{session_id}", **_COMMON)
+async def wait_until_ready(
     session_id: str,
     timeout: float | None = None,
     poll_interval: float | None = None,
@@ -165,6 +200,23 @@ async def _wait_until_ready(
     ``SessionExpiredError``, ``SessionStoppedError`` or ``ReadyTimeoutError`` after
     ``timeout`` seconds (default ``ARR_READY_TIMEOUT``). Polls every ``poll_interval``
     seconds (default ``ARR_POLL_INTERVAL``, 5 s as the service asks) and honours 429.
+
+    Args:
+        session_id: The session to wait for.
+        timeout: Seconds to wait (default ``ARR_READY_TIMEOUT``).
+        poll_interval: Seconds between polls (default ``ARR_POLL_INTERVAL``).
+        created_at: When the create was sent (the client's clock), for the log's times.
+        client: A client to use (its account and connection pool); else ``credentials``.
+        credentials: A credentials block for the account; else the ``ARR_*`` settings.
+
+    Returns:
+        The session, Ready, with its hostname and ports.
+
+    Raises:
+        SessionFailedError: The session ended in Error (with the service's message).
+        SessionExpiredError: Its lease ran out first.
+        SessionStoppedError: It was stopped elsewhere.
+        ReadyTimeoutError: Not Ready within ``timeout``.
 
     Example::
 
@@ -208,7 +260,8 @@ async def _wait_until_ready(
     return session
 
 
-async def _extend_session(
+@dual_task(name="extend-session", task_run_name="extend-session-{session_id}", **_IDEMPOTENT)
+async def extend_session(
     session_id: str,
     lease: timedelta | str | int | float | None = None,
     extend_by: timedelta | str | int | float | None = None,
@@ -220,6 +273,21 @@ async def _extend_session(
     ``lease`` is the new **total** (the API's own semantics: counted from Ready, not an
     increment). ``extend_by`` makes the lease end that long from now, accounting for the
     time already elapsed (it sends ``elapsed + extend_by``, or nothing if already enough).
+
+    Args:
+        session_id: The session to extend.
+        lease: The new total lease (counted from the session's start).
+        extend_by: How long from now the lease should end.
+        client: A client to use (its account and connection pool); else ``credentials``.
+        credentials: A credentials block for the account; else the ``ARR_*`` settings.
+
+    Returns:
+        The session with its new lease.
+
+    Raises:
+        ValueError: Neither or both of ``lease`` and ``extend_by`` given.
+        LeaseNotExtendedError: The service refused a lease not greater than the current one.
+        SessionNotFoundError: No such session.
 
     Example::
 
@@ -244,7 +312,8 @@ async def _extend_session(
     return session
 
 
-async def _stop_session(
+@dual_task(name="stop-session", task_run_name="stop-session-{session_id}", **_IDEMPOTENT)
+async def stop_session(
     session_id: str,
     client: ArrClient | None = None,
     credentials: RemoteRenderingCredentials | None = None,
@@ -252,6 +321,18 @@ async def _stop_session(
     """Stop a session. Idempotent: stopping a session already over (Stopped, Expired,
     Error) or unknown is success. True when the service accepted the stop, False when it
     answered that the session is unknown or already over.
+
+    Args:
+        session_id: The session to stop.
+        client: A client to use (its account and connection pool); else ``credentials``.
+        credentials: A credentials block for the account; else the ``ARR_*`` settings.
+
+    Returns:
+        True when the service accepted the stop; False when the session was unknown or
+        already over.
+
+    Raises:
+        ArrHTTPError: The service refused the stop for another reason (after retries).
 
     Example::
 
@@ -268,12 +349,24 @@ async def _stop_session(
     return stopped
 
 
-async def _get_session(
+@dual_task(name="get-session", task_run_name="get-session-{session_id}", **_IDEMPOTENT)
+async def get_session(
     session_id: str,
     client: ArrClient | None = None,
     credentials: RemoteRenderingCredentials | None = None,
 ) -> Session:
     """The session's current properties (never cached: each call asks the service).
+
+    Args:
+        session_id: The session to read.
+        client: A client to use (its account and connection pool); else ``credentials``.
+        credentials: A credentials block for the account; else the ``ARR_*`` settings.
+
+    Returns:
+        The session as the service reports it now.
+
+    Raises:
+        SessionNotFoundError: No such session.
 
     Example::
 
@@ -286,10 +379,21 @@ async def _get_session(
         return await arr.get_session(session_id)
 
 
-async def _list_sessions(
+@dual_task(name="list-sessions", **_IDEMPOTENT)
+async def list_sessions(
     client: ArrClient | None = None, credentials: RemoteRenderingCredentials | None = None
 ) -> list[Session]:
     """Every active (Starting or Ready) session of the account, all pages.
+
+    Args:
+        client: A client to use (its account and connection pool); else ``credentials``.
+        credentials: A credentials block for the account; else the ``ARR_*`` settings.
+
+    Returns:
+        The account's active sessions, every page read.
+
+    Raises:
+        ArrHTTPError: The service refused the list (after retries).
 
     Example::
 
@@ -302,47 +406,18 @@ async def _list_sessions(
         return await arr.list_sessions()
 
 
-# Each task in two forms over one async implementation (see tasks/_dual.py): the plain
-# name returns the value in sync code and the awaitable in async code; the ``a`` name is
-# the explicit async form (``await_until_ready`` is ``a`` + ``wait_until_ready``).
-get_access_token, aget_access_token = task_pair(
-    _get_access_token, "get_access_token", name="get-access-token", **_COMMON
-)
-create_session, acreate_session = task_pair(
-    _create_session,
-    "create_session",
-    name="create-session",
-    task_run_name="create-session-{size}",
-    **_COMMON,
-)
-wait_until_ready, await_until_ready = task_pair(
-    _wait_until_ready,
-    "wait_until_ready",
-    name="wait-until-ready",
-    task_run_name="wait-until-ready-{session_id}",
-    **_COMMON,
-)
-extend_session, aextend_session = task_pair(
-    _extend_session,
-    "extend_session",
-    name="extend-session",
-    task_run_name="extend-session-{session_id}",
-    **_IDEMPOTENT,
-)
-stop_session, astop_session = task_pair(
-    _stop_session,
-    "stop_session",
-    name="stop-session",
-    task_run_name="stop-session-{session_id}",
-    **_IDEMPOTENT,
-)
-get_session, aget_session = task_pair(
-    _get_session,
-    "get_session",
-    name="get-session",
-    task_run_name="get-session-{session_id}",
-    **_IDEMPOTENT,
-)
-list_sessions, alist_sessions = task_pair(
-    _list_sessions, "list_sessions", name="list-sessions", **_IDEMPOTENT
-)
+# The explicit async forms (see tasks/_dual.py): ``await`` them in async code.
+aget_access_token = get_access_token.async_form()
+"""The async form of :func:`get_access_token`: ``await aget_access_token(...)``."""
+acreate_session = create_session.async_form()
+"""The async form of :func:`create_session`: ``await acreate_session(...)``."""
+await_until_ready = wait_until_ready.async_form()
+"""The async form of :func:`wait_until_ready` (``a`` + ``wait_until_ready``)."""
+aextend_session = extend_session.async_form()
+"""The async form of :func:`extend_session`: ``await aextend_session(...)``."""
+astop_session = stop_session.async_form()
+"""The async form of :func:`stop_session`: ``await astop_session(...)``."""
+aget_session = get_session.async_form()
+"""The async form of :func:`get_session`: ``await aget_session(...)``."""
+alist_sessions = list_sessions.async_form()
+"""The async form of :func:`list_sessions`: ``await alist_sessions(...)``."""

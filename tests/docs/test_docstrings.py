@@ -26,21 +26,10 @@ NOT_YET = {
     "arr_prefect.parse_lease",
     "arr_prefect.parse_timespan",
     "arr_prefect.use_client_factory",
-    "arr_prefect.tasks.create_session",
-    "arr_prefect.tasks.extend_session",
-    "arr_prefect.tasks.get_access_token",
-    "arr_prefect.tasks.get_session",
-    "arr_prefect.tasks.list_sessions",
-    "arr_prefect.tasks.stop_session",
-    "arr_prefect.tasks.wait_until_ready",
-    "arr_prefect.flows.credentials_blocks_of",
-    "arr_prefect.flows.owned_session_ids",
     "arr_prefect.flows.reap_orphaned_sessions",
-    "arr_prefect.flows.record_session_owner",
     "arr_prefect.flows.render_batch",
     "arr_prefect.flows.rendering_session",
     "arr_prefect.flows.run_render_batch",
-    "arr_prefect.flows.stop_owned_sessions",
 }
 
 
