@@ -21,8 +21,10 @@ from tests.emulator.test_serving import _curl_session
 
 # What identifies each Python example of the docs, and the test that runs it.
 RUN_BY = {
-    "async def my_render(": "tests/flows/test_readme_examples.py",
-    "async def my_pipeline():": "tests/flows/test_readme_examples.py",
+    "def my_render(": "tests/flows/test_readme_examples.py",
+    "async def my_async_render(": "tests/flows/test_readme_examples.py",
+    "def my_pipeline():": "tests/flows/test_readme_examples.py",
+    "async def my_async_pipeline():": "tests/flows/test_readme_examples.py",
     '.save("arr-emulator"': "tests/flows/test_readme_examples.py",
     "async def my_pipeline_on_a_block(": "tests/flows/test_readme_examples.py",
     "await run_render_batch(render)": "tests/e2e/test_results.py",

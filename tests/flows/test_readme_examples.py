@@ -17,16 +17,23 @@ pytestmark = pytest.mark.usefixtures("arr")
     ("page", "flow_name"),
     [
         pytest.param("README.md", "my_pipeline", id="readme-rendering_session"),
-        pytest.param("using-in-flows.md", "my_render", id="tasks"),
-        pytest.param("using-in-flows.md", "my_pipeline", id="rendering_session"),
+        pytest.param("using-in-flows.md", "my_render", id="tasks-def"),
+        pytest.param("using-in-flows.md", "my_async_render", id="tasks-async"),
+        pytest.param("using-in-flows.md", "my_pipeline", id="rendering_session-def"),
+        pytest.param("using-in-flows.md", "my_async_pipeline", id="rendering_session-async"),
     ],
 )
 async def test_docs_example_runs(emulator: Emulator, page: str, flow_name: str) -> None:
-    """The example's flow runs and leaves its session stopped."""
+    """The example's flow runs and leaves its session stopped (a `def` flow as a script
+    calls it: in a thread with no event loop)."""
     [example] = [b for b in code_blocks(page, "python") if f"def {flow_name}(" in b]
     namespace: dict[str, Any] = {}
     exec(compile(example, f"{page}: {flow_name}", "exec"), namespace)  # noqa: S102 - our own docs
-    await namespace[flow_name]()
+    flow = namespace[flow_name]
+    if flow.isasync:
+        await flow()
+    else:
+        await asyncio.to_thread(flow)
     [entry] = emulator.ledger()["sessions"]
     assert entry["status"] == "Stopped"
 
