@@ -133,7 +133,7 @@ async def _report_stopped(
 
 def _log_summary(session_id: str, report: SessionReport) -> None:
     run_logger().info(
-        "Session %s stopped by %s in %s: %s after %s; billed %s; %d lease renewals",
+        "Session %s stopped by %s in %s: %s after %s; billed %s; %d lease renewal%s",
         session_id,
         report.stopped_by or "nobody (stop failed)",
         format_duration(report.stop_seconds),
@@ -141,4 +141,5 @@ def _log_summary(session_id: str, report: SessionReport) -> None:
         format_duration(report.run_seconds),
         format_billing(report.run_seconds),
         report.lease_renewals,
+        "" if report.lease_renewals == 1 else "s",
     )

@@ -139,6 +139,8 @@ async def record_session_owner(
     credentials: RemoteRenderingCredentials | None = None,
     size: str | None = None,
     lease_seconds: float | None = None,
+    price_per_hour: float | None = None,
+    currency: str | None = None,
 ) -> bool:
     """Tie a session to a flow run (the current one by default), before anything can fail.
 
@@ -157,6 +159,8 @@ async def record_session_owner(
         credentials: The credentials the session was made with.
         size: The session's size, for the event.
         lease_seconds: The session's (rolling) lease, for the event.
+        price_per_hour: The size's configured price, for the event's cost (0 so far).
+        currency: That price's currency.
 
     Returns:
         False when the tags could not be written (``rendering_session`` then keeps trying
@@ -176,6 +180,8 @@ async def record_session_owner(
             size=size,
             api_version=api_version,
             elapsed_seconds=0.0,
+            price_per_hour=price_per_hour,
+            currency=currency,
             lease_seconds=lease_seconds,
             credentials_block=block or "",
         ),
@@ -326,6 +332,8 @@ class OwnerRecord:
             credentials=self.credentials,
             size=self.size.value,
             lease_seconds=self.lease.total_seconds(),
+            price_per_hour=self.arr.settings.price_per_hour(self.size.value),
+            currency=self.arr.settings.price_currency,
         )
 
     async def record_created(self, session_id: str) -> None:

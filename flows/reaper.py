@@ -279,6 +279,14 @@ async def reap_orphaned_sessions(
         owner_flow_run: Look only at the sessions this flow run owns (its ID, or its
             event resource ID ``prefect.flow-run.<id>``): what the deployment's trigger
             passes when a run ends Crashed or Cancelled. Empty: every active session.
+
+    Returns:
+        What was decided for each active session (stopped, would stop, kept) and why;
+        also published as the run's ``reaped-sessions`` table artifact.
+
+    Raises:
+        ArrError: An account could not be reaped (its block cannot be loaded, or the
+            service refused); the other accounts are reaped first.
     """
     logger = run_logger()
     failures: list[tuple[str, ArrError]] = []
@@ -289,28 +297,9 @@ async def reap_orphaned_sessions(
         else timedelta(minutes=stop_untracked_older_than_minutes)
     )
     scope = await _Scope.of(owner_flow_run) if owner_flow_run else None
-    if scope is not None and scope.run is not None:
-        if not scope.tagged:
-            logger.info(
-                "Flow run %s has no arr-session tag: looking only for sessions named after it",
-                scope.run.name,
-            )
-        elif (left := scope.grace_left(grace, datetime.now(UTC))) > 0:
-            # A worker starts a scheduled run a few seconds early (its prefetch), so the
-            # trigger's reaper can begin just inside the grace it was scheduled to outlast:
-            # wait it out rather than keep what it was called for.
-            logger.info("Waiting %.0f s for the owner's grace period to end", left)
-            await asyncio.sleep(left)
-    accounts: list[tuple[str, RemoteRenderingCredentials | None]]
-    if credentials_block:
-        accounts = [(f"block {credentials_block}", await load_credentials(credentials_block))]
-    else:
-        accounts = [("ARR_* settings", None)]
-        for name in await saved_credentials_names():
-            try:
-                accounts.append((f"block {name}", await load_credentials(name)))
-            except ConfigurationError as exc:
-                failures.append((f"block {name}", exc))
+    if scope is not None:
+        await _wait_out_owner_grace(scope, grace)
+    accounts = await _accounts_to_reap(credentials_block, failures)
     decisions: list[ReapDecision] = []
     seen: set[tuple[str, str]] = set()
     for label, credentials in accounts:
@@ -336,22 +325,7 @@ async def reap_orphaned_sessions(
         except ArrError as exc:
             failures.append((label, exc))
     report = ReapReport(dry_run=dry_run, decisions=decisions)
-    acted = [d for d in decisions if d.action != "kept"]
-    await acreate_table_artifact(
-        table=[d.model_dump() for d in acted] or [{"result": "no orphaned sessions"}],
-        key="reaped-sessions",
-        description=(
-            f"{'Dry run: ' if dry_run else ''}{len(acted)} of {len(decisions)} active"
-            " sessions acted on"
-        ),
-    )
-    logger.info(
-        "Reaper: %d active sessions, %d stopped, %d would stop, %d kept",
-        len(decisions),
-        len(report.stopped),
-        len(report.would_stop),
-        sum(d.action == "kept" for d in decisions),
-    )
+    await _publish_report(report)
     if failures:
         if len(accounts) == 1:
             raise failures[0][1]
@@ -361,3 +335,58 @@ async def reap_orphaned_sessions(
             + ". Fix or delete those credentials blocks (UI: Blocks)"
         )
     return report
+
+
+async def _wait_out_owner_grace(scope: _Scope, grace: timedelta) -> None:
+    """A reaper the trigger started for one run begins once that run's grace is over."""
+    if scope.run is None:
+        return
+    logger = run_logger()
+    if not scope.tagged:
+        logger.info(
+            "Flow run %s has no arr-session tag: looking only for sessions named after it",
+            scope.run.name,
+        )
+    elif (left := scope.grace_left(grace, datetime.now(UTC))) > 0:
+        # A worker starts a scheduled run a few seconds early (its prefetch), so the
+        # trigger's reaper can begin just inside the grace it was scheduled to outlast:
+        # wait it out rather than keep what it was called for.
+        logger.info("Waiting %.0f s for the owner's grace period to end", left)
+        await asyncio.sleep(left)
+
+
+async def _accounts_to_reap(
+    credentials_block: str | None, failures: list[tuple[str, ArrError]]
+) -> list[tuple[str, RemoteRenderingCredentials | None]]:
+    """The accounts to reap: the named block's, else the ARR_* settings' and every saved
+    block's (a block that cannot be loaded goes to ``failures``)."""
+    if credentials_block:
+        return [(f"block {credentials_block}", await load_credentials(credentials_block))]
+    accounts: list[tuple[str, RemoteRenderingCredentials | None]] = [("ARR_* settings", None)]
+    for name in await saved_credentials_names():
+        try:
+            accounts.append((f"block {name}", await load_credentials(name)))
+        except ConfigurationError as exc:
+            failures.append((f"block {name}", exc))
+    return accounts
+
+
+async def _publish_report(report: ReapReport) -> None:
+    """The ``reaped-sessions`` table artifact and the summary log line."""
+    decisions = report.decisions
+    acted = [d for d in decisions if d.action != "kept"]
+    await acreate_table_artifact(
+        table=[d.model_dump() for d in acted] or [{"result": "no orphaned sessions"}],
+        key="reaped-sessions",
+        description=(
+            f"{'Dry run: ' if report.dry_run else ''}{len(acted)} of {len(decisions)} active"
+            " sessions acted on"
+        ),
+    )
+    run_logger().info(
+        "Reaper: %d active sessions, %d stopped, %d would stop, %d kept",
+        len(decisions),
+        len(report.stopped),
+        len(report.would_stop),
+        sum(d.action == "kept" for d in decisions),
+    )

@@ -79,6 +79,17 @@ def _seconds(delta: timedelta | None) -> float | None:
     return None if delta is None else delta.total_seconds()
 
 
+def _create_session_run_name() -> str:
+    """``create-session-standard`` or ``-premium``, however the caller spelled the size."""
+    from prefect.runtime import task_run
+
+    try:
+        size = SessionSize.parse(task_run.parameters.get("size", SessionSize.STANDARD))
+    except ValueError:  # a bad size fails the task itself, with its own message
+        return "create-session"
+    return f"create-session-{size.value.lower()}"
+
+
 _COMMON: dict[str, Any] = {"cache_policy": NO_CACHE, "persist_result": False}
 _IDEMPOTENT: dict[str, Any] = {
     **_COMMON,
@@ -123,7 +134,7 @@ async def get_access_token(
     return token
 
 
-@dual_task(name="create-session", task_run_name="create-session-{size}", **_COMMON)
+@dual_task(name="create-session", task_run_name=_create_session_run_name, **_COMMON)
 async def create_session(
     lease: timedelta | str | int | float = timedelta(minutes=30),
     size: SessionSize | str = SessionSize.STANDARD,

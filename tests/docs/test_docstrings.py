@@ -26,7 +26,6 @@ NOT_YET = {
     "arr_prefect.parse_lease",
     "arr_prefect.parse_timespan",
     "arr_prefect.use_client_factory",
-    "arr_prefect.flows.reap_orphaned_sessions",
     "arr_prefect.flows.render_batch",
     "arr_prefect.flows.rendering_session",
     "arr_prefect.flows.run_render_batch",

@@ -93,6 +93,10 @@ async def test_a_run_emits_the_lifecycle_events_with_payloads(
         assert flow_run.role == "flow-run"
     ready = named(emitted, "arr.session.ready")[0].payload
     assert ready["time_to_ready_seconds"] == summary.time_to_ready_seconds
+    created = named(emitted, "arr.session.created")[0].payload
+    # The first minute is billed the moment it starts.
+    assert (created["estimated_cost"], created["currency"]) == (3.0 / 60, "EUR")
+    assert created["credentials_block"] is None
     stopped = named(emitted, "arr.session.stopped")[0].payload
     assert stopped["stopped_by"] == "finally"
     assert stopped["billed_minutes"] == summary.billed_minutes
