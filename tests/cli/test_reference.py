@@ -81,7 +81,9 @@ def test_a_new_option_appears_by_itself() -> None:
     toy.command()(frobnicate)
     page = reference_markdown(toy)
     section = sections(page)["arr frobnicate"]
-    assert "| `--level` | `INTEGER` | How hard to frobnicate. |" in section
+    # The value's name is Typer's (INTEGER from 0.29, LEVEL before): not what is checked.
+    [row] = [line for line in section.splitlines() if line.startswith("| `--level` |")]
+    assert row.endswith("| How hard to frobnicate. |"), row
     assert "Frobnicate the sessions." in section
 
 
