@@ -758,6 +758,13 @@ def use_client_factory(factory: ClientFactory | None) -> Iterator[None]:
     (``lambda settings=None: ArrClient(settings or mine, transport=emulator.transport())``)
     without patching httpx, which would also catch Prefect's own API traffic. The factory
     gets the settings a caller chose (from a credentials block), or None for the ambient.
+
+    Args:
+        factory: Builds a client from the chosen settings (or None: the ambient ones);
+            None restores the default factory.
+
+    Yields:
+        Nothing: the factory is in use until the ``with`` block ends.
     """
     global _factory
     previous, _factory = _factory, factory
@@ -772,7 +779,18 @@ async def open_client(
     client: ArrClient | None = None, *, settings: ArrSettings | None = None
 ) -> AsyncIterator[ArrClient]:
     """Use ``client`` if given, else build one from ``settings`` (default: the ambient
-    ``ARR_*`` settings) and close it afterwards."""
+    ``ARR_*`` settings) and close it afterwards.
+
+    Args:
+        client: A client to use as it is (left open).
+        settings: The settings to build a client from.
+
+    Yields:
+        The client.
+
+    Raises:
+        ConfigurationError: No client given and no account configured.
+    """
     if client is not None:
         yield client
         return

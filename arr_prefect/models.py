@@ -132,7 +132,16 @@ def parse_timespan(value: str) -> timedelta:
     """Parse a .NET TimeSpan string (``4:0:0``, ``04:00:00``, ``1.02:30:00``).
 
     Fractions of a second keep microsecond precision (.NET ticks are 100 ns; the last
-    digit is dropped). Anything else raises :class:`TimeSpanFormatError`.
+    digit is dropped).
+
+    Args:
+        value: The TimeSpan text, as the service writes it (surrounding spaces allowed).
+
+    Returns:
+        The duration.
+
+    Raises:
+        TimeSpanFormatError: ``value`` is not a TimeSpan.
     """
     if not isinstance(value, str):
         raise TimeSpanFormatError(f"a TimeSpan must be a string like '04:00:00', got {value!r}")
@@ -163,7 +172,14 @@ def parse_timespan(value: str) -> timedelta:
 
 
 def format_timespan(value: timedelta) -> str:
-    """Format a duration the way the service writes it: ``[-][d.]hh:mm:ss[.fffffff]``."""
+    """Format a duration the way the service writes it: ``[-][d.]hh:mm:ss[.fffffff]``.
+
+    Args:
+        value: The duration.
+
+    Returns:
+        Its TimeSpan text, e.g. ``"1.02:30:00"`` for a day, two hours and a half.
+    """
     sign = "-" if value < timedelta(0) else ""
     value = abs(value)
     days = value.days
@@ -181,7 +197,16 @@ def parse_lease(value: str | timedelta | int | float) -> timedelta:
     """Turn what a user may give as a lease into a validated duration.
 
     Accepts a ``timedelta``, a TimeSpan string, or a number of minutes. A lease must be
-    more than zero and at most 24 hours; anything else raises :class:`InvalidLeaseError`.
+    more than zero and at most 24 hours.
+
+    Args:
+        value: The lease as given.
+
+    Returns:
+        The lease as a duration.
+
+    Raises:
+        InvalidLeaseError: Not a duration, not positive, or over 24 hours.
     """
     if isinstance(value, bool):
         raise InvalidLeaseError(f"a lease must be a duration, got {value!r}")

@@ -166,6 +166,24 @@ def run_render_batch(
         def my_pipeline():
             summary = run_render_batch({"size": "standard"}, timeout=3600)
             print(summary.billed_minutes)
+
+    Args:
+        parameters: ``render_batch``'s parameters, merged with the deployment's defaults.
+        deployment: ``"flow-name/deployment-name"`` of a render_batch deployment.
+        timeout: Real seconds to wait before cancelling the run (None: no limit).
+        poll_interval: Real seconds between reads of the run's state.
+        tags: Tags for the run, besides the deployment's.
+        job_variables: Work-pool job variables for the run.
+        flow_run_name: A name for the run.
+        credentials: A saved credentials block, passed to the run by reference.
+
+    Returns:
+        From sync code, the run's :class:`RenderSummary`; from async code, the awaitable
+        that gives it.
+
+    Raises:
+        RenderBatchRunError: The run ended Failed, Crashed or Cancelled (by someone else).
+        RenderBatchTimeoutError: ``timeout`` passed; the run was cancelled.
     """
     call = arun_render_batch(
         parameters,

@@ -286,6 +286,17 @@ async def render_batch(
         credentials: The saved Remote Rendering Credentials block (UI: Blocks) holding
             the ARR account to use; the run form offers a picker of them. Empty: the
             worker's ARR_* settings.
+
+    Returns:
+        The run's :class:`RenderSummary` (also its persisted result and its
+        ``render-batch-summary`` artifact).
+
+    Raises:
+        InvalidInputError: Bad parameters, before any session exists.
+        JobFailedError: The job failed (the session was stopped).
+        JobTimeoutError: The job ran past ``job_timeout_minutes`` (the session was stopped).
+        SessionEndedError: The session ended in Error, expired or was stopped elsewhere.
+        ReadyTimeoutError: The session was not Ready in time (it was stopped).
     """
     started = time.monotonic()  # a moment after the engine armed the flow's timeout
     logger = run_logger()

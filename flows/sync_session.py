@@ -288,6 +288,33 @@ def rendering_session(
     ``credentials`` (a :class:`~arr_prefect.credentials.RemoteRenderingCredentials`; a
     saved one is recorded on the flow run by name, so the teardown hooks reach it from any
     process), else the ``ARR_*`` settings.
+
+    Args:
+        size: The session's size (``standard``, ``premium``).
+        lease: The rolling lease (``timedelta``, TimeSpan string or minutes).
+        renew_every: How often the lease is renewed (default: half of it).
+        ready_timeout: Seconds to wait for Ready (default ``ARR_READY_TIMEOUT``).
+        poll_interval: Seconds between polls while waiting (default ``ARR_POLL_INTERVAL``).
+        models: Models to load into the session, if any.
+        client: The client to use (wins over ``credentials``).
+        report: Filled as the session goes: timings, renewals, who stopped it.
+        ready_timeout_includes_slot_wait: Whether waiting for a quota slot counts
+            against ``ready_timeout``.
+        credentials: The account when no ``client`` is given (None: ``ARR_*``).
+
+    Returns:
+        A :class:`RenderingSession`: entered (once) with ``with`` or ``async with``, it
+        gives the Ready session.
+
+    Raises:
+        RuntimeError: On entering with ``with`` where it would block a running event loop.
+        InvalidLeaseError: On entering, a lease or renewal period out of bounds (before
+            any session exists).
+        SessionEndedError: The session ended in Error, expired or was stopped elsewhere,
+            while waiting or while the body ran.
+        ReadyTimeoutError: Not Ready within ``ready_timeout``.
+        WorkerLostError: The Prefect worker that started this flow run is gone.
+        ArrError: The create failed.
     """
     return RenderingSession(
         size,

@@ -51,7 +51,18 @@ API_VERSION = "2021-01-01"
 
 
 def new_session_id(prefix: str = "arr") -> str:
-    """A fresh 2021-01-01 session ID: ``{prefix}-{uuid4}`` (letters, digits and ``-``)."""
+    """A fresh 2021-01-01 session ID: ``{prefix}-{uuid4}`` (letters, digits and ``-``).
+
+    Args:
+        prefix: What the ID starts with (``rendering_session`` uses ``pf-<flow run id>``,
+            so the ID alone names its owner).
+
+    Returns:
+        The ID, checked against the API's rules.
+
+    Raises:
+        InvalidSessionIdError: The prefix makes an ID the API would refuse.
+    """
     return validate_session_id(f"{prefix}-{uuid.uuid4()}")
 
 
