@@ -212,7 +212,12 @@ def test_fleet_respects_the_quota_and_survives_faults(fleet: FleetStack) -> None
         parse_time(e["ended_at"]) - max(emulated_kill, parse_time(e["ready_at"] or e["ended_at"]))
         for e in ended
     )
-    crashed = fleet.wait_final(sorted(killed_ids), PHASE_TIMEOUT)
+    # The zombie automation marks a run Crashed once its heartbeats stop, so a run killed
+    # before its first heartbeat (one still waiting for a slot, seconds old) is never
+    # marked: Prefect leaves it Running. Such a run holds no session; the runs that held
+    # one are the ones that must be Crashed (and were reaped above).
+    owning_ids = sorted(i for i in killed_ids if set(owned[i]) & killed_sessions)
+    crashed = fleet.wait_final(owning_ids, PHASE_TIMEOUT)
     fleet.delete_automation(zombie)  # the later phases' outages must not look like lost hosts
 
     survivors = [i for i in ids if i not in killed_ids]
