@@ -66,6 +66,7 @@ from arr_prefect.dialects.v2021_01_01 import new_session_id
 from arr_prefect.errors import (
     ArrHTTPError,
     ArrTransportError,
+    QuotaExceededError,
     RateLimitedError,
     ReadyTimeoutError,
     SessionExpiredError,
@@ -83,6 +84,7 @@ from arr_prefect.models import (
     validate_session_id,
 )
 from arr_prefect.settings import ArrSettings, load_settings
+from arr_prefect.units import format_duration
 
 __all__ = [
     "ArrClient",
@@ -347,7 +349,7 @@ class ArrClient:
             message = body["message"]
         elif response.text:
             message = response.text.strip()[:300]
-        return error_for_status(response.status_code)(
+        return error_for_status(response.status_code, str(code) if code is not None else None)(
             operation=operation,
             method=response.request.method,
             url=str(response.request.url),
@@ -436,14 +438,65 @@ class ArrClient:
         not idempotent: after a lost answer the client looks for the session its request
         made (each attempt's lease carries a sub-second fingerprint) and adopts it, and
         re-posts only when the service provably made none. (``dialect.create`` does each.)
+
+        A create refused because the account is at its session quota (403
+        ``QuotaExceeded``) made no session, so it is sent again, on either API version,
+        until a session of the account ends or ``settings.quota_wait`` seconds have passed
+        (:meth:`_waiting_for_quota`); then :class:`QuotaExceededError` is raised.
         """
-        return await self.dialect.create(
-            self._calls,
-            lease=parse_lease(lease),
-            size=SessionSize.parse(size),
-            models=models,
-            session_id=session_id,
+        total = parse_lease(lease)
+        chosen = SessionSize.parse(size)
+        return await self._waiting_for_quota(
+            lambda: self.dialect.create(
+                self._calls, lease=total, size=chosen, models=models, session_id=session_id
+            )
         )
+
+    async def _waiting_for_quota(self, create: Callable[[], Awaitable[Session]]) -> Session:
+        """Run ``create`` again while the service refuses it for the account's quota.
+
+        A 403 ``QuotaExceeded`` is a definite answer: no session was made (v1 too: the
+        dialect posts afresh, with a fresh lease fingerprint, each time it is called). The
+        quota frees when a session of the account ends, which takes minutes (e.g. a lost
+        host's sessions, until the reaper stops them), so the waits start at the poll
+        interval the service asks for (5-10 s) and double up to ``backoff_max``; a
+        ``Retry-After`` is honoured. Each wait is a plain sleep on the client's clock, so a
+        cancel ends it at once; after ``settings.quota_wait`` seconds the refusal is
+        raised, saying how long the client waited.
+        """
+        budget = self.settings.quota_wait
+        started = self.clock.time()
+        refusals = 0
+        while True:
+            try:
+                return await create()
+            except QuotaExceededError as refused:
+                waited = self.clock.time() - started
+                if waited >= budget:
+                    raise (refused.after_waiting(waited) if waited else refused) from None
+                refusals += 1
+                delay = min(
+                    refused.retry_after
+                    if refused.retry_after is not None
+                    else self._quota_backoff(refusals),
+                    budget - waited,
+                )
+                logger.warning(
+                    "%s: account at its session quota (403 QuotaExceeded); trying again in %s"
+                    " (%s of %s waited)",
+                    refused.operation,
+                    format_duration(delay),
+                    format_duration(waited),
+                    format_duration(budget),
+                )
+                await self.clock.sleep(delay)
+
+    def _quota_backoff(self, refusals: int) -> float:
+        """The wait after the ``refusals``-th quota refusal: from the poll interval,
+        doubling up to ``backoff_max``, jittered so that waiting runs spread out."""
+        first = self.settings.poll_interval
+        ceiling = max(first, self.settings.backoff_max)
+        return min(ceiling, first * 2.0 ** min(refusals - 1, 16)) * self._rng.uniform(0.75, 1.0)
 
     async def get_session(self, session_id: str) -> Session:
         """The session's current properties (404: :class:`SessionNotFoundError`)."""

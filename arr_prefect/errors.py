@@ -13,6 +13,7 @@
     ├── ArrHTTPError                  the service answered with an error status
     │   ├── BadRequestError           400
     │   ├── AuthenticationError       401, 403 (wrong key, expired or foreign token)
+    │   ├── QuotaExceededError        403 QuotaExceeded: the account is at its session quota
     │   ├── SessionNotFoundError      404
     │   ├── SessionConflictError      409 (2021-01-01: the ID exists with other settings)
     │   ├── LeaseNotExtendedError     422 (2021-01-01: new lease not above the current one)
@@ -35,6 +36,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from arr_prefect.units import format_duration
+
 __all__ = [
     "ArrError",
     "ArrHTTPError",
@@ -48,6 +51,7 @@ __all__ = [
     "InvalidSessionIdError",
     "InvalidSizeError",
     "LeaseNotExtendedError",
+    "QuotaExceededError",
     "RateLimitedError",
     "ReadyTimeoutError",
     "ServiceError",
@@ -159,6 +163,49 @@ class AuthenticationError(ArrHTTPError):
     """401 or 403: wrong account key, expired token, or a token of another account."""
 
 
+class QuotaExceededError(ArrHTTPError):
+    """403 ``QuotaExceeded``: the account is at its session quota; the create made nothing.
+
+    Not an :class:`AuthenticationError`: the key is fine. The client waits for the quota
+    before raising it from a create (up to ``ARR_QUOTA_WAIT``); ``waited`` is how long it
+    waited, in seconds of the client's clock (None: it did not wait). The message ends with
+    what to do next.
+    """
+
+    def __init__(self, *, waited: float | None = None, **fields: Any) -> None:
+        super().__init__(**fields)
+        self.waited = waited
+        waits = (
+            f" after waiting {format_duration(waited)} for a session to end (ARR_QUOTA_WAIT)"
+            if waited
+            else ""
+        )
+        self.message += (
+            f". The account is at its session quota{waits}: wait for sessions to end, stop"
+            " idle ones (`arr sessions list`, then `arr sessions stop <id>`), or raise the"
+            " account's quota"
+        )
+        self.args = (self.message,)
+
+    def after_waiting(self, waited: float) -> QuotaExceededError:
+        """This refusal, saying that the client waited ``waited`` seconds for the quota."""
+        return QuotaExceededError(
+            waited=waited,
+            operation=self.operation,
+            method=self.method,
+            url=self.url,
+            status_code=self.status_code,
+            code=self.code,
+            service_message=self.service_message,
+            ms_cv=self.ms_cv,
+            retry_after=self.retry_after,
+        )
+
+
+_QUOTA_EXCEEDED = "QuotaExceeded"
+"""The service's error code of a create refused for the account's session quota."""
+
+
 class SessionNotFoundError(ArrHTTPError):
     """404: no such session on this account."""
 
@@ -190,8 +237,13 @@ _BY_STATUS: dict[int, type[ArrHTTPError]] = {
 }
 
 
-def error_for_status(status_code: int) -> type[ArrHTTPError]:
-    """The exception class for an HTTP error status."""
+def error_for_status(status_code: int, code: str | None = None) -> type[ArrHTTPError]:
+    """The exception class for an HTTP error status and the service's error code, if any.
+
+    A 403 is an :class:`AuthenticationError` unless its code is ``QuotaExceeded``.
+    """
+    if status_code == 403 and code == _QUOTA_EXCEEDED:
+        return QuotaExceededError
     if status_code >= 500:
         return ServiceError
     return _BY_STATUS.get(status_code, ArrHTTPError)

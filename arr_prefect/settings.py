@@ -8,6 +8,9 @@
 ``ARR_SERVICE_URL``        overrides the session API base URL (e.g. the emulator)
 ``ARR_STS_URL``            overrides the STS base URL (e.g. the emulator)
 ``ARR_API_VERSION``        ``v1`` (the seed's API, default) or ``2021-01-01``
+``ARR_QUOTA_WAIT``         seconds a create refused for the account's session
+                           quota (403 ``QuotaExceeded``) keeps trying (default
+                           600; 0 raises at once)
 ``ARR_SESSION_LIMIT``      the Prefect global concurrency limit holding the
                            account's session quota (``arr-sessions-{account_id}``)
 ``ARR_TIME_SCALE``         emulators only: the process clock runs this many times
@@ -110,6 +113,17 @@ class ArrSettings(BaseSettings):
     backoff_max: float = Field(default=30.0, ge=0, description="Longest retry delay, seconds.")
     retry_after_max: float = Field(
         default=120.0, ge=0, description="Longest Retry-After the client will honour, seconds."
+    )
+    quota_wait: float = Field(
+        default=600.0,
+        ge=0,
+        allow_inf_nan=False,
+        description=(
+            "Seconds a create refused for the account's session quota (403 QuotaExceeded)"
+            " keeps trying before it raises QuotaExceededError (0: raise at once). A refused"
+            " create made no session, so trying again is safe; it covers a lost host whose"
+            " sessions the reaper has yet to stop."
+        ),
     )
     poll_interval: float = Field(
         default=5.0, gt=0, description="Seconds between status polls (the docs ask 5-10 s)."

@@ -13,7 +13,7 @@ from arr_prefect.auth import TokenCache
 from arr_prefect.clock import VirtualClock
 from arr_prefect.emulator import Emulator
 from arr_prefect.emulator.cli import build_parser, main
-from arr_prefect.errors import AuthenticationError
+from arr_prefect.errors import AuthenticationError, QuotaExceededError
 from arr_prefect.settings import load_settings
 from tests.emulator._support import (
     ACCOUNT,
@@ -21,6 +21,7 @@ from tests.emulator._support import (
     MS_CV,
     OTHER_ACCOUNT,
     OTHER_KEY,
+    START,
     V2021,
     bearer,
     v1_create,
@@ -136,22 +137,28 @@ async def test_a_refused_create_leaves_scripted_faults_alone(
 async def test_client_reports_the_refusal_without_retrying(
     emu: Emulator, clock: VirtualClock
 ) -> None:
-    """ArrClient raises at once with the service's code and message (403 is not retried)."""
+    """With ARR_QUOTA_WAIT=0 ArrClient raises QuotaExceededError at once, with the service's
+    code and message (not an AuthenticationError: the key is fine)."""
     settings = load_settings(
         _env_file=None,
         account_id=ACCOUNT,
         account_key=KEY,
         service_url="http://127.0.0.1:9",
         sts_url="http://127.0.0.1:9",
+        quota_wait=0,
     )
     async with ArrClient(
         settings, transport=emu.transport(), clock=clock, token_cache=TokenCache()
     ) as arr:
         await arr.create_session(lease=timedelta(minutes=10))
         await arr.create_session(lease=timedelta(minutes=10))
-        with pytest.raises(AuthenticationError, match="HTTP 403 QuotaExceeded: The account has"):
+        with pytest.raises(
+            QuotaExceededError, match="HTTP 403 QuotaExceeded: The account has"
+        ) as info:
             await arr.create_session(lease=timedelta(minutes=10))
+    assert not isinstance(info.value, AuthenticationError)
     assert emu.request_count("v1.create", 403) == 1
+    assert clock.time() == START
 
 
 def test_no_quota_by_default(clock: VirtualClock) -> None:

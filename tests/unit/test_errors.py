@@ -21,6 +21,7 @@ from arr_prefect.errors import (
     InvalidSessionIdError,
     InvalidSizeError,
     LeaseNotExtendedError,
+    QuotaExceededError,
     RateLimitedError,
     ReadyTimeoutError,
     ServiceError,
@@ -141,6 +142,55 @@ def test_session_ended_error_keeps_session() -> None:
 def test_error_for_status(status: int, cls: type[ArrHTTPError]) -> None:
     """Each status maps to its specific class."""
     assert error_for_status(status) is cls
+
+
+@pytest.mark.parametrize(
+    ("status", "code", "cls"),
+    [
+        pytest.param(403, "QuotaExceeded", QuotaExceededError, id="403-quota"),
+        pytest.param(403, "Forbidden", AuthenticationError, id="403-forbidden"),
+        pytest.param(403, None, AuthenticationError, id="403-no-code"),
+        pytest.param(403, "quotaexceeded", AuthenticationError, id="403-other-spelling"),
+        pytest.param(401, "QuotaExceeded", AuthenticationError, id="401-quota-code"),
+        pytest.param(429, "QuotaExceeded", RateLimitedError, id="429-quota-code"),
+    ],
+)
+def test_error_for_status_and_code(status: int, code: str | None, cls: type[ArrHTTPError]) -> None:
+    """Only a 403 whose service code is QuotaExceeded is a QuotaExceededError."""
+    assert error_for_status(status, code) is cls
+
+
+def test_quota_exceeded_is_not_an_authentication_error() -> None:
+    """The account's key is fine when its quota is full: no "check your key" class."""
+    assert issubclass(QuotaExceededError, ArrHTTPError)
+    assert not issubclass(QuotaExceededError, AuthenticationError)
+
+
+@pytest.mark.parametrize(
+    ("waited", "says"),
+    [
+        pytest.param(None, "The account is at its session quota: wait", id="no-wait"),
+        pytest.param(
+            600.0,
+            "The account is at its session quota after waiting 10 min for a session to end"
+            " (ARR_QUOTA_WAIT): wait",
+            id="waited-10-min",
+        ),
+    ],
+)
+def test_quota_exceeded_says_what_to_do(waited: float | None, says: str) -> None:
+    """The message keeps the service's answer and adds the wait and the next steps."""
+    kwargs = {**HTTP_KWARGS, "status_code": 403, "code": "QuotaExceeded"}
+    error = QuotaExceededError(waited=waited, **kwargs)
+    text = str(error)
+    assert text.startswith("get session failed: HTTP 403 QuotaExceeded: no such session (GET")
+    assert says in text
+    assert "stop idle ones (`arr sessions list`, then `arr sessions stop <id>`)" in text
+    assert text.endswith("or raise the account's quota")
+    assert error.args == (text,)
+    copy = _roundtrip(error)
+    assert (str(copy), copy.waited, copy.ms_cv) == (text, waited, error.ms_cv)
+    assert str(error.after_waiting(600.0)) == str(QuotaExceededError(waited=600.0, **kwargs))
 
 
 @pytest.mark.parametrize(
