@@ -60,6 +60,13 @@ HEARTBEAT_SECONDS = 30
 *Running a fleet* recommends with the zombie automation, Prefect's minimum."""
 ZOMBIE_WINDOW = 90
 """The zombie automation's ``within`` for 30 s heartbeats (Prefect's docs' value)."""
+QUOTA_WAIT_SECONDS = 200 * TIME_SCALE
+"""ARR_QUOTA_WAIT on the workers, in the client's (emulated) seconds: 200 real seconds, 4000
+emulated at x20. A survivor that takes a lost host's slot when it comes back (75 s after the
+kill) is refused by the service until the reaper stops that host's sessions (about 150 s
+after the kill): about 75 real seconds, 1500 emulated, more than the default 10 minutes of
+emulated time (30 real seconds at x20); in real time the default covers it. It stays under
+the flow's create shield (``CREATE_SHIELD_SECONDS``, 300 real seconds)."""
 JOB = {"frames": 4, "seconds_per_frame": 60}
 """The sample job: 240 emulated seconds, 12 real seconds at x20."""
 FLEET_RETRY_EXTRA_CODES = "500"
@@ -131,6 +138,7 @@ class FleetStack(Stack):
         env = super().worker_env
         env["PREFECT_CLIENT_RETRY_EXTRA_CODES"] = FLEET_RETRY_EXTRA_CODES
         env["PREFECT_FLOWS_HEARTBEAT_FREQUENCY"] = str(HEARTBEAT_SECONDS)
+        env["ARR_QUOTA_WAIT"] = f"{QUOTA_WAIT_SECONDS:g}"
         return env
 
     def create_zombie_automation(self) -> str:
@@ -242,6 +250,36 @@ class FleetStack(Stack):
                         waits.append(seconds)
         return waits
 
+    def create_waits(self, ids: Iterable[str]) -> list[float]:
+        """Each finished ``create-session`` task run's time, in real seconds: a create
+        answers in milliseconds unless the service refused it for the account's quota and
+        the client waited for a session to end (``ARR_QUOTA_WAIT``)."""
+        task_runs = self.api(
+            "POST",
+            "/task_runs/filter",
+            json={
+                "flow_runs": {"id": {"any_": list(ids)}},
+                "task_runs": {"name": {"like_": "create-session"}},
+            },
+        )
+        return [
+            parse_time(run["end_time"]) - parse_time(run["start_time"])
+            for run in task_runs
+            if run.get("start_time") and run.get("end_time")
+        ]
+
+    def quota_wait_lines(self) -> list[str]:
+        """The client's "account at its session quota" log lines in every worker's log
+        (a process worker shows its flow runs' output)."""
+        logs = {p.log for p in self.processes.values() if p.name.startswith("worker-")}
+        return [
+            line
+            for log in sorted(logs)
+            if log.exists()
+            for line in log.read_text(errors="replace").splitlines()
+            if QUOTA_WAIT_LOG in line
+        ]
+
     def held_leases(self) -> dict[str, str]:
         """The server's concurrency leases on disk: lease id -> holder (flow run id)."""
         leases = {}
@@ -258,6 +296,7 @@ class FleetStack(Stack):
 
 
 FINAL_TYPES = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
+QUOTA_WAIT_LOG = "account at its session quota (403 QuotaExceeded); trying again in"
 
 
 def parent_pid(pid: int) -> int | None:
@@ -340,6 +379,8 @@ class FleetRow:
     billed_minutes: int
     seconds: float
     note: str
+    quota_wait_total: float = 0.0
+    quota_wait_max: float = 0.0
 
 
 rows: list[FleetRow] = []
@@ -358,6 +399,7 @@ def render_table() -> str:
         "max sessions at once",
         "quota refusals",
         "slot wait total / longest",
+        "quota wait total / longest",
         "billed min (emulated)",
         "phase time",
         "what happened",
@@ -369,6 +411,7 @@ def render_table() -> str:
             f"{r.peak} (quota {QUOTA})",
             str(r.refusals),
             f"{r.wait_total:.0f} s / {r.wait_max:.0f} s",
+            f"{r.quota_wait_total:.0f} s / {r.quota_wait_max:.0f} s",
             str(r.billed_minutes),
             f"{r.seconds:.0f} s",
             r.note,
