@@ -11,8 +11,9 @@ Phases, each a line of the fleet table (printed at the end of the run):
    stop, and the reaper's trigger stops their sessions well before their rolling ARR lease
    would end them; their Prefect slots come back within the slot lease plus one
    repossessor pass (75 s); the other runs complete meanwhile, a survivor that takes a lost
-   run's slot before the reaper has stopped that run's session waiting in its create for
-   the service's quota (403 QuotaExceeded, ``ARR_QUOTA_WAIT``) instead of failing.
+   run's slot before the reaper has stopped that run's session (3 runs are submitted as
+   the slots come back) waiting in its create for the service's quota (403
+   QuotaExceeded, ``ARR_QUOTA_WAIT``) instead of failing.
 3. The Prefect server restarts mid-run: the runs go on, every session is stopped, and every
    run is in the records with its final state and its summary.
 4. PostgreSQL is stopped for 30 s mid-run: the same.
@@ -205,6 +206,10 @@ def test_fleet_respects_the_quota_and_survives_faults(fleet: FleetStack) -> None
         timeout=SLOT_LEASE_SECONDS + REPOSSESSOR_LOOP_SECONDS + 60,
         what="the lost host's slots to come back",
     )
+    # Runs that start now take the lost slots while the lost sessions still run (until the
+    # reaper stops them, about 150 s after the kill): the service refuses their creates for
+    # its quota, and they wait in the create (ARR_QUOTA_WAIT) instead of failing.
+    late = fleet.submit(QUOTA)
 
     def sessions_over() -> list[dict[str, Any]] | None:
         entries = ledger_entries(fleet, killed_sessions)
@@ -226,6 +231,7 @@ def test_fleet_respects_the_quota_and_survives_faults(fleet: FleetStack) -> None
     crashed = fleet.wait_final(owning_ids, PHASE_TIMEOUT)
     fleet.delete_automation(zombie)  # the later phases' outages must not look like lost hosts
 
+    ids = [*ids, *late]
     survivors = [i for i in ids if i not in killed_ids]
     fleet.add_worker()  # a replacement host, for the next phases
     final = fleet.wait_final(survivors, PHASE_TIMEOUT)
@@ -251,8 +257,8 @@ def test_fleet_respects_the_quota_and_survives_faults(fleet: FleetStack) -> None
         f" {ZOMBIE_WINDOW} s); their sessions ({len(killed_sessions)}) stopped by the reaper"
         f" {session_overrun:.0f} s emulated ({reaped_after:.0f} s real) after the kill or their"
         f" Ready, if later (lease {lease:.0f} s); slots back after {slot_return:.0f} s (bound"
-        f" {SLOT_LEASE_SECONDS + REPOSSESSOR_LOOP_SECONDS:.0f} s); {len(waited)} survivors"
-        f" waited for the service's quota in their create (longest"
+        f" {SLOT_LEASE_SECONDS + REPOSSESSOR_LOOP_SECONDS:.0f} s); {len(late)} runs started"
+        f" then, {len(waited)} survivors waited for the service's quota in their create (longest"
         f" {max(waited, default=0.0):.0f} s real, {len(wait_lines)} waits logged, ARR_QUOTA_WAIT"
         f" {QUOTA_WAIT_SECONDS:.0f} s emulated)",
     )
@@ -261,6 +267,7 @@ def test_fleet_respects_the_quota_and_survives_faults(fleet: FleetStack) -> None
     assert [r["state"]["type"] for r in final] == ["COMPLETED"] * len(final), [
         (r["state"]["type"], r["state"]["message"]) for r in final
     ]
+    assert refusals > 0, "no run took a lost slot while the lost sessions ran: gap not tested"
     # Each refusal is one wait, logged by the client of the run that waited.
     assert len(wait_lines) == refusals, wait_lines
     assert killed_sessions, "the victim held no session"

@@ -3,6 +3,7 @@ is refused with 403 ``QuotaExceeded`` and makes no session."""
 
 from __future__ import annotations
 
+import asyncio
 from datetime import timedelta
 
 import httpx
@@ -155,7 +156,9 @@ async def test_client_reports_the_refusal_without_retrying(
         with pytest.raises(
             QuotaExceededError, match="HTTP 403 QuotaExceeded: The account has"
         ) as info:
-            await arr.create_session(lease=timedelta(minutes=10))
+            # Real seconds: a client that waited would spin on this test's idle clock.
+            async with asyncio.timeout(10):
+                await arr.create_session(lease=timedelta(minutes=10))
     assert not isinstance(info.value, AuthenticationError)
     assert emu.request_count("v1.create", 403) == 1
     assert clock.time() == START

@@ -25,6 +25,7 @@ from arr_prefect.client import ArrClient
 from arr_prefect.clock import VirtualClock
 from arr_prefect.emulator import DEFAULT_ACCOUNT_ID, DEFAULT_ACCOUNT_KEY, Emulator
 from arr_prefect.errors import AuthenticationError, ConfigurationError
+from arr_prefect.models import Session
 from arr_prefect.settings import load_settings
 
 START = 1_700_000_000.0
@@ -86,6 +87,17 @@ async def arr(emu: Emulator, clock: VirtualClock) -> AsyncIterator[ArrClient]:
         yield client
 
 
+REAL_SECONDS = 10.0
+"""A real-time bound on each test's waiting (``asyncio.timeout`` reads the loop's clock, not
+the VirtualClock): a wait that never ends fails the test instead of hanging it."""
+
+
+async def create(arr: ArrClient, **kwargs: Any) -> Session:
+    """``arr.create_session(**kwargs)``, failing after :data:`REAL_SECONDS` of real time."""
+    async with asyncio.timeout(REAL_SECONDS):
+        return await arr.create_session(**kwargs)
+
+
 def refusals(emu: Emulator) -> int:
     return int(emu.ledger()["quota_refusals"])
 
@@ -97,14 +109,14 @@ async def test_create_waits_until_a_session_ends(
     """Refused at the quota, the create is sent again and succeeds once a session stops."""
     caplog.set_level(logging.WARNING, logger="arr_prefect.client")
     async with make_client(emu.transport(), clock, api_version) as arr:
-        first = await arr.create_session(lease=LEASE)
+        first = await create(arr, lease=LEASE)
 
         async def stop_later() -> None:
             await clock.sleep(100)
             await arr.stop_session(first.id)
 
         stopper = asyncio.create_task(stop_later())
-        second = await arr.create_session(lease=LEASE)
+        second = await create(arr, lease=LEASE)
         await stopper
     assert second.id != first.id
     # Waits of 5, 10, 20, 30, 30... s (jittered down by at most a quarter): the try after
@@ -124,14 +136,14 @@ async def test_v1_session_made_after_waiting_carries_its_attempt_lease(
 ) -> None:
     """v1: the session made by a later attempt is returned with that attempt's fingerprinted
     lease, the one the service lists (what a lost answer's reconciliation looks for)."""
-    first = await arr.create_session(lease=LEASE)
+    first = await create(arr, lease=LEASE)
 
     async def stop_later() -> None:
         await clock.sleep(40)
         await arr.stop_session(first.id)
 
     stopper = asyncio.create_task(stop_later())
-    second = await arr.create_session(lease=LEASE)
+    second = await create(arr, lease=LEASE)
     await stopper
     listed = {s.id: s.max_lease for s in await arr.list_sessions()}
     assert listed == {second.id: second.max_lease}
@@ -144,14 +156,14 @@ async def test_2021_create_keeps_its_chosen_id_while_waiting(
 ) -> None:
     """2021-01-01: the ID the caller chose is the one finally created."""
     async with make_client(emu.transport(), clock, V2021) as arr:
-        first = await arr.create_session(lease=LEASE)
+        first = await create(arr, lease=LEASE)
 
         async def stop_later() -> None:
             await clock.sleep(15)
             await arr.stop_session(first.id)
 
         stopper = asyncio.create_task(stop_later())
-        second = await arr.create_session(lease=LEASE, session_id="job-7")
+        second = await create(arr, lease=LEASE, session_id="job-7")
         await stopper
     assert second.id == "job-7"
     assert emu.request_count("v2021.create", 403) >= 1
@@ -163,9 +175,9 @@ async def test_create_gives_up_after_the_quota_wait(
 ) -> None:
     """After ARR_QUOTA_WAIT the refusal is raised as QuotaExceededError, saying what to do."""
     async with make_client(emu.transport(), clock, api_version, quota_wait=150) as arr:
-        await arr.create_session(lease=LEASE)
+        await create(arr, lease=LEASE)
         with pytest.raises(QuotaExceededError) as info:
-            await arr.create_session(lease=LEASE)
+            await create(arr, lease=LEASE)
     error = info.value
     # The last try is made at the deadline, not one wait before or after it.
     assert waited(clock) == pytest.approx(150)
@@ -186,9 +198,9 @@ async def test_quota_wait_zero_raises_at_once(
 ) -> None:
     """ARR_QUOTA_WAIT=0: the first refusal is raised, with no wait and no second try."""
     async with make_client(emu.transport(), clock, api_version, quota_wait=0) as arr:
-        await arr.create_session(lease=LEASE)
+        await create(arr, lease=LEASE)
         with pytest.raises(QuotaExceededError) as info:
-            await arr.create_session(lease=LEASE)
+            await create(arr, lease=LEASE)
     assert waited(clock) == 0
     assert refusals(emu) == 1
     assert info.value.waited is None
@@ -200,7 +212,7 @@ async def test_a_cancel_ends_the_wait_at_once(
     emu: Emulator, clock: VirtualClock, arr: ArrClient
 ) -> None:
     """A create waiting for the quota is cancelled like any sleep: nothing is created."""
-    await arr.create_session(lease=LEASE)
+    await create(arr, lease=LEASE)
     waiting = asyncio.create_task(arr.create_session(lease=LEASE))
     await clock.sleep(50)
     assert not waiting.done()
@@ -246,7 +258,7 @@ async def test_retry_after_is_honoured(clock: VirtualClock) -> None:
         httpx.Response(202, json={"sessionId": "e13d2c44-63e0-4591-991e-f9e05e599a93"}),
     )
     async with make_client(transport, clock) as arr:
-        session = await arr.create_session(lease=LEASE)
+        session = await create(arr, lease=LEASE)
     assert session.id == "e13d2c44-63e0-4591-991e-f9e05e599a93"
     assert waited(clock) == 42
     assert len(sent) == 2
@@ -270,7 +282,7 @@ async def test_other_403s_stay_authentication_errors(clock: VirtualClock, code: 
     transport, sent = _scripted(answer)
     async with make_client(transport, clock) as arr:
         with pytest.raises(AuthenticationError) as info:
-            await arr.create_session(lease=LEASE)
+            await create(arr, lease=LEASE)
     assert not isinstance(info.value, QuotaExceededError)
     assert waited(clock) == 0
     assert len(sent) == 1
@@ -281,7 +293,7 @@ async def test_the_error_holds_no_secret_and_survives_pickling(clock: VirtualClo
     transport, _ = _scripted(_refusal("QuotaExceeded"))
     async with make_client(transport, clock, quota_wait=5) as arr:
         with pytest.raises(QuotaExceededError) as info:
-            await arr.create_session(lease=LEASE)
+            await create(arr, lease=LEASE)
     error = info.value
     for text in (str(error), repr(error), repr(error.args), repr(error.__dict__)):
         assert DEFAULT_ACCOUNT_KEY not in text
