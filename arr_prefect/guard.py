@@ -406,11 +406,14 @@ async def _look_and_stop(
     """Look for the session ``entry`` made and stop it.
 
     Looks at once, then every ``poll_interval`` until ``look_for`` seconds of ``arr``'s
-    clock have passed; ``in_flight``: how long (on that clock) the create had been in
+    clock have passed (a create that failed while the process lived: once, since what it
+    made exists by now); ``in_flight``: how long (on that clock) the create had been in
     flight at the first look.
     """
     from arr_prefect.errors import ArrError
 
+    if entry.settled:
+        look_for = 0.0
     start = arr.clock.time()
     looks = 0
     while True:
@@ -462,7 +465,7 @@ async def _stop_created(entry: _Creating, known: Collection[str]) -> _Stopped | 
             entry,
             known,
             in_flight=(time.time() - entry.sent_at) * scale,
-            look_for=0.0 if entry.settled else look_seconds(settings) * scale,
+            look_for=look_seconds(settings) * scale,
         )
 
 

@@ -112,6 +112,5 @@ async def test_v1_create_is_known_to_the_guard_before_it_is_sent(
     assert size == "Premium"
     [record] = emulator.sessions()
     assert record.max_lease == lease
-    assert 0 < lease.microseconds and lease - timedelta(microseconds=lease.microseconds) == (
-        timedelta(minutes=4)
-    )
+    assert lease.microseconds > 0
+    assert lease - timedelta(microseconds=lease.microseconds) == timedelta(minutes=4)
