@@ -127,13 +127,13 @@ async def test_slow_create_makes_the_session_then_holds_the_answer(
     emu.faults.add(kind="slow_create", route=route, seconds=40)
     if api_version == "v1":
         sent = client.post(f"{V1}/create", json=V1_CREATE_BODY, headers=auth)
-        listing = (V1, {})
+        path, params = V1, {}
     else:
         sent = v2021_put(client, auth, "held")
-        listing = (f"/accounts/{ACCOUNT}/sessions", V2021)
+        path, params = f"/accounts/{ACCOUNT}/sessions", V2021
     answer = asyncio.create_task(sent)
     session_id = await _held(answer, emu)
-    listed = (await client.get(listing[0], params=listing[1], headers=auth)).json()["sessions"]
+    listed = (await client.get(path, params=params, headers=auth)).json()["sessions"]
     assert [s.get("sessionId", s.get("id")) for s in listed] == [session_id]
     assert emu.ledger()["sessions"][0]["status"] == "Starting"
     clock.advance(39.9)
