@@ -2,7 +2,7 @@
 
 For each scenario a ``render-batch`` deployment run is started on the real worker with a
 long job, the test waits until the job is in progress (the session Ready and its rolling
-lease renewed at least once; for (h), until its v1 create has made the session while the
+lease renewed at least once; for (j), until its v1 create has made the session while the
 emulator holds the answer), triggers the scenario, and reads the emulator's ledger until
 the session has ended. It then checks which teardown layer ended it (ledger, flow-run
 state and the ``arr.session.stopped`` / ``arr.reaper.stopped`` events): each scenario
@@ -73,12 +73,12 @@ hook, run by the worker in a new process once the flow-run process has exited, t
 before the lease would end the session."""
 HOOK_STOP_WITHIN = HOOK_LEASE_MINUTES * 60 / TIME_SCALE
 HELD_CREATE_SECONDS = 600.0
-"""Emulated seconds (30 real) the emulator holds the answer of scenario (h)'s v1 create,
+"""Emulated seconds (30 real) the emulator holds the answer of scenario (j)'s v1 create,
 its session already made: the flow-run process is killed long before it comes."""
 GUARD_CREATE_STOP_WITHIN = 3.0
 """Real seconds from a SIGKILL during a v1 create to the guard's stop of the session that
 create made (60 emulated seconds, half the lease): the guard lists the account's sessions
-at once and finds it by its lease's fingerprint; measured about 0.5 s on a loaded 2-core
+at once and finds it by its lease's fingerprint; measured 0.39 s on a loaded 2-core
 machine. Without the guard nothing knows the session: its lease ends it (start-up plus
 one lease, 7.5 s real here) and this row reads "rolling lease (expired)"."""
 
@@ -139,13 +139,13 @@ SCENARIOS = [
     # create is in flight, with its lease's fingerprint, and finds the session by it.
     pytest.param(
         Scenario(
-            "(h) SIGKILL during v1 create",
+            "(j) SIGKILL during v1 create",
             "sigkill-creating",
             "guard",
             ("Crashed",),
             GUARD_CREATE_STOP_WITHIN,
         ),
-        id="h-sigkill-during-v1-create",
+        id="j-sigkill-during-v1-create",
     ),
     # Last: it kills the worker (the next test starts another). The orphaned run sees its
     # worker gone and stops its job (WorkerLostError): its finally stops the session.
@@ -199,7 +199,7 @@ class Scene:
         self.session_id: str | None = None
         self.pid: int | None = None
         self.before_create: set[str] = set()
-        """Sessions in the ledger before scenario (h)'s create."""
+        """Sessions in the ledger before scenario (j)'s create."""
         self.trigger_file = stack.workdir / f"fail-{scenario.trigger}-{time.monotonic_ns()}"
         self.job_pids_file = stack.workdir / f"pids-{scenario.trigger}-{time.monotonic_ns()}"
 
