@@ -33,13 +33,16 @@ taken for that create's only when all of these hold, so that a session another r
 never stopped:
 
 - it is active and its ``sessionMaxLeaseTime`` equals the lease sent, to the microsecond
-  (another run's create carries its own random fingerprint: 1 in 999,999 alike, and only
-  while that session keeps the lease it was created with: a lease renewal sends a new
-  total, in whole seconds);
+  (the fingerprint is never 0, so a lease in whole seconds, what other clients send, never
+  matches; another create of this project carries its own random fingerprint: 1 in
+  999,999 alike, and only while that session keeps the lease it was created with, since
+  the lease keeper's first renewal sends a new total made from the lease asked for,
+  without the fingerprint);
 - its size is the size asked for, and its ID is none the guard was told of;
 - it has not been Ready longer than the create has been in flight (the service counts
-  ``sessionElapsedTime`` from Ready, so a session made before the request cannot pass,
-  whatever its lease);
+  ``sessionElapsedTime`` from Ready, so a session Ready since before the request was sent
+  cannot pass, whatever its lease; one still Starting, or Ready only briefly, can, and
+  only the fingerprint rules it out);
 - no other listed session passes too: two candidates mean one may be another run's, and
   the guard then stops neither (and says so); the lease and the reaper end them.
 
