@@ -10,7 +10,10 @@ API facts this module relies on:
   idempotent**: a retry after a lost answer can create a second, billed session. So a
   create is never re-posted after an ambiguous failure: each attempt's lease carries a
   sub-second fingerprint, the session list is searched for it, and the session found is
-  adopted; only a service that provably made nothing is posted to again.
+  adopted; only a service that provably made nothing is posted to again. A caller may
+  choose the fingerprint (:func:`fingerprinted_lease`): every attempt then carries it, and
+  the caller can find the session too (the session guard does, if its process dies while
+  the create is in flight).
 - ``PATCH`` answers 200 with an empty body: the session after it is completed from what
   the client last saw, or read back with one GET.
 """
