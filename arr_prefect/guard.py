@@ -442,18 +442,24 @@ async def _look_and_stop(
                 stopped = await _stop_with(arr, session_id, entry.key)
                 what = "stopped it" if stopped is not None else "it was over already"
                 _say(
-                    f"found session {session_id} by its lease {entry.fingerprint}"
-                    f" {waited:.1f} s after the first look ({looks} looks); {what}"
+                    f"found session {session_id} by its lease {entry.fingerprint} at look"
+                    f" {looks} ({_real(arr, waited):.1f} s after looking began); {what}"
                 )
                 return stopped
         waited = arr.clock.time() - start
         if waited >= look_for:
             _say(
-                f"no session with lease {entry.fingerprint} ({looks} looks in {waited:.0f} s):"
+                f"no session with lease {entry.fingerprint} ({looks} looks in"
+                f" {_real(arr, waited):.0f} s):"
                 " that create made none, or one the service's lease and the reaper must end"
             )
             return None
         await arr.clock.sleep(min(arr.settings.poll_interval, look_for - waited))
+
+
+def _real(arr: ArrClient, seconds: float) -> float:
+    """``seconds`` of the client's clock in real seconds (an emulator's may run faster)."""
+    return seconds / arr.settings.time_scale
 
 
 async def _stop_created(entry: _Creating, known: Collection[str]) -> _Stopped | None:
