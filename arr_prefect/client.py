@@ -461,19 +461,22 @@ class ArrClient:
         host's sessions, until the reaper stops them), so the waits start at the poll
         interval the service asks for (5-10 s) and double up to ``backoff_max``; a
         ``Retry-After`` is honoured. Each wait is a plain sleep on the client's clock, so a
-        cancel ends it at once; after ``settings.quota_wait`` seconds the refusal is
-        raised, saying how long the client waited.
+        cancel ends it at once; ``settings.quota_wait`` seconds after the first refusal
+        the refusal is raised, saying how long the client waited.
         """
         budget = self.settings.quota_wait
-        started = self.clock.time()
+        first_refusal: float | None = None
         refusals = 0
         while True:
             try:
                 return await create()
             except QuotaExceededError as refused:
-                waited = self.clock.time() - started
+                # The wait counts from the first refusal (not from the first request).
+                now = self.clock.time()
+                first_refusal = now if first_refusal is None else first_refusal
+                waited = now - first_refusal
                 if waited >= budget:
-                    raise (refused.after_waiting(waited) if waited else refused) from None
+                    raise (refused.after_waiting(waited) if refusals else refused) from None
                 refusals += 1
                 delay = min(
                     refused.retry_after

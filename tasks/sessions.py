@@ -167,7 +167,9 @@ async def create_session(
         InvalidSizeError: The size is neither standard nor premium (before any request).
         CreateOutcomeUnknownError: A v1 create whose answer was lost and could not be
             reconciled; look for the session with ``list_sessions``.
-        ArrHTTPError: Any other refusal of the service (e.g. 403 QuotaExceeded).
+        QuotaExceededError: The account stayed at its session quota for ``ARR_QUOTA_WAIT``
+            (the client tries again meanwhile: a refused create made no session).
+        ArrHTTPError: Any other refusal of the service.
 
     Example::
 

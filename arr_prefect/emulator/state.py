@@ -31,10 +31,11 @@ Service behaviour reproduced here (ARR_API.md §3-§5):
   nowhere we could find (the 2021-01-01 spec lists 400/401/403/409/429/500 for create and
   gives none of them that meaning; the docs describe only the regional capacity shortage
   above, which is a different thing), so this is the emulator's choice: 403 is in the
-  documented set, it is not retried by clients (429 and 5xx are, which would hide the
-  overrun and hammer the service), and the ``code`` and ``message`` say what happened and
-  what to do. A 2021-01-01 PUT retry of an existing session is not a new session: it is
-  answered as usual at the quota.
+  documented set, it is not retried by a client's transient-failure retries (429 and 5xx
+  are, which would hide the overrun and hammer the service; ArrClient waits for the quota
+  on its own, bounded by ``ARR_QUOTA_WAIT``, and says so in its log), and the ``code`` and
+  ``message`` say what happened and what to do. A 2021-01-01 PUT retry of an existing
+  session is not a new session: it is answered as usual at the quota.
 
 This module is not thread-safe: :class:`~arr_prefect.emulator.Emulator` serialises
 every call with a lock.

@@ -226,9 +226,11 @@ async def test_a_cancel_ends_the_wait_at_once(
     assert len(emu.ledger()["sessions"]) == 1
 
 
-def _scripted(*answers: httpx.Response) -> tuple[httpx.MockTransport, list[httpx.Request]]:
+def _scripted(
+    *answers: httpx.Response, slow: tuple[VirtualClock, float] | None = None
+) -> tuple[httpx.MockTransport, list[httpx.Request]]:
     """A service whose token call succeeds and whose creates get ``answers`` in order, the
-    last one ever after."""
+    last one ever after; ``slow``: each create takes that many seconds of that clock."""
     queue = list(answers)
     sent: list[httpx.Request] = []
 
@@ -236,6 +238,8 @@ def _scripted(*answers: httpx.Response) -> tuple[httpx.MockTransport, list[httpx
         if request.url.path.endswith("/token"):
             return httpx.Response(200, json={"AccessToken": "header.e30.sig-SECRET-TOKEN"})
         sent.append(request)
+        if slow is not None:
+            slow[0].advance(slow[1])
         answer = queue.pop(0) if len(queue) > 1 else queue[0]
         # A response object cannot be sent twice: a copy of it.
         return httpx.Response(answer.status_code, headers=answer.headers, content=answer.content)
@@ -249,6 +253,35 @@ def _refusal(code: str, headers: dict[str, str] | None = None) -> httpx.Response
         json={"error": {"code": code, "message": "refused"}},
         headers={"MS-CV": "CV-Q.1", **(headers or {})},
     )
+
+
+@pytest.mark.parametrize(
+    ("quota_wait", "tries", "says"),
+    [
+        pytest.param(0, 1, None, id="no-wait"),
+        pytest.param(10, 3, "after waiting 13 s", id="10-s"),
+    ],
+)
+async def test_the_wait_counts_from_the_first_refusal(
+    clock: VirtualClock, quota_wait: float, tries: int, says: str | None
+) -> None:
+    """Time spent sending the first create is no waiting for the quota: with a 3 s create,
+    ARR_QUOTA_WAIT=0 raises the refusal as it is, and 10 s are counted from the refusal."""
+    transport, sent = _scripted(
+        _refusal("QuotaExceeded", {"Retry-After": "3.5"}), slow=(clock, 3.0)
+    )
+    async with make_client(transport, clock, quota_wait=quota_wait) as arr:
+        with pytest.raises(QuotaExceededError) as info:
+            await create(arr, lease=LEASE)
+    # 3 s to the first refusal; then waits of 3.5 s and tries of 3 s, the last wait cut
+    # short to end at the deadline.
+    assert waited(clock) == pytest.approx(3 + quota_wait + (3 if quota_wait else 0))
+    assert len(sent) == tries
+    assert info.value.waited == (pytest.approx(quota_wait + 3) if quota_wait else None)
+    if says is None:
+        assert "after waiting" not in str(info.value)
+    else:
+        assert says in str(info.value)
 
 
 async def test_retry_after_is_honoured(clock: VirtualClock) -> None:
