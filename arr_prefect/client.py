@@ -43,6 +43,7 @@ from collections.abc import (
     Iterator,
     Sequence,
 )
+from contextvars import ContextVar
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
 from types import TracebackType
@@ -89,8 +90,10 @@ from arr_prefect.units import format_duration
 __all__ = [
     "ArrClient",
     "ClientFactory",
+    "CreateAttempt",
     "StatusCallback",
     "client_factory",
+    "each_create_attempt",
     "new_session_id",
     "open_client",
     "use_client_factory",
@@ -104,6 +107,37 @@ _SEEN_SESSIONS = 1024
 
 StatusCallback = Callable[[SessionStatus | None, Session], Awaitable[None] | None]
 """Called by :meth:`ArrClient.wait_until_ready` when the status changes: (old, session)."""
+
+CreateAttempt = Callable[[Awaitable[Session]], Awaitable[Session]]
+"""Runs one attempt of a create (given as an awaitable) and returns what it returns."""
+
+_create_attempt: ContextVar[CreateAttempt | None] = ContextVar(
+    "arr_prefect_create_attempt", default=None
+)
+
+
+@contextlib.contextmanager
+def each_create_attempt(run: CreateAttempt) -> Iterator[None]:
+    """Run every create attempt made in this context through ``run``; not the waits between.
+
+    :meth:`ArrClient.create_session` sends a create refused for the account's quota again
+    after a wait. A caller that shields a create from cancellation, so that a session the
+    service made is always learnt (``rendering_session`` does), shields each attempt this
+    way and leaves the waits for the quota cancellable: while the client waits, no request
+    is out and no session exists.
+
+    Args:
+        run: Awaits one attempt (e.g. shielded, with a time bound) and returns its session.
+
+    Yields:
+        Nothing: ``run`` applies until the ``with`` block ends (to the tasks started in
+        it too, which copy the context).
+    """
+    token = _create_attempt.set(run)
+    try:
+        yield
+    finally:
+        _create_attempt.reset(token)
 
 
 def _never_sent(exc: httpx.TransportError) -> bool:
@@ -455,21 +489,23 @@ class ArrClient:
     async def _waiting_for_quota(self, create: Callable[[], Awaitable[Session]]) -> Session:
         """Run ``create`` again while the service refuses it for the account's quota.
 
-        A 403 ``QuotaExceeded`` is a definite answer: no session was made (v1 too: the
-        dialect posts afresh, with a fresh lease fingerprint, each time it is called). The
-        quota frees when a session of the account ends, which takes minutes (e.g. a lost
-        host's sessions, until the reaper stops them), so the waits start at the poll
-        interval the service asks for (5-10 s) and double up to ``backoff_max``; a
-        ``Retry-After`` is honoured. Each wait is a plain sleep on the client's clock, so a
-        cancel ends it at once; ``settings.quota_wait`` seconds after the first refusal
-        the refusal is raised, saying how long the client waited.
+        A 403 ``QuotaExceeded`` is a definite answer: no session was made, so posting again
+        is safe on v1 too (each attempt carries the caller's lease fingerprint when it chose
+        one, as the session guard's does, else a fresh one). The quota frees when a session
+        of the account ends, which takes minutes (e.g. a lost host's sessions, until the
+        reaper stops them), so the waits start at the poll interval the service asks for
+        (5-10 s) and double up to ``backoff_max``; a ``Retry-After`` is honoured. Each wait
+        is a plain sleep on the client's clock, so a cancel ends it at once (only the
+        attempts go through :func:`each_create_attempt`); ``settings.quota_wait`` seconds
+        after the first refusal the refusal is raised, saying how long the client waited.
         """
         budget = self.settings.quota_wait
+        run = _create_attempt.get()
         first_refusal: float | None = None
         refusals = 0
         while True:
             try:
-                return await create()
+                return await (create() if run is None else run(create()))
             except QuotaExceededError as refused:
                 # The wait counts from the first refusal (not from the first request).
                 now = self.clock.time()

@@ -4,25 +4,31 @@ A cancel landing while the create is in flight would otherwise leave a session t
 service made and nobody knows of, billed until its lease runs out. The create runs to
 its answer (bounded by :data:`CREATE_SHIELD_SECONDS`: a v1 create may spend a while
 reconciling a lost answer); the cancel is held and delivered once teardown's stop is
-certain to follow.
+certain to follow. Only the attempts are shielded: a create refused for the account's
+quota waits for it between attempts (``ARR_QUOTA_WAIT``), with no request out and no
+session made, and a cancel ends that wait at once (one held during a refused attempt
+lands as the refusal comes back).
 """
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
 from datetime import timedelta
 
 import anyio
 
+from arr_prefect.client import each_create_attempt
+from arr_prefect.errors import QuotaExceededError
 from arr_prefect.flows.always_stopped import stop_in_teardown
 from arr_prefect.flows.api_calls import ClientCalls
-from arr_prefect.flows.cancel_shield import finish_despite_cancel
+from arr_prefect.flows.cancel_shield import deliver_held_cancel, finish_despite_cancel
 from arr_prefect.flows.report import SessionReport
 from arr_prefect.flows.stopped_if_process_dies import ProcessGuard
 from arr_prefect.models import Session, SessionSize
 
 __all__ = ["CREATE_SHIELD_SECONDS", "create_shielded"]
 
-# A v1 create may spend a while reconciling a lost answer; it is shielded from
+# A v1 create may spend a while reconciling a lost answer; each attempt is shielded from
 # cancellation (so the session's ID is always learnt) for at most this long.
 CREATE_SHIELD_SECONDS = 300.0
 
@@ -62,23 +68,37 @@ async def create_shielded(
 
     Raises:
         BaseException: Whatever ended the create (an ``ArrError``, ``TimeoutError``
-            after :data:`CREATE_SHIELD_SECONDS`, a cancel of the create itself).
+            after :data:`CREATE_SHIELD_SECONDS` of one attempt, a cancel of the create
+            itself, or one that came while it waited for the account's quota).
     """
     report.created_at = calls.arr.clock.time()
     # Where the service names the session, the guard is told the create is in flight
     # (and by which lease to know its session) before the request leaves.
     sent_lease = guard.expect_create(lease, size)
 
-    async def create() -> Session:
-        with anyio.fail_after(CREATE_SHIELD_SECONDS):
-            return await calls.create(
-                lease=sent_lease, size=size, models=models, session_id=session_id
-            )
+    async def attempt(sent: Awaitable[Session]) -> Session:
+        report.created_at = calls.arr.clock.time()  # the session bills from its request
+        held = len(cancels_seen)
+
+        async def bounded() -> Session:
+            with anyio.fail_after(CREATE_SHIELD_SECONDS):
+                return await sent
+
+        try:
+            # Once the request is out, learning the session's ID matters more than
+            # reacting to a cancel a few seconds sooner: the cancel is held until then.
+            return await finish_despite_cancel(bounded(), cancels_seen)
+        except QuotaExceededError:
+            # Refused for the quota: nothing was made, so a cancel held meanwhile lands now
+            # instead of after the client's wait for the quota.
+            deliver_held_cancel(cancels_seen, held)
+            raise
 
     try:
-        # Once the request is out, learning the session's ID matters more than reacting
-        # to a cancel a few seconds sooner: the cancel is held until the ID is known.
-        session = await finish_despite_cancel(create(), cancels_seen)
+        with each_create_attempt(attempt):
+            session = await calls.create(
+                lease=sent_lease, size=size, models=models, session_id=session_id
+            )
     except BaseException:
         guard.create_failed()
         if session_id is not None:
