@@ -1,9 +1,10 @@
 """The kill matrix's reactive rows: the reaper's trigger, not its hourly schedule, stops a
 session whose every other layer is gone, within a bound.
 
-Each row starts a render-batch deployment run (as tests/e2e/test_teardown.py does, with
-its helpers), waits until its job is in progress, and 20 s later ends it so that only the
-reaper can stop its session before a long lease would:
+Each row starts a deployment run (render-batch, as tests/e2e/test_teardown.py does, with
+its helpers; or a user's flow), waits until its session is Ready, and 20 s later ends it
+so that only the reaper can stop its session before a long lease would. (h) and (user h)
+run side by side (each spends a minute waiting for its reaper run); (i) runs alone:
 
 - (h) the flow-run process is SIGKILLed with the session guard off, and the crash hook's
   one stop attempt refused (503): the worker reports the run Crashed, the deployment's
@@ -58,7 +59,7 @@ from tests.e2e._stack import (
     parse_time,
     session_entry,
 )
-from tests.e2e.conftest import NOT_MEASURED, ScenarioResult, record
+from tests.e2e.conftest import NOT_MEASURED, ScenarioResult, note_timing, record
 from tests.e2e.test_teardown import OVERRUN_TOLERANCE, Scenario, Scene, until
 
 pytestmark = pytest.mark.e2e
@@ -96,46 +97,42 @@ flow.from_source(source=".", entrypoint="user_flows.py:render_my_scene").deploy(
 """What a user types to deploy their flow to a process pool (Prefect's docs' way), from
 their project's directory: the deployment's pull step is that directory, no tags."""
 
-ROWS = [
-    pytest.param(
-        Scenario(
-            "(h) SIGKILL, tagged at run time, guard off, hook's stop refused",
-            "sigkill-reaper",
-            "reaper",
-            ("Crashed",),
-            TRIGGER_WITHIN,
-            LEASE_MINUTES,
-            (("ARR_MAX_ATTEMPTS", "1"), ("ARR_STOP_ON_PROCESS_DEATH", "false")),
-        ),
-        id="h-sigkill-reaped-by-trigger",
-    ),
-    # As (h), for a user's flow and deployment that were never tagged arr (nor rendering):
+SIGKILL_ROW = Scenario(
+    "(h) SIGKILL, tagged at run time, guard off, hook's stop refused",
+    "sigkill-reaper",
+    "reaper",
+    ("Crashed",),
+    TRIGGER_WITHIN,
+    LEASE_MINUTES,
+    (("ARR_MAX_ATTEMPTS", "1"), ("ARR_STOP_ON_PROCESS_DEATH", "false")),
+)
+USER_FLOW_ROW = Scenario(
+    "(user h) user's def flow, no arr tag: SIGKILL, guard off, hook's stop refused",
+    "user-sigkill-reaper",
+    "reaper",
+    ("Crashed",),
+    TRIGGER_WITHIN,
+    LEASE_MINUTES,
+    (("ARR_MAX_ATTEMPTS", "1"), ("ARR_STOP_ON_PROCESS_DEATH", "false")),
+)
+LOST_HOST_ROW = Scenario(
+    "(i) host lost: worker, flow run and guard SIGKILLed",
+    "lost-host",
+    "reaper",
+    ("Crashed",),
+    LOST_HOST_WITHIN,
+    LEASE_MINUTES,
+    (("PREFECT_FLOWS_HEARTBEAT_FREQUENCY", str(HEARTBEAT_SECONDS)),),
+)
+
+# The rows of a group run side by side: each spends most of its time waiting the
+# trigger's minute, so (user h) beside (h) adds seconds, not minutes, to the shard.
+ROW_GROUPS = [
+    # (user h) is (h) for a user's flow and deployment never tagged arr (nor rendering):
     # only the owner tag rendering_session adds at run time ties the run to its session.
-    pytest.param(
-        Scenario(
-            "(user h) user's def flow, no arr tag: SIGKILL, guard off, hook's stop refused",
-            "user-sigkill-reaper",
-            "reaper",
-            ("Crashed",),
-            TRIGGER_WITHIN,
-            LEASE_MINUTES,
-            (("ARR_MAX_ATTEMPTS", "1"), ("ARR_STOP_ON_PROCESS_DEATH", "false")),
-        ),
-        id="user-h-def-flow-without-arr-tag-reaped-by-trigger",
-    ),
-    # Last: it kills the worker (the next test starts another).
-    pytest.param(
-        Scenario(
-            "(i) host lost: worker, flow run and guard SIGKILLed",
-            "lost-host",
-            "reaper",
-            ("Crashed",),
-            LOST_HOST_WITHIN,
-            LEASE_MINUTES,
-            (("PREFECT_FLOWS_HEARTBEAT_FREQUENCY", str(HEARTBEAT_SECONDS)),),
-        ),
-        id="i-lost-host-zombie-reaped",
-    ),
+    pytest.param((SIGKILL_ROW, USER_FLOW_ROW), id="h-and-user-h-sigkill-reaped-by-trigger"),
+    # Alone, and last: it kills the worker (the next test starts another).
+    pytest.param((LOST_HOST_ROW,), id="i-lost-host-zombie-reaped"),
 ]
 
 
@@ -146,11 +143,15 @@ def user_deployment(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> s
     root = tmp_path_factory.mktemp("users-project")
     shutil.copy(USER_FLOWS, root / USER_FLOWS.name)
     env = stack.user_env
+    started = time.monotonic()
     stack._run_cli(
         [str(stack.ensure_venv().python), "-c", DEPLOY_USER_FLOW],
         cwd=root,
         what="flow.from_source(...).deploy(...) of the user's flow",
         env=env,
+    )
+    note_timing(
+        f"user's flow deployed with from_source().deploy() in {time.monotonic() - started:.1f} s"
     )
     return USER_DEPLOYMENT
 
@@ -273,52 +274,70 @@ async def kill(scene: Scene) -> float:
     return emulated + (at - wall) * TIME_SCALE
 
 
-@pytest.mark.parametrize("scenario", ROWS)
-async def test_session_is_reaped_through_the_trigger(
-    live_worker: Stack, scenario: Scenario, request: pytest.FixtureRequest
+@pytest.mark.parametrize("rows", ROW_GROUPS)
+async def test_sessions_are_reaped_through_the_trigger(
+    live_worker: Stack, rows: tuple[Scenario, ...], request: pytest.FixtureRequest
 ) -> None:
     """The reaper's trigger stops the session of a run no other layer can help, in time."""
     stack = live_worker
-    zombie = yaml.safe_load(ZOMBIE_FILE.read_text())["name"]
-    users = scenario.trigger == "user-sigkill-reaper"
-    if users:
+    if any(row.trigger == "user-sigkill-reaper" for row in rows):
         request.getfixturevalue("user_deployment")
     async with PrefectClient(stack.api_url) as prefect:
-        scene = (UserScene if users else Scene)(stack, prefect, scenario)
-        since = datetime.now(UTC) - timedelta(seconds=1)
-        try:
-            if scenario.trigger == "lost-host":
-                create_zombie_automation(stack, stack.workdir)
-            await scene.start()
-            await wait_ready(scene)
-            if scenario.trigger in KILLED_BY_SIGKILL:
-                await refuse_next_stop(scene)
-            await asyncio.sleep(AFTER_READY)
-            killed = await kill(scene)
-            if scenario.trigger == "lost-host":
-                # Another host's worker: the reaper's run needs one.
-                await asyncio.to_thread(stack.replace_worker)
-            entry = await scene.wait_session_ended()
-            overrun = parse_time(entry["ended_at"]) - killed
-            seconds_to_stop = max(0.0, overrun / TIME_SCALE)
-            run = await scene.wait_run_final()
-            who, event = await scene.who_stopped(entry)
-            reaper_run, reaper_runs = await the_reaper_run(prefect, scene, since)
-            crashed_events = await run_state_events(prefect, scene, "Crashed")
-        except BaseException as exc:
-            record(
-                ScenarioResult(
-                    scenario.name,
-                    f"FAILED: {type(exc).__name__}",
-                    *NOT_MEASURED,
-                    expected=scenario.stopped_by,
-                    lease_minutes=scenario.lease_minutes,
-                )
+        done = await asyncio.gather(
+            *(reaped_through_the_trigger(stack, prefect, row) for row in rows),
+            return_exceptions=True,
+        )
+    failed = [outcome for outcome in done if isinstance(outcome, BaseException)]
+    if len(failed) == 1:
+        raise failed[0]
+    if failed:
+        raise BaseExceptionGroup("rows failed", failed)
+    ledger = stack.ledger()
+    assert ledger["running"] == 0, f"sessions left running: {ledger}"
+
+
+async def reaped_through_the_trigger(
+    stack: Stack, prefect: PrefectClient, scenario: Scenario
+) -> None:
+    """One row: start the run, kill it 20 s after Ready, check the trigger's reaper
+    stopped its session in time; its line of the table."""
+    zombie = yaml.safe_load(ZOMBIE_FILE.read_text())["name"]
+    users = scenario.trigger == "user-sigkill-reaper"
+    scene = (UserScene if users else Scene)(stack, prefect, scenario)
+    since = datetime.now(UTC) - timedelta(seconds=1)
+    try:
+        if scenario.trigger == "lost-host":
+            create_zombie_automation(stack, stack.workdir)
+        await scene.start()
+        await wait_ready(scene)
+        if scenario.trigger in KILLED_BY_SIGKILL:
+            await refuse_next_stop(scene)
+        await asyncio.sleep(AFTER_READY)
+        killed = await kill(scene)
+        if scenario.trigger == "lost-host":
+            # Another host's worker: the reaper's run needs one.
+            await asyncio.to_thread(stack.replace_worker)
+        entry = await scene.wait_session_ended()
+        overrun = parse_time(entry["ended_at"]) - killed
+        seconds_to_stop = max(0.0, overrun / TIME_SCALE)
+        run = await scene.wait_run_final()
+        who, event = await scene.who_stopped(entry)
+        reaper_run, reaper_runs = await the_reaper_run(prefect, scene, since)
+        crashed_events = await run_state_events(prefect, scene, "Crashed")
+    except BaseException as exc:
+        record(
+            ScenarioResult(
+                scenario.name,
+                f"FAILED: {type(exc).__name__}",
+                *NOT_MEASURED,
+                expected=scenario.stopped_by,
+                lease_minutes=scenario.lease_minutes,
             )
-            raise
-        finally:
-            if scenario.trigger == "lost-host":
-                await delete_automation(prefect, zombie)
+        )
+        raise
+    finally:
+        if scenario.trigger == "lost-host":
+            await delete_automation(prefect, zombie)
     state = (run.state.name if run.state else None) or "?"
     record(
         ScenarioResult(
@@ -346,9 +365,7 @@ async def test_session_is_reaped_through_the_trigger(
     if users:
         assert scene.session_id is not None
         check_never_tagged_arr(run, scene.session_id, crashed_events)
-    ledger = stack.ledger()
-    assert ledger["running"] == 0, f"sessions left running: {ledger}"
-    assert session_entry(ledger, entry["id"]) is not None
+    assert session_entry(stack.ledger(), entry["id"]) is not None
 
 
 def check_from_the_trigger(
