@@ -322,8 +322,6 @@ async def reaped_through_the_trigger(
         seconds_to_stop = max(0.0, overrun / TIME_SCALE)
         run = await scene.wait_run_final()
         who, event = await scene.who_stopped(entry)
-        reaper_run, reaper_runs = await the_reaper_run(prefect, scene, since)
-        crashed_events = await run_state_events(prefect, scene, "Crashed")
     except BaseException as exc:
         record(
             ScenarioResult(
@@ -361,9 +359,11 @@ async def reaped_through_the_trigger(
     if scenario.trigger == "lost-host":
         assert run.state is not None
         assert "heartbeats" in (run.state.message or ""), run.state
+    reaper_run, reaper_runs = await the_reaper_run(prefect, scene, since)
     check_from_the_trigger(scene, event, reaper_run, reaper_runs)
     if users:
         assert scene.session_id is not None
+        crashed_events = await run_state_events(prefect, scene, "Crashed")
         check_never_tagged_arr(run, scene.session_id, crashed_events)
     assert session_entry(stack.ledger(), entry["id"]) is not None
 
