@@ -491,8 +491,11 @@ class ArrClient:
                 raise self._error("list sessions", response)
             try:
                 page, next_link = self.dialect.parse_page(response.content)
-            except ValueError:
-                raise self._error("list sessions (unreadable answer)", response) from None
+            except ValueError as unreadable:
+                # Says which item and field (a page holds up to a thousand sessions).
+                raise self._error(
+                    f"list sessions (unreadable answer: {unreadable})", response
+                ) from None
             yield page
             if not next_link or next_link in seen:
                 return
