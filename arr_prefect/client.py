@@ -225,8 +225,8 @@ class ArrClient:
             # The token fetch takes no slot: requests holding slots may be waiting for it
             # (in ArrAuth) before they send, and must not wait for each other.
             return await pool.http.request(method, url, auth=auth, timeout=self._timeout, **kwargs)
-        async with pool.slots:
-            return await pool.http.request(method, url, auth=auth, timeout=self._timeout, **kwargs)
+        async with pool.lane() as http:
+            return await http.request(method, url, auth=auth, timeout=self._timeout, **kwargs)
 
     # ------------------------------------------------------------------ plumbing
 
@@ -475,9 +475,12 @@ class ArrClient:
 
     async def list_sessions(self) -> list[Session]:
         """Every active (Starting or Ready) session of the account, all pages."""
-        sessions: list[Session] = []
-        async for page in self._pages():
-            sessions.extend(page)
+        pool = await self._pool()
+        # A list holds what it has read until its last page: a few at a time per pool.
+        async with pool.lists if pool is not None else contextlib.nullcontext():
+            sessions: list[Session] = []
+            async for page in self._pages():
+                sessions.extend(page)
         return sessions
 
     async def _pages(self) -> AsyncIterator[list[Session]]:
