@@ -13,8 +13,8 @@ sessions is read by one :class:`pydantic_core.SchemaValidator` (``validate_json`
 item schema is the :class:`Session` model itself with this version's wire names as
 validation aliases. Each item becomes a ``Session`` in one pass, with no intermediate
 dict and no second validation; values the service repeats (statuses, sizes, TimeSpans,
-minutes) are read in C (enum lookups, a dict of values already read). A page that cannot
-be read raises a ValueError naming the first item and field at fault.
+minutes) are read once per spelling and then found by a dict lookup made from C. A page
+that cannot be read raises a ValueError naming the first item and field at fault.
 """
 
 from __future__ import annotations
@@ -297,9 +297,10 @@ def _one_pass(schema: core_schema.CoreSchema) -> SchemaValidator | None:
 
     pydantic-core validates a model schema of an already-built model class with that
     class's own validator (its field names, not our aliases) unless told not to
-    (``_use_prebuilt=False``, typed in pydantic-core since 2.27 and used by pydantic for
-    rebuilds). Should that ever change, the answer below would not read, and the caller
-    falls back to two passes: slower, never wrong.
+    (``_use_prebuilt=False``: in pydantic-core's own type stubs, from the floor's 2.46 to
+    2.50 at least, and what pydantic passes when it rebuilds a model). Should that ever
+    change, :func:`_reads_aliases` notices and the caller falls back to two passes:
+    slower, never wrong.
     """
     try:
         validator = SchemaValidator(schema, _use_prebuilt=False)  # type: ignore[call-arg,unused-ignore]
