@@ -24,7 +24,10 @@ What is measured:
   build a client.
 - list: ``list_sessions()`` with 1,000 active sessions against a hand-written httpx GET +
   ``.json()`` of the same pages (following ``@nextLink``) on the same emulator, both API
-  versions, call by call interleaved: the median of the pairs' ratios, and its spread.
+  versions, call by call interleaved: the median of the pairs' ratios, and its spread;
+  the CPU of both processes over each round; and reading one answer without HTTP
+  (``parse_page``) against ``json.loads`` and against pydantic-core's own floor (a typed
+  dict per item, no model).
 - scale: 1000 concurrent lifecycles (new client each, half per API version) in one child
   process against one emulator (start-up 0): wall time, peak RSS, failures; again with
   the child's open-file limit at 1024; and the same with a ``list_sessions()`` in every
