@@ -20,11 +20,12 @@ API facts this module relies on:
 
 from __future__ import annotations
 
-import functools
 import logging
 from collections.abc import Mapping, Sequence
 from datetime import timedelta
-from typing import Any, ClassVar
+from typing import ClassVar
+
+from pydantic_core import core_schema
 
 from arr_prefect.dialects.base import (
     HOSTNAME,
@@ -37,7 +38,7 @@ from arr_prefect.dialects.base import (
     Dialect,
     SessionCalls,
     WireField,
-    function,
+    memoized,
     wire_field,
 )
 from arr_prefect.errors import ArrHTTPError, ArrTransportError, CreateOutcomeUnknownError
@@ -63,20 +64,14 @@ RECONCILE_LISTS = 3
 # is reported in whole seconds and ages between the answer and the PATCH).
 EXTEND_MARGIN = timedelta(seconds=60)
 
-# A list repeats the same few leases and elapsed times: parse each spelling once.
-_cached_timespan = functools.lru_cache(maxsize=4096)(parse_timespan)
+
+def timespan_or_none(value: str) -> timedelta | None:
+    """A TimeSpan field's text as a duration; empty is None (TimeSpanFormatError if bad)."""
+    return parse_timespan(value) if value else None
 
 
-def timespan_or_none(value: Any) -> timedelta | None:
-    """A TimeSpan field; empty or absent is None."""
-    if not value:
-        return None
-    if not isinstance(value, str):
-        return parse_timespan(value)  # raises TimeSpanFormatError, naming the value
-    return _cached_timespan(value)
-
-
-TIMESPAN = function(timespan_or_none)
+# A list repeats the same few leases and elapsed times: each spelling is parsed once.
+TIMESPAN = core_schema.nullable_schema(memoized(core_schema.str_schema(), timespan_or_none))
 
 
 class V1(Dialect):
