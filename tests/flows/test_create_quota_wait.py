@@ -60,27 +60,22 @@ async def refused(emulator: Emulator, clock: VirtualClock, times: int) -> None:
         await clock.sleep(1)
 
 
-async def test_in_a_flow_run_the_create_waits_for_a_session_to_end(
+async def test_the_create_waits_for_a_session_to_end(
     emulator: Emulator, clock: VirtualClock, blocker: str
 ) -> None:
-    """The create-session task waits while the quota is full and creates once the other
-    session stops; the session bills from the request that made it, not from the wait."""
+    """The create waits while the quota is full and creates once the other session stops;
+    the session bills from the request that made it, not from the wait."""
     report = SessionReport()
     stopped_at: list[float] = []
 
-    @flow
-    async def pipeline() -> str:
-        async def stop_blocker() -> None:
-            await refused(emulator, clock, 2)
-            emulator.state.stop(DEFAULT_ACCOUNT_ID, blocker)
-            stopped_at.append(clock.time())
+    async def stop_blocker() -> None:
+        await refused(emulator, clock, 2)
+        emulator.state.stop(DEFAULT_ACCOUNT_ID, blocker)
+        stopped_at.append(clock.time())
 
-        stopping = asyncio.create_task(stop_blocker())
-        session_id = await _use_a_session(report)
-        await stopping
-        return session_id
-
-    session_id = await pipeline()
+    stopping = asyncio.create_task(stop_blocker())
+    session_id = await _use_a_session(report)
+    await stopping
     assert session_id != blocker
     assert create_refusals(emulator) == 2
     assert report.created_at is not None
