@@ -14,6 +14,7 @@ import pytest
 
 from arr_prefect.client import ArrClient, open_client
 from arr_prefect.clock import VirtualClock
+from arr_prefect.dialects import dialect_for
 from arr_prefect.emulator import Emulator
 from arr_prefect.errors import ArrTransportError, InvalidLeaseError
 from arr_prefect.flows import LeaseKeeper, rendering_session
@@ -34,15 +35,18 @@ async def test_cancel_while_the_create_answer_is_in_flight(
     """A cancel landing after the service made the session but before its answer arrived
     ends in CancelledError, never runs the body, and leaves nothing running."""
     created, release = asyncio.Event(), asyncio.Event()
-    original = ArrClient.create_session
+    # The answer is held inside the create's attempt (the dialect's request), the part the
+    # shield covers: the client's waits for the quota between attempts are not shielded.
+    dialect = type(dialect_for(api_version))
+    original = dialect.create
 
-    async def slow_answer(self: ArrClient, **kwargs: Any) -> Session:
-        session = await original(self, **kwargs)  # the service has made it...
+    async def slow_answer(self: Any, calls: Any, **kwargs: Any) -> Session:
+        session = await original(self, calls, **kwargs)  # the service has made it...
         created.set()
         await release.wait()  # ...and its answer is still on the wire
         return session
 
-    monkeypatch.setattr(ArrClient, "create_session", slow_answer)
+    monkeypatch.setattr(dialect, "create", slow_answer)
     body_ran: list[bool] = []
 
     async def pipeline() -> None:
