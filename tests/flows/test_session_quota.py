@@ -21,7 +21,7 @@ from arr_prefect.client import ArrClient
 from arr_prefect.clock import ScaledClock
 from arr_prefect.emulator import Emulator
 from arr_prefect.errors import ArrError
-from arr_prefect.flows import RenderSummary, SessionReport, render_batch, rendering_session
+from arr_prefect.flows import RenderSummary, SessionReport, quota, render_batch, rendering_session
 from arr_prefect.flows.quota import (
     SLOT_CALLS_AT_ONCE,
     SLOT_WAIT_ARTIFACT_KEY,
@@ -149,8 +149,7 @@ async def test_no_limit_is_asked_once_per_run(
     limit_name: str, emulator: Emulator, asked: _Asked, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Sessions starting together in a run without the limit ask the server once between
-    them, later sessions of the run not at all, and the run logs it once; the next run
-    asks again (the limit may exist by then)."""
+    them, later sessions of the run not at all, and the run logs it once."""
 
     @flow
     async def several() -> None:
@@ -167,17 +166,49 @@ async def test_no_limit_is_asked_once_per_run(
     assert len(said) == 1
     assert len(emulator.ledger()["sessions"]) == 7
 
-    await create_limit(limit_name, 2)
+
+@pytest.fixture
+def moments(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """The clock of the process's no-limit memory, moved by the test (``moments[0]``)."""
+    now = [1000.0]
+    monkeypatch.setattr(quota, "_now", lambda: now[0])
+    return now
+
+
+async def test_no_limit_is_remembered_by_the_process_for_a_while(
+    limit_name: str,
+    emulator: Emulator,
+    asked: _Asked,
+    moments: list[float],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A run starting soon after another run of the process found no limit asks nothing
+    (and still says why it holds no slot); once the memory has lapsed, a limit created
+    meanwhile binds the next run."""
     report = SessionReport()
 
     @flow
-    async def next_run() -> int:
+    async def one_session() -> int | None:
         async with rendering_session(lease=timedelta(minutes=10), report=report):
-            return await slots_in_use(limit_name)
+            return await slots_in_use(limit_name) if report.slot_limit else None
 
-    assert await next_run() == 1
+    assert await one_session() is None
+    assert asked == [limit_name]
+    await create_limit(limit_name, 2)
+    moments[0] += quota.NO_LIMIT_REMEMBERED_SECONDS - 1
+    caplog.clear()
+    assert await one_session() is None
+    assert asked == [limit_name]  # the process remembered: no request
+    assert (report.slot_limit, report.slot_wait_seconds) == (None, None)
+    said = [r.message for r in caplog.records if "No Prefect global concurrency limit" in r.message]
+    assert len(said) == 1
+    assert "as this process learnt 29 s ago" in said[0]
+
+    moments[0] += 2
+    assert await one_session() == 1
     assert report.slot_limit == limit_name
     assert asked == [limit_name, limit_name]
+    assert await slots_in_use(limit_name) == 0
 
 
 async def slots_seen_together(limit_name: str, count: int) -> list[int]:
