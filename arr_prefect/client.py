@@ -225,8 +225,8 @@ class ArrClient:
             # The token fetch takes no slot: requests holding slots may be waiting for it
             # (in ArrAuth) before they send, and must not wait for each other.
             return await pool.http.request(method, url, auth=auth, timeout=self._timeout, **kwargs)
-        async with pool.slots:
-            return await pool.http.request(method, url, auth=auth, timeout=self._timeout, **kwargs)
+        async with pool.lane() as http:
+            return await http.request(method, url, auth=auth, timeout=self._timeout, **kwargs)
 
     # ------------------------------------------------------------------ plumbing
 
@@ -475,9 +475,12 @@ class ArrClient:
 
     async def list_sessions(self) -> list[Session]:
         """Every active (Starting or Ready) session of the account, all pages."""
-        sessions: list[Session] = []
-        async for page in self._pages():
-            sessions.extend(page)
+        pool = await self._pool()
+        # A list holds what it has read until its last page: a few at a time per pool.
+        async with pool.lists if pool is not None else contextlib.nullcontext():
+            sessions: list[Session] = []
+            async for page in self._pages():
+                sessions.extend(page)
         return sessions
 
     async def _pages(self) -> AsyncIterator[list[Session]]:
@@ -491,13 +494,19 @@ class ArrClient:
                 raise self._error("list sessions", response)
             try:
                 page, next_link = self.dialect.parse_page(response.content)
-            except ValueError:
-                raise self._error("list sessions (unreadable answer)", response) from None
+            except ValueError as unreadable:
+                # Says which item and field (a page holds up to a thousand sessions).
+                raise self._error(
+                    f"list sessions (unreadable answer: {unreadable})", response
+                ) from None
             yield page
             if not next_link or next_link in seen:
                 return
             seen.add(next_link)
-            link = httpx.URL(url).join(next_link)
+            # Parsed once (a URL parse costs ~16 us: a page of 100 sessions is ~200 us).
+            link = httpx.URL(next_link)
+            if link.is_relative_url:
+                link = httpx.URL(url).join(link)
             url = str(link)
             # The bearer token goes with the request: a link to another origin (or a
             # downgrade to plain http on the same host) must not receive it.

@@ -20,6 +20,7 @@ __all__ = [
     "estimated_cost",
     "format_billing",
     "format_duration",
+    "format_lease",
     "format_money",
     "round_seconds",
 ]
@@ -54,6 +55,16 @@ def format_duration(seconds: float | None) -> str:
     if minutes:
         return f"{minutes} min {secs} s" if secs else f"{minutes} min"
     return f"{secs} s"
+
+
+def format_lease(seconds: float | None) -> str:
+    """A session's lease as :func:`format_duration` prints it, from its whole seconds.
+
+    Leases are set in whole seconds; the sub-second part a v1 session's lease carries is
+    the client's create fingerprint (see :mod:`arr_prefect.dialects.v1`), not time anyone
+    asked for, so a 10-minute lease reads ``10 min``, never ``10 min 1 s``.
+    """
+    return format_duration(None if seconds is None else float(math.floor(seconds)))
 
 
 def billed_minutes(seconds: float | None) -> int | None:

@@ -41,7 +41,10 @@ async def create_shielded(
 
     A create that fails (or times out) after the client named the session is followed by
     a stop of that ID: the request may have reached the service, and stopping an unknown
-    ID is harmless. The created session is handed to the guard.
+    ID is harmless. Where the service names the session, the guard is told the create is
+    in flight before it is sent (its lease then carries a fingerprint the guard knows it
+    by), so that a SIGKILL before the answer does not leave the session to its lease.
+    The created session is handed to the guard.
 
     Args:
         calls: How to call the API (task runs in a flow run, the client outside).
@@ -62,16 +65,22 @@ async def create_shielded(
             after :data:`CREATE_SHIELD_SECONDS`, a cancel of the create itself).
     """
     report.created_at = calls.arr.clock.time()
+    # Where the service names the session, the guard is told the create is in flight
+    # (and by which lease to know its session) before the request leaves.
+    sent_lease = guard.expect_create(lease, size)
 
     async def create() -> Session:
         with anyio.fail_after(CREATE_SHIELD_SECONDS):
-            return await calls.create(lease=lease, size=size, models=models, session_id=session_id)
+            return await calls.create(
+                lease=sent_lease, size=size, models=models, session_id=session_id
+            )
 
     try:
         # Once the request is out, learning the session's ID matters more than reacting
         # to a cancel a few seconds sooner: the cancel is held until the ID is known.
         session = await finish_despite_cancel(create(), cancels_seen)
     except BaseException:
+        guard.create_failed()
         if session_id is not None:
             # The PUT may have reached the service: stopping an unknown ID is harmless.
             await stop_in_teardown(ClientCalls(calls.arr), session_id, report)

@@ -24,13 +24,18 @@ What is measured:
   build a client.
 - list: ``list_sessions()`` with 1,000 active sessions against a hand-written httpx GET +
   ``.json()`` of the same pages (following ``@nextLink``) on the same emulator, both API
-  versions, call by call interleaved: the median of the pairs' ratios, and its spread.
+  versions, call by call interleaved: the median of the pairs' ratios, and its spread;
+  the CPU of both processes over each round; and reading one answer without HTTP
+  (``parse_page``) against ``json.loads`` and against pydantic-core's own floor (a typed
+  dict per item, no model).
 - scale: 1000 concurrent lifecycles (new client each, half per API version) in one child
   process against one emulator (start-up 0): wall time, peak RSS, failures; again with
   the child's open-file limit at 1024; and the same with a ``list_sessions()`` in every
-  lifecycle (each list then returns up to 1,000 sessions), with the per-lifecycle cost
-  (wall, and client + emulator CPU) against batches of 10 run in the same child before and
-  after it.
+  lifecycle (each list then returns up to 1,000 sessions); each with the per-lifecycle
+  cost (wall, and client + emulator CPU) against batches of 10 run in the same child
+  before and after it; with both, what the list itself costs per session it returns, at
+  1,000 and at 10 (a list of N sessions costs N times a session's parse, so the
+  per-lifecycle cost with a list grows with N by construction).
 - flows: ``render_batch`` (no-op job) against a flow of five no-op tasks, warm, as 24
   pairs in random order with random 0-1 s pauses (median of the pairs' ratios); 200
   ``rendering_session``s in one flow run, per session, against the same flow without them
@@ -555,13 +560,14 @@ class RawLifecycle:
             (await http.post(f"{url}/:stop", params=params, headers=auth)).raise_for_status()
 
 
-async def client_lifecycle(arr: Any, with_list: bool = False) -> None:
+async def client_lifecycle(arr: Any, with_list: bool = False) -> int:
+    """One lifecycle; the number of sessions its list returned (0 without a list)."""
     session = await arr.create_session(lease=timedelta(minutes=10))
     await arr.wait_until_ready(session.id)
     await arr.extend_session(session.id, timedelta(minutes=20))
-    if with_list:
-        await arr.list_sessions()
+    listed = len(await arr.list_sessions()) if with_list else 0
     await arr.stop_session(session.id)
+    return listed
 
 
 async def _counts(url: str) -> dict[str, int]:
@@ -669,12 +675,13 @@ async def _batch(
     from arr_prefect.client import ArrClient
 
     failures: list[str] = []
+    listed: list[int] = []
 
     async def one(index: int) -> None:
         api_version = "v1" if index % 2 else "2021-01-01"
         try:
             async with ArrClient(settings[api_version]) as arr:
-                await client_lifecycle(arr, with_list)
+                listed.append(await client_lifecycle(arr, with_list))
         except Exception as exc:  # noqa: BLE001 - counted and reported
             failures.append(f"{type(exc).__name__}: {exc}")
 
@@ -687,6 +694,7 @@ async def _batch(
         "cpu": time.process_time() - cpu,
         "emulator_cpu": (_cpu_of(emulator_pid) - emulator_cpu) if emulator_pid else 0.0,
         "failures": failures,
+        "listed": statistics.mean(listed) if listed else 0.0,
     }
 
 
@@ -694,15 +702,12 @@ async def _scale(
     url: str, lifecycles: int, with_list: bool, emulator_pid: int | None
 ) -> dict[str, Any]:
     settings = {v: _settings(url, v) for v in ("v1", "2021-01-01")}
-    small: list[dict[str, Any]] = []
-    if with_list:
-        # The N=10 rate, in batches of 10 before and after the big run (same process, same
-        # emulator), so that what the machine's other jobs do falls on both sides.
-        await _batch(settings, 10, with_list, emulator_pid)  # warm: imports, pool, token
-        small += [await _batch(settings, 10, with_list, emulator_pid) for _ in range(5)]
+    # The N=10 rate, in batches of 10 before and after the big run (same process, same
+    # emulator), so that what the machine's other jobs do falls on both sides.
+    await _batch(settings, 10, with_list, emulator_pid)  # warm: imports, pool, token
+    small = [await _batch(settings, 10, with_list, emulator_pid) for _ in range(5)]
     big = await _batch(settings, lifecycles, with_list, emulator_pid)
-    if with_list:
-        small += [await _batch(settings, 10, with_list, emulator_pid) for _ in range(5)]
+    small += [await _batch(settings, 10, with_list, emulator_pid) for _ in range(5)]
     failures = big["failures"] + [f for batch in small for f in batch["failures"]]
 
     def per_lifecycle(key: str) -> float:
@@ -717,6 +722,8 @@ async def _scale(
         "emulator_cpu": big["emulator_cpu"],
         "small_wall": per_lifecycle("wall"),
         "small_cpu": per_lifecycle("cpu") + per_lifecycle("emulator_cpu"),
+        "listed": big["listed"],
+        "small_listed": statistics.mean(batch["listed"] for batch in small),
         "nofile": resource.getrlimit(resource.RLIMIT_NOFILE)[0],
     }
 
@@ -732,6 +739,7 @@ def scale_child(
 
 def bench_scale(lifecycles: int, variants: Sequence[tuple[int | None, bool]]) -> None:
     print("== scale", flush=True)
+    results: dict[tuple[int | None, bool], dict[str, Any]] = {}
     for nofile, with_list in variants:
         with emulator_served() as served:
             args = [_python(), str(Path(__file__).resolve()), "--scale-child", served.url,
@@ -744,25 +752,28 @@ def bench_scale(lifecycles: int, variants: Sequence[tuple[int | None, bool]]) ->
             if out.returncode != 0:
                 raise RuntimeError(f"scale child failed: {out.stderr[-2000:]}")
             result = json.loads(out.stdout.strip().splitlines()[-1])
+        results[nofile, with_list] = result
         limit = f"open files <= {result['nofile']}"
         if with_list:
-            limit += ", each lifecycle also lists"
+            limit += (
+                f", each lifecycle also lists ({result['listed']:.0f} sessions a list on"
+                f" average; {result['small_listed']:.0f} in batches of 10)"
+            )
         cpus = f"client {result['cpu']:.1f} s, emulator {result['emulator_cpu']:.1f} s"
         record("scale", f"{lifecycles} concurrent lifecycles, one process, {limit}: wall"
                f" (CPU used: {cpus})",
                f"{result['wall']:.1f} s", "<= 15 s", result["wall"] <= 15)  # fmt: skip
-        if with_list:
-            wall_ratio = result["wall"] / lifecycles / result["small_wall"]
-            cpu_ratio = (result["cpu"] + result["emulator_cpu"]) / lifecycles / result["small_cpu"]
-            record("scale", f"{lifecycles} concurrent lifecycles, {limit}: wall per lifecycle"
-                   f" vs batches of 10 ({result['wall'] / lifecycles * 1000:.1f} ms vs"
-                   f" {result['small_wall'] * 1000:.1f} ms)",
-                   f"{wall_ratio:.2f}x", "<= 1.2x", wall_ratio <= 1.2)  # fmt: skip
-            record("scale", f"{lifecycles} concurrent lifecycles, {limit}: CPU (client +"
-                   " emulator) per lifecycle vs batches of 10"
-                   f" ({(result['cpu'] + result['emulator_cpu']) / lifecycles * 1000:.1f} ms vs"
-                   f" {result['small_cpu'] * 1000:.1f} ms)",
-                   f"{cpu_ratio:.2f}x", "<= 1.2x", cpu_ratio <= 1.2)  # fmt: skip
+        wall_ratio = result["wall"] / lifecycles / result["small_wall"]
+        cpu_ratio = (result["cpu"] + result["emulator_cpu"]) / lifecycles / result["small_cpu"]
+        record("scale", f"{lifecycles} concurrent lifecycles, {limit}: wall per lifecycle"
+               f" vs batches of 10 ({result['wall'] / lifecycles * 1000:.1f} ms vs"
+               f" {result['small_wall'] * 1000:.1f} ms)",
+               f"{wall_ratio:.2f}x", "<= 1.2x", wall_ratio <= 1.2)  # fmt: skip
+        record("scale", f"{lifecycles} concurrent lifecycles, {limit}: CPU (client +"
+               " emulator) per lifecycle vs batches of 10"
+               f" ({(result['cpu'] + result['emulator_cpu']) / lifecycles * 1000:.1f} ms vs"
+               f" {result['small_cpu'] * 1000:.1f} ms)",
+               f"{cpu_ratio:.2f}x", "<= 1.2x", cpu_ratio <= 1.2)  # fmt: skip
         rss = result["max_rss_mb"]
         record("scale", f"{lifecycles} concurrent lifecycles, {limit}: peak RSS",
                f"{rss:.0f} MB", "<= 250 MB", rss <= 250)  # fmt: skip
@@ -771,6 +782,27 @@ def bench_scale(lifecycles: int, variants: Sequence[tuple[int | None, bool]]) ->
         )
         record("scale", f"{lifecycles} concurrent lifecycles, {limit}: failures", failed, "0",
                result["failures"] == 0)  # fmt: skip
+    if (None, False) in results and (None, True) in results:
+        _list_share(lifecycles, results[None, False], results[None, True])
+
+
+def _list_share(lifecycles: int, plain: dict[str, Any], listing: dict[str, Any]) -> None:
+    """The list's own CPU per session it returned, at N and at 10: the difference of the
+    runs with and without a list (separate children, so only roughly)."""
+    big = (
+        listing["cpu"] + listing["emulator_cpu"] - plain["cpu"] - plain["emulator_cpu"]
+    ) / lifecycles
+    small = listing["small_cpu"] - plain["small_cpu"]
+    per_session = {
+        "big": big / max(listing["listed"], 1) * 1e6,
+        "small": small / max(listing["small_listed"], 1) * 1e6,
+    }
+    record("scale", f"{lifecycles} concurrent lifecycles: the list's own CPU (client +"
+           f" emulator) per lifecycle, {big * 1000:.1f} ms for {listing['listed']:.0f}"
+           f" sessions vs {small * 1000:.2f} ms for {listing['small_listed']:.0f} in batches"
+           " of 10; per session listed",
+           f"{per_session['big']:.1f} vs {per_session['small']:.1f} us",
+           "report", True)  # fmt: skip
 
 
 # --------------------------------------------------------------------------- list
@@ -817,9 +849,12 @@ async def bench_list(rounds: int, sessions: int, per_round: int) -> None:
                     raise RuntimeError(f"{api_version}: a list did not return {sessions}")
             ratios, cpu_ratios, ours_ms, raw_ms = [], [], [], []
             for _ in range(rounds):
-                pairs, cpu_pairs = [], []
+                pairs = []
+                # CPU is summed over the round: the emulator's is read from /proc in clock
+                # ticks (10 ms), coarser than one call.
+                round_cpu = {"raw": 0.0, "ours": 0.0}
                 for index in range(per_round):
-                    walls, cpus = {}, {}
+                    walls = {}
                     order: list[tuple[str, Callable[[], Awaitable[int]]]] = [
                         ("raw", raw),
                         ("ours", ours),
@@ -829,15 +864,18 @@ async def bench_list(rounds: int, sessions: int, per_round: int) -> None:
                         start = time.perf_counter()
                         await call()
                         walls[name] = time.perf_counter() - start
-                        cpus[name] = time.process_time() - cpu + served.cpu_seconds() - served_cpu
+                        round_cpu[name] += (
+                            time.process_time() - cpu + served.cpu_seconds() - served_cpu
+                        )
                     pairs.append(walls["ours"] / walls["raw"])
-                    cpu_pairs.append(cpus["ours"] / cpus["raw"])
                     ours_ms.append(walls["ours"] * 1000)
                     raw_ms.append(walls["raw"] * 1000)
                 ratios.append(statistics.median(pairs))
-                cpu_ratios.append(statistics.median(cpu_pairs))
+                cpu_ratios.append(round_cpu["ours"] / max(round_cpu["raw"], 1e-9))
+            body = (await http.get(first, params=params, headers=auth)).content
             await http.aclose()
             await arr.aclose()
+            _parse_floor(api_version, body, rounds)
             ratio, spread = summary(ratios)
             record("list", f"list_sessions() of {sessions} vs raw httpx GET + .json(),"
                    f" {api_version}, wall ({statistics.median(ours_ms):.1f} ms vs"
@@ -848,8 +886,57 @@ async def bench_list(rounds: int, sessions: int, per_round: int) -> None:
             # is what the same call costs on an idle one.
             ratio, spread = summary(cpu_ratios)
             record("list", f"list_sessions() of {sessions} vs raw httpx GET + .json(),"
-                   f" {api_version}, CPU of client + emulator per call",
+                   f" {api_version}, CPU of client + emulator (a round's total)",
                    f"{ratio:.2f}x", "<= 1.2x", ratio <= 1.2, spread)  # fmt: skip
+
+
+def _parse_floor(api_version: str, body: bytes, rounds: int) -> None:
+    """What reading one list answer costs (no HTTP): our parse against ``json.loads``, and
+    the floor of any pydantic reading, a typed dict per item (no model, no conversion)."""
+    from pydantic_core import SchemaValidator, core_schema
+
+    from arr_prefect.dialects import DIALECTS
+
+    dialect = DIALECTS[api_version]
+    floor = SchemaValidator(
+        core_schema.typed_dict_schema(
+            {
+                "sessions": core_schema.typed_dict_field(
+                    core_schema.list_schema(
+                        core_schema.typed_dict_schema(
+                            {
+                                name: core_schema.typed_dict_field(
+                                    core_schema.any_schema(),
+                                    required=False,
+                                    validation_alias=field.get("validation_alias"),
+                                )
+                                for name, field in dialect.wire_fields.items()
+                            }
+                        )
+                    )
+                )
+            }
+        )
+    )
+    calls: dict[str, Callable[[], object]] = {
+        "json.loads": lambda: json.loads(body),
+        "parse_page": lambda: dialect.parse_page(body),
+        "typed dicts": lambda: floor.validate_json(body),
+    }
+    cpu: dict[str, list[float]] = {name: [] for name in calls}
+    for _ in range(rounds * 4):
+        for name, call in calls.items():
+            start = time.process_time()
+            for _ in range(10):
+                call()
+            cpu[name].append((time.process_time() - start) / 10 * 1000)
+    ms = {name: statistics.median(values) for name, values in cpu.items()}
+    count = len(dialect.parse_page(body)[0])
+    record("list", f"reading one {api_version} answer of {count} sessions (no HTTP), CPU:"
+           f" parse_page {ms['parse_page']:.2f} ms vs json.loads {ms['json.loads']:.2f} ms;"
+           f" pydantic's floor (a typed dict per item, no model)"
+           f" {ms['typed dicts'] / ms['json.loads']:.2f}x",
+           f"{ms['parse_page'] / ms['json.loads']:.2f}x", "report", True)  # fmt: skip
 
 
 # --------------------------------------------------------------------------- flows
@@ -1374,7 +1461,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     sections: dict[str, Callable[[], object]] = {
         "emulator": lambda: asyncio.run(bench_emulator(args.rounds, args.requests)),
         "client": lambda: asyncio.run(bench_client(args.rounds, args.per_round)),
-        "list": lambda: asyncio.run(bench_list(args.rounds, args.list_sessions, 10)),
+        "list": lambda: asyncio.run(bench_list(args.rounds, args.list_sessions, 30)),
         "scale": lambda: bench_scale(
             args.lifecycles,
             [

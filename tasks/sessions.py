@@ -36,7 +36,7 @@ from arr_prefect.credentials import RemoteRenderingCredentials, open_client_for
 from arr_prefect.errors import ArrTransportError, RateLimitedError, ServiceError
 from arr_prefect.models import Session, SessionSize, SessionStatus
 from arr_prefect.tasks._dual import dual_task
-from arr_prefect.units import format_duration
+from arr_prefect.units import format_duration, format_lease
 
 __all__ = [
     "acreate_session",
@@ -188,7 +188,7 @@ async def create_session(
         "Created session %s (%s, lease %s)",
         session.id,
         session.size,
-        format_duration(_seconds(session.max_lease)),
+        format_lease(_seconds(session.max_lease)),
     )
     return session
 
@@ -317,7 +317,7 @@ async def extend_session(
     run_logger().info(
         "Session %s lease is now %s (elapsed %s)",
         session.id,
-        format_duration(_seconds(session.max_lease)),
+        format_lease(_seconds(session.max_lease)),
         format_duration(_seconds(session.elapsed)),
     )
     return session

@@ -8,15 +8,17 @@ retries, read errors, look sessions up). The client holds one dialect and never 
 version strings; a new version is a new module and one line in the registry
 (:data:`arr_prefect.dialects.DIALECTS`).
 
-Parsing is one pydantic call per answer: a list page of 1,000 sessions is validated by
-one :class:`pydantic_core.SchemaValidator` that reads each item's wire names (a typed
-dict with aliases, fast lookups for statuses and sizes, cached TimeSpans) and chains it
-into the :class:`Session` model's own validation.
+Parsing is one pydantic call per answer, straight from the bytes: a list page of 1,000
+sessions is read by one :class:`pydantic_core.SchemaValidator` (``validate_json``) whose
+item schema is the :class:`Session` model itself with this version's wire names as
+validation aliases. Each item becomes a ``Session`` in one pass, with no intermediate
+dict and no second validation; values the service repeats (statuses, sizes, TimeSpans,
+minutes) are read once per spelling and then found by a dict lookup made from C. A page
+that cannot be read raises a ValueError naming the first item and field at fault.
 """
 
 from __future__ import annotations
 
-import json
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import timedelta
@@ -24,7 +26,7 @@ from typing import Any, ClassVar, Protocol
 from urllib.parse import quote
 
 import httpx
-from pydantic_core import SchemaValidator, core_schema
+from pydantic_core import SchemaValidator, ValidationError, core_schema
 
 from arr_prefect.clock import Clock
 from arr_prefect.errors import ArrHTTPError
@@ -44,9 +46,11 @@ __all__ = [
     "WireField",
     "exact_else",
     "function",
+    "memoized",
     "none_if_empty",
     "size_from_wire",
     "status_from_wire",
+    "unreadable",
     "wire_field",
 ]
 
@@ -167,6 +171,40 @@ def function(read: Callable[[Any], Any]) -> core_schema.CoreSchema:
     return core_schema.no_info_plain_validator_function(read)
 
 
+class _Memo(dict[Any, Any]):
+    """Values already read, by their wire spelling; a miss reads and keeps the value.
+
+    Looked up through the dict's own C ``__getitem__``, so a hit costs no Python frame.
+    Bounded: past ``limit`` spellings (a misbehaving server) it starts afresh.
+    """
+
+    def __init__(self, read: Callable[[Any], Any], limit: int) -> None:
+        super().__init__()
+        self.read = read
+        self.limit = limit
+
+    def __missing__(self, key: Any) -> Any:
+        if len(self) >= self.limit:
+            self.clear()
+        value = self[key] = self.read(key)
+        return value
+
+
+def memoized(
+    accepts: core_schema.CoreSchema, read: Callable[[Any], Any], *, limit: int = 4096
+) -> core_schema.CoreSchema:
+    """A field whose values pass ``accepts``, then are read by ``read`` once per spelling.
+
+    A list of 1,000 sessions repeats the same few leases and elapsed times: a plain
+    function would be called twice per session, a dict lookup costs next to nothing.
+    ``accepts`` must only let hashable values through (a string, a number); ``read``
+    raises a ValueError for a value it cannot read.
+    """
+    return core_schema.chain_schema(
+        [accepts, core_schema.no_info_plain_validator_function(_Memo(read, limit).__getitem__)]
+    )
+
+
 def exact_else(exact: core_schema.CoreSchema, read: Callable[[Any], Any]) -> core_schema.CoreSchema:
     """``exact`` (checked without calling Python), else the function ``read``.
 
@@ -180,29 +218,71 @@ STR = core_schema.str_schema()
 OPTIONAL_STR = core_schema.nullable_schema(STR)
 OPTIONAL_INT = core_schema.nullable_schema(core_schema.int_schema())
 OPTIONAL_FLOAT = core_schema.nullable_schema(core_schema.float_schema())
-STATUS = exact_else(
-    core_schema.enum_schema(SessionStatus, list(SessionStatus), sub_type="str"), status_from_wire
-)
-SIZE = core_schema.nullable_schema(
-    exact_else(
-        core_schema.enum_schema(SessionSize, list(SessionSize), sub_type="str"), size_from_wire
-    )
-)
+# Statuses and sizes as either version spells them ("Ready", "starting", "standard"):
+# each spelling is read once, then found by a dict lookup.
+STATUS = memoized(STR, status_from_wire, limit=64)
+SIZE = core_schema.nullable_schema(memoized(STR, size_from_wire, limit=64))
 HOSTNAME = core_schema.nullable_schema(
     exact_else(core_schema.str_schema(min_length=1), none_if_empty)
 )
 
 
-def _validators(fields: Mapping[str, WireField]) -> tuple[SchemaValidator, SchemaValidator]:
-    """One validator for a session answer and one for a list page, from the wire fields."""
-    unknown = set(fields) - set(Session.model_fields)
-    if unknown:
-        raise TypeError(f"wire fields that are not Session fields: {sorted(unknown)}")
-    # The wire names become Session's field names, then Session validates as it always does.
-    session = core_schema.chain_schema(
+def _field_schema(name: str) -> core_schema.CoreSchema:
+    """The schema of :class:`Session`'s field ``name``, without its default."""
+    # Read as plain dicts: pydantic's model schema layout (model > model-fields > field).
+    schema: Any = Session.__pydantic_core_schema__
+    if schema["type"] == "definitions":  # pragma: no cover - pydantic's own layout
+        schema = schema["schema"]
+    own: Any = schema["schema"]["fields"][name]["schema"]
+    inner: core_schema.CoreSchema = own["schema"] if own["type"] == "default" else own
+    return inner
+
+
+def _ignored(value: Any) -> None:
+    return None
+
+
+def _session_schema(fields: Mapping[str, WireField]) -> core_schema.ModelSchema:
+    """:class:`Session` read from one version's wire names, in one pass.
+
+    Each wire field is checked against the Session field's own schema after it is read
+    (a cheap check of an already-right value), so a dialect's reader can never put a
+    value of the wrong type into a Session. A field this version does not carry takes
+    its default (a key of that name in an answer is ignored).
+    """
+    model_fields: dict[str, core_schema.ModelField] = {}
+    for name in Session.model_fields:
+        wire = fields.get(name)
+        if wire is None:
+            model_fields[name] = core_schema.model_field(
+                core_schema.with_default_schema(function(_ignored), default=None)
+            )
+            continue
+        schema: Any = wire["schema"]
+        default = schema["type"] == "default"
+        read: core_schema.CoreSchema = schema["schema"] if default else schema
+        checked: core_schema.CoreSchema = core_schema.chain_schema([read, _field_schema(name)])
+        if default:
+            checked = core_schema.with_default_schema(checked, default=None)
+        model_fields[name] = core_schema.model_field(
+            checked, validation_alias=wire.get("validation_alias")
+        )
+    return core_schema.model_schema(
+        Session,
+        core_schema.model_fields_schema(model_fields, model_name=Session.__name__),
+        config=core_schema.CoreConfig(title=Session.__name__),
+    )
+
+
+def _chained_schema(fields: Mapping[str, WireField]) -> core_schema.CoreSchema:
+    """The same in two passes (a typed dict of wire names, then Session's validation)."""
+    return core_schema.chain_schema(
         [core_schema.typed_dict_schema(dict(fields)), Session.__pydantic_core_schema__]
     )
-    page = core_schema.typed_dict_schema(
+
+
+def _page_schema(session: core_schema.CoreSchema) -> core_schema.CoreSchema:
+    return core_schema.typed_dict_schema(
         {
             "sessions": wire_field(
                 "sessions", core_schema.nullable_schema(core_schema.list_schema(session))
@@ -210,7 +290,88 @@ def _validators(fields: Mapping[str, WireField]) -> tuple[SchemaValidator, Schem
             "next_link": wire_field("@nextLink", OPTIONAL_STR),
         }
     )
-    return SchemaValidator(session), SchemaValidator(page)
+
+
+def _one_pass(schema: core_schema.CoreSchema) -> SchemaValidator | None:
+    """A validator of ``schema`` that builds Sessions itself, or None if pydantic won't.
+
+    pydantic-core validates a model schema of an already-built model class with that
+    class's own validator (its field names, not our aliases) unless told not to
+    (``_use_prebuilt=False``: in pydantic-core's own type stubs, from the floor's 2.46 to
+    2.50 at least, and what pydantic passes when it rebuilds a model). Should that ever
+    change, :func:`_reads_aliases` notices and the caller falls back to two passes:
+    slower, never wrong.
+    """
+    try:
+        validator = SchemaValidator(schema, _use_prebuilt=False)  # type: ignore[call-arg,unused-ignore]
+    except TypeError:  # pragma: no cover - a pydantic-core without the keyword
+        return None
+    return validator
+
+
+def _validators(
+    fields: Mapping[str, WireField],
+) -> tuple[SchemaValidator, SchemaValidator, bool]:
+    """Validators for a session answer and a list page, and whether they read in one pass."""
+    unknown = set(fields) - set(Session.model_fields)
+    if unknown:
+        raise TypeError(f"wire fields that are not Session fields: {sorted(unknown)}")
+    one = _session_schema(fields)
+    session, page = _one_pass(one), _one_pass(_page_schema(one))
+    if session is not None and page is not None and _reads_aliases(session, fields):
+        return session, page, True
+    chained = _chained_schema(fields)  # pragma: no cover - see _one_pass
+    return SchemaValidator(chained), SchemaValidator(_page_schema(chained)), False
+
+
+def _reads_aliases(validator: SchemaValidator, fields: Mapping[str, WireField]) -> bool:
+    """Whether ``validator`` reads this version's wire names (see :func:`_one_pass`).
+
+    Sends a value no field accepts under each wire name that differs from its field's
+    name: a validator reading wire names refuses them there; one reading field names
+    (pydantic's prebuilt Session validator) does not look at them.
+    """
+    aliases = {
+        alias
+        for name, wire in fields.items()
+        if isinstance(alias := wire.get("validation_alias"), str) and alias != name
+    }
+    if not aliases:
+        return True  # nothing to tell apart
+    try:
+        validator.validate_python(dict.fromkeys(aliases, _Unreadable()))
+    except ValidationError as error:
+        return any(fault["loc"][:1] and fault["loc"][0] in aliases for fault in error.errors())
+    except Exception:  # noqa: BLE001 - a dialect's reader choked on the probe: it was read
+        return True
+    return False
+
+
+class _Unreadable:
+    """A value no Session field accepts."""
+
+
+def unreadable(error: ValidationError) -> ValueError:
+    """A ValueError saying what in an answer could not be read: the first fault, where.
+
+    A list of 1,000 with one bad item names that item (``sessions[412]``) and its field
+    by the wire's names, and counts the others, instead of a thousand lines.
+    """
+    faults = error.errors(include_url=False, include_context=False, include_input=True)
+    first = faults[0]
+    where = "".join(
+        f"[{part}]" if isinstance(part, int) else f".{part}" for part in first["loc"]
+    ).lstrip(".")
+    value = repr(first.get("input"))
+    if len(value) > 80:
+        value = value[:77] + "..."
+    message = first["msg"].removeprefix("Value error, ")  # our own readers' words
+    what = f"{where}: {message}" if where else message
+    if first["type"] not in ("missing", "json_invalid"):
+        what += f" (got {value})"
+    if len(faults) > 1:
+        what += f"; and {len(faults) - 1} more"
+    return ValueError(what)
 
 
 # ------------------------------------------------------------------ the interface
@@ -246,7 +407,13 @@ class Dialect(ABC):
     """Session field name -> how this version's properties carry it."""
 
     def __init__(self) -> None:
-        self._session_validator, self._page_validator = _validators(self.wire_fields)
+        (
+            self._session_validator,
+            self._page_validator,
+            self.reads_in_one_pass,
+        ) = _validators(self.wire_fields)
+        """True when answers become Sessions in one pass (False: two, on a pydantic-core
+        that would not build our schema; slower, same results)."""
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(api_version={self.api_version!r})"
@@ -271,15 +438,22 @@ class Dialect(ABC):
 
     def parse_session(self, content: bytes | str) -> Session:
         """A session from a properties answer's body (a ValueError when unreadable)."""
-        result: Session = self._session_validator.validate_python(json.loads(content))
+        try:
+            result: Session = self._session_validator.validate_json(content)
+        except ValidationError as error:
+            raise unreadable(error) from None
         return result
 
     def parse_page(self, content: bytes | str) -> tuple[list[Session], str | None]:
         """The sessions of a list answer and its ``@nextLink`` (None on the last page).
 
-        One validation for the whole page; a ValueError when it cannot be read.
+        One validation for the whole page, from the bytes; a ValueError naming the first
+        item and field at fault when it cannot be read.
         """
-        page = self._page_validator.validate_python(json.loads(content))
+        try:
+            page = self._page_validator.validate_json(content)
+        except ValidationError as error:
+            raise unreadable(error) from None
         return page["sessions"] or [], page["next_link"]
 
     # -------------------------------------------------------------- steps that differ

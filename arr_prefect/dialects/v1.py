@@ -10,18 +10,22 @@ API facts this module relies on:
   idempotent**: a retry after a lost answer can create a second, billed session. So a
   create is never re-posted after an ambiguous failure: each attempt's lease carries a
   sub-second fingerprint, the session list is searched for it, and the session found is
-  adopted; only a service that provably made nothing is posted to again.
+  adopted; only a service that provably made nothing is posted to again. A caller may
+  choose the fingerprint (:func:`fingerprinted_lease`): every attempt then carries it, and
+  the caller can find the session too (the session guard does, if its process dies while
+  the create is in flight).
 - ``PATCH`` answers 200 with an empty body: the session after it is completed from what
   the client last saw, or read back with one GET.
 """
 
 from __future__ import annotations
 
-import functools
 import logging
 from collections.abc import Mapping, Sequence
 from datetime import timedelta
-from typing import Any, ClassVar
+from typing import ClassVar
+
+from pydantic_core import core_schema
 
 from arr_prefect.dialects.base import (
     HOSTNAME,
@@ -34,7 +38,7 @@ from arr_prefect.dialects.base import (
     Dialect,
     SessionCalls,
     WireField,
-    function,
+    memoized,
     wire_field,
 )
 from arr_prefect.errors import ArrHTTPError, ArrTransportError, CreateOutcomeUnknownError
@@ -48,7 +52,7 @@ from arr_prefect.models import (
     validate_session_id,
 )
 
-__all__ = ["V1"]
+__all__ = ["V1", "fingerprinted_lease"]
 
 logger = logging.getLogger("arr_prefect.client")
 
@@ -60,20 +64,14 @@ RECONCILE_LISTS = 3
 # is reported in whole seconds and ages between the answer and the PATCH).
 EXTEND_MARGIN = timedelta(seconds=60)
 
-# A list repeats the same few leases and elapsed times: parse each spelling once.
-_cached_timespan = functools.lru_cache(maxsize=4096)(parse_timespan)
+
+def timespan_or_none(value: str) -> timedelta | None:
+    """A TimeSpan field's text as a duration; empty is None (TimeSpanFormatError if bad)."""
+    return parse_timespan(value) if value else None
 
 
-def timespan_or_none(value: Any) -> timedelta | None:
-    """A TimeSpan field; empty or absent is None."""
-    if not value:
-        return None
-    if not isinstance(value, str):
-        return parse_timespan(value)  # raises TimeSpanFormatError, naming the value
-    return _cached_timespan(value)
-
-
-TIMESPAN = function(timespan_or_none)
+# A list repeats the same few leases and elapsed times: each spelling is parsed once.
+TIMESPAN = core_schema.nullable_schema(memoized(core_schema.str_schema(), timespan_or_none))
 
 
 class V1(Dialect):
@@ -164,14 +162,9 @@ class V1(Dialect):
     @staticmethod
     def _fingerprinted(calls: SessionCalls, lease: timedelta) -> timedelta:
         """``lease`` with a fingerprint in its microseconds (harmless: under a second more),
-        so that a lost create can be recognised in the session list."""
-        fingerprint = lease.microseconds or calls.random_below(1_000_000)
-        attempt = (
-            lease - timedelta(microseconds=lease.microseconds) + timedelta(microseconds=fingerprint)
-        )
-        if attempt > MAX_LEASE:
-            attempt -= timedelta(seconds=1)
-        return attempt
+        so that a lost create can be recognised in the session list. A lease that already
+        carries one (the caller chose it: see :func:`fingerprinted_lease`) keeps it."""
+        return fingerprinted_lease(lease, lease.microseconds or calls.random_below(1_000_000))
 
     @staticmethod
     async def _find_created(
@@ -243,6 +236,36 @@ def _after_extend(calls: SessionCalls, session_id: str, lease: timedelta) -> Ses
         update={"max_lease": lease, "elapsed": timedelta(seconds=int(elapsed.total_seconds()))}
     )
     return calls.remember(after)
+
+
+def fingerprinted_lease(lease: timedelta, fingerprint: int) -> timedelta:
+    """``lease`` with ``fingerprint`` (1 to 999,999) as its microseconds.
+
+    What a v1 create is recognised by in the session list, where the service names the
+    session: ``sessionMaxLeaseTime`` echoes the lease to the microsecond. A caller that
+    passes such a lease to :meth:`V1.create` has every attempt of that create carry it, and
+    can look for the session itself (the session guard does, when the process that sent
+    the create dies before its answer). Under a second more than asked; a lease at the
+    24-hour maximum is a second shorter instead.
+
+    Args:
+        lease: The lease asked for (its own microseconds are replaced).
+        fingerprint: The microseconds to give it.
+
+    Returns:
+        The lease to send.
+
+    Raises:
+        ValueError: ``fingerprint`` is not between 1 and 999,999.
+    """
+    if not 0 < fingerprint < 1_000_000:
+        raise ValueError(f"a lease fingerprint is 1 to 999999 microseconds, got {fingerprint!r}")
+    attempt = (
+        lease - timedelta(microseconds=lease.microseconds) + timedelta(microseconds=fingerprint)
+    )
+    if attempt > MAX_LEASE:
+        attempt -= timedelta(seconds=1)
+    return attempt
 
 
 def _outcome_unknown(lease: timedelta, why: str) -> CreateOutcomeUnknownError:

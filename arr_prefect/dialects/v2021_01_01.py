@@ -14,9 +14,7 @@ API facts this module relies on:
 
 from __future__ import annotations
 
-import functools
 import logging
-import math
 import uuid
 from collections.abc import Mapping, Sequence
 from datetime import timedelta
@@ -36,7 +34,7 @@ from arr_prefect.dialects.base import (
     SessionCalls,
     WireField,
     exact_else,
-    function,
+    memoized,
     none_if_empty,
     wire_field,
 )
@@ -66,23 +64,19 @@ def new_session_id(prefix: str = "arr") -> str:
     return validate_session_id(f"{prefix}-{uuid.uuid4()}")
 
 
-@functools.lru_cache(maxsize=2048)
-def _minutes(value: int) -> timedelta:
-    return timedelta(minutes=value)
-
-
-def minutes_or_none(value: Any) -> timedelta | None:
-    """A whole-minutes field as a duration; absent is None."""
-    if value is None:
-        return None
-    if type(value) is int:
-        return _minutes(value)
-    if isinstance(value, float) and math.isfinite(value):
+def minutes(value: float) -> timedelta:
+    """A number of minutes as a duration (a ValueError beyond what a duration holds)."""
+    try:
         return timedelta(minutes=value)
-    raise ValueError(f"expected a number of minutes, got {value!r}")
+    except OverflowError:
+        raise ValueError(f"{value!r} minutes is beyond any lease") from None
 
 
-MINUTES = function(minutes_or_none)
+# A list repeats the same few leases and elapsed minutes: each value is converted once.
+# Strict: a number (an int reads as a float), never a string or a boolean; finite.
+MINUTES = core_schema.nullable_schema(
+    memoized(core_schema.float_schema(strict=True, allow_inf_nan=False), minutes)
+)
 CREATION_TIME = core_schema.nullable_schema(
     exact_else(core_schema.datetime_schema(), none_if_empty)
 )

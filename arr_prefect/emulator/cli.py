@@ -21,7 +21,12 @@ from collections.abc import Sequence
 
 from arr_prefect.clock import ScaledClock, SystemClock
 from arr_prefect.emulator.server import base_url_of, bind_socket, run_server
-from arr_prefect.emulator.service import DEFAULT_ACCOUNT_ID, DEFAULT_ACCOUNT_KEY, Emulator
+from arr_prefect.emulator.service import (
+    DEFAULT_ACCOUNT_ID,
+    DEFAULT_ACCOUNT_KEY,
+    DEFAULT_PAGE_SIZE,
+    Emulator,
+)
 
 __all__ = ["build_parser", "is_loopback", "main", "package_version"]
 
@@ -153,7 +158,10 @@ def _add_service_options(service: argparse._ArgumentGroup) -> None:
         help="access token lifetime, emulated seconds (default: %(default)s)",
     )
     service.add_argument(
-        "--page-size", type=int, default=20, help="2021-01-01 list page size (default: %(default)s)"
+        "--page-size",
+        type=int,
+        default=DEFAULT_PAGE_SIZE,
+        help="sessions per 2021-01-01 list page (default: %(default)s); smaller to test paging",
     )
     service.add_argument(
         "--seed", type=int, default=None, help="seed for ids, ports and random faults"

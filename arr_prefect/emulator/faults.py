@@ -7,9 +7,12 @@ Two phases of a request can fail:
   emulator's clock), ``drop`` (the connection breaks mid-response).
 - **create** faults hit only a create that really makes a new session: ``lost_create``
   (the session is made, then the connection breaks before the answer: v1 create is not
-  idempotent, so a blind retry makes a second session), ``session_error`` (the session
-  ends in Error when start-up completes), ``no_capacity`` (it goes to Error at once,
-  as when the region has no free VM of that size).
+  idempotent, so a blind retry makes a second session), ``slow_create`` (the session is
+  made, and listed, at once; the answer that names it is held ``seconds`` on the
+  emulator's clock, as from a busy front end: a client killed, or timing out, meanwhile
+  never learns the ID of a session that is running and billed), ``session_error`` (the
+  session ends in Error when start-up completes), ``no_capacity`` (it goes to Error at
+  once, as when the region has no free VM of that size).
 
 Scripted faults are consumed in the order they were added; a fault with ``route=None``
 matches any session API route (``v1.*``, ``v2021.*``) but not the STS or the admin API,
@@ -38,10 +41,19 @@ __all__ = [
 ]
 
 FaultKind = Literal[
-    "throttle", "server_error", "slow", "drop", "lost_create", "session_error", "no_capacity"
+    "throttle",
+    "server_error",
+    "slow",
+    "drop",
+    "lost_create",
+    "slow_create",
+    "session_error",
+    "no_capacity",
 ]
 REQUEST_FAULTS: frozenset[str] = frozenset({"throttle", "server_error", "slow", "drop"})
-CREATE_FAULTS: frozenset[str] = frozenset({"lost_create", "session_error", "no_capacity"})
+CREATE_FAULTS: frozenset[str] = frozenset(
+    {"lost_create", "slow_create", "session_error", "no_capacity"}
+)
 CREATE_ROUTES = frozenset({"v1.create", "v2021.create"})
 SERVER_ERROR_STATUSES = (500, 502, 503)
 DEFAULT_FAILURE_REASON = "an injected start-up failure."
@@ -200,7 +212,8 @@ class FaultController:
 
         ``skip`` lets that many matching requests through first. ``retry_after``
         (throttle, whole seconds), ``status`` (server_error: 500, 502 or 503),
-        ``seconds`` (slow) and ``reason`` (session_error) parameterise the fault.
+        ``seconds`` (slow, slow_create: emulated seconds) and ``reason`` (session_error)
+        parameterise the fault.
         """
         _check_types(
             ("route", route, (str, type(None))),

@@ -17,13 +17,20 @@ from arr_prefect.emulator.state import EmulatorState, RequestLog, SessionRecord
 if TYPE_CHECKING:
     from arr_prefect.emulator.server import FrontEndLimits
 
-__all__ = ["DEFAULT_ACCOUNT_ID", "DEFAULT_ACCOUNT_KEY", "Emulator"]
+__all__ = ["DEFAULT_ACCOUNT_ID", "DEFAULT_ACCOUNT_KEY", "DEFAULT_PAGE_SIZE", "Emulator"]
 
 DEFAULT_ACCOUNT_ID = "11111111-1111-1111-1111-111111111111"
 """The account the CLI serves unless told otherwise."""
 
 DEFAULT_ACCOUNT_KEY = "arr-emulator-account-key"
 """The key of :data:`DEFAULT_ACCOUNT_ID` (an emulator fixture, not a secret)."""
+
+DEFAULT_PAGE_SIZE = 100
+"""Sessions per 2021-01-01 list page. The service's page size is not documented (its
+REST spec marks the list pageable by ``@nextLink`` and takes no page-size parameter);
+100 is the default of Microsoft's other paged APIs (Microsoft Graph, Azure AD) and
+more than an account's session quota usually allows, so a real list rarely had a second
+page. Tests of paging pass a smaller one."""
 
 
 class Emulator:
@@ -49,7 +56,7 @@ class Emulator:
         region: str = "westus2",
         capacity: Mapping[str, int] | None = None,
         token_lifetime: float = 86400.0,
-        page_size: int = 20,
+        page_size: int = DEFAULT_PAGE_SIZE,
         seed: int | None = None,
         max_sessions: int | None = None,
         admin_token: str | None = None,

@@ -2,7 +2,8 @@
 
 For each scenario a ``render-batch`` deployment run is started on the real worker with a
 long job, the test waits until the job is in progress (the session Ready and its rolling
-lease renewed at least once), triggers the scenario, and reads the emulator's ledger until
+lease renewed at least once; for (j), until its v1 create has made the session while the
+emulator holds the answer), triggers the scenario, and reads the emulator's ledger until
 the session has ended. It then checks which teardown layer ended it (ledger, flow-run
 state and the ``arr.session.stopped`` / ``arr.reaper.stopped`` events): each scenario
 names the one layer that must, and bounds the time it may take to, so a layer that stops
@@ -71,6 +72,15 @@ HOOK_LEASE_MINUTES = 20.0
 hook, run by the worker in a new process once the flow-run process has exited, to act
 before the lease would end the session."""
 HOOK_STOP_WITHIN = HOOK_LEASE_MINUTES * 60 / TIME_SCALE
+HELD_CREATE_SECONDS = 600.0
+"""Emulated seconds (30 real) the emulator holds the answer of scenario (j)'s v1 create,
+its session already made: the flow-run process is killed long before it comes."""
+GUARD_CREATE_STOP_WITHIN = 3.0
+"""Real seconds from a SIGKILL during a v1 create to the guard's stop of the session that
+create made (60 emulated seconds, half the lease): the guard lists the account's sessions
+at once and finds it by its lease's fingerprint; measured 0.39 s on a loaded 2-core
+machine. Without the guard nothing knows the session: its lease ends it (start-up plus
+one lease, 7.5 s real here) and this row reads "rolling lease (expired)"."""
 
 
 @dataclass(frozen=True)
@@ -79,6 +89,8 @@ class Scenario:
 
     name: str
     trigger: str
+    """What ends the run: cancel, sigterm, sigkill, sigkill-creating (a SIGKILL while a
+    v1 create's answer is held), job-fails, timeout, cancel-stop-fails, kill-worker."""
     stopped_by: str
     """The layer that must stop the session: ``finally``, ``guard`` or ``hook:<state>``
     (as the ``arr.session.stopped`` event says)."""
@@ -122,6 +134,18 @@ SCENARIOS = [
             (("ARR_MAX_ATTEMPTS", "1"), ("ARR_STOP_ON_PROCESS_DEATH", "false")),
         ),
         id="g-cancel-finally-cannot-stop",
+    ),
+    # No ID yet: the v1 create's answer is held, its session made. The guard was told the
+    # create is in flight, with its lease's fingerprint, and finds the session by it.
+    pytest.param(
+        Scenario(
+            "(j) SIGKILL during v1 create",
+            "sigkill-creating",
+            "guard",
+            ("Crashed",),
+            GUARD_CREATE_STOP_WITHIN,
+        ),
+        id="j-sigkill-during-v1-create",
     ),
     # Last: it kills the worker (the next test starts another). The orphaned run sees its
     # worker gone and stops its job (WorkerLostError): its finally stops the session.
@@ -174,6 +198,8 @@ class Scene:
         self.run_id: UUID | None = None
         self.session_id: str | None = None
         self.pid: int | None = None
+        self.before_create: set[str] = set()
+        """Sessions in the ledger before scenario (j)'s create."""
         self.trigger_file = stack.workdir / f"fail-{scenario.trigger}-{time.monotonic_ns()}"
         self.job_pids_file = stack.workdir / f"pids-{scenario.trigger}-{time.monotonic_ns()}"
 
@@ -295,7 +321,7 @@ class Scene:
             await self.prefect.set_flow_run_state(self.run_id, Cancelling(), force=True)
         elif action == "sigterm":
             os.kill(self.pid, signal.SIGTERM)
-        elif action == "sigkill":
+        elif action in ("sigkill", "sigkill-creating"):
             os.kill(self.pid, signal.SIGKILL)
         elif action == "kill-worker":
             os.kill(self.stack.processes["worker"].pid, signal.SIGKILL)
@@ -304,6 +330,54 @@ class Scene:
         else:  # pragma: no cover - a typo in SCENARIOS
             raise AssertionError(f"unknown trigger {action!r}")
         return emulated + (at - wall) * TIME_SCALE
+
+    async def hold_create(self) -> None:
+        """The next v1 create makes its session at once and holds the answer naming it."""
+        self.before_create = {e["id"] for e in self.stack.ledger()["sessions"]}
+        async with httpx.AsyncClient(timeout=10) as http:
+            response = await http.post(
+                f"{self.stack.emulator_url}/_emulator/faults",
+                json={"kind": "slow_create", "route": "v1.create", "seconds": HELD_CREATE_SECONDS},
+            )
+        response.raise_for_status()
+
+    async def clear_held_create(self) -> None:
+        """Remove the slow_create fault if no create used it (a failed scenario)."""
+        async with httpx.AsyncClient(timeout=10) as http:
+            url = f"{self.stack.emulator_url}/_emulator/faults"
+            pending = (await http.get(url)).json()["scripted"]
+            if any(fault["kind"] == "slow_create" for fault in pending):
+                (await http.delete(url)).raise_for_status()
+
+    async def wait_create_in_flight(self) -> None:
+        """Until the run's v1 create has made its session while its answer is held (the
+        run does not know the ID: no owner tag), and the run has a pid."""
+
+        async def in_flight() -> bool | None:
+            assert self.run_id is not None
+            run = await self.prefect.read_flow_run(self.run_id)
+            if run.state is not None and run.state.is_final():
+                raise StackError(f"the run ended before its create was in flight: {run.state}")
+            made = [e for e in self.stack.ledger()["sessions"] if e["id"] not in self.before_create]
+            if not made or not run.infrastructure_pid:
+                return None
+            [entry] = made
+            if entry["api_version"] != "v1":
+                raise StackError(f"the stack's runs do not use v1: {entry}")
+            if any(t.startswith(OWNER_TAG_PREFIX) for t in run.tags):
+                raise StackError(f"the create answered though held: tags {run.tags}")
+            self.session_id = entry["id"]
+            self.pid = int(str(run.infrastructure_pid).rsplit(":", 1)[-1])
+            self.stack.flow_run_pids.add(self.pid)
+            return True
+
+        await until(
+            in_flight,
+            timeout=90,
+            what="the run's v1 create to make its session, its answer held",
+            describe=self.describe,
+            step=0.05,
+        )
 
     def stop_route(self) -> str:
         """The emulator's route name for stopping this run's session."""
@@ -443,9 +517,15 @@ class Observed:
 
 
 async def observe(scene: Scene) -> Observed:
-    """Start the run, wait for its job, trigger the scenario, and watch the session end."""
-    await scene.start()
-    await scene.wait_job_in_progress()
+    """Start the run, wait for its job (or for its create, held), trigger the scenario,
+    and watch the session end."""
+    if scene.scenario.trigger == "sigkill-creating":
+        await scene.hold_create()
+        await scene.start()
+        await scene.wait_create_in_flight()
+    else:
+        await scene.start()
+        await scene.wait_job_in_progress()
     triggered_real = time.monotonic()
     triggered = await scene.trigger()
     entry = await scene.wait_session_ended()
@@ -479,6 +559,9 @@ async def test_session_is_stopped_within_one_lease(live_worker: Stack, scenario:
                 )
             )
             raise
+        finally:
+            if scenario.trigger == "sigkill-creating":
+                await scene.clear_held_create()
     seconds_to_stop = max(0.0, seen.overrun / TIME_SCALE)
     record(
         ScenarioResult(

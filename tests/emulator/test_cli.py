@@ -76,6 +76,7 @@ OPTIONS = [
         ["--token-lifetime", "600"], lambda e: e.state.token_lifetime, 600.0, id="token-lifetime"
     ),
     pytest.param(["--page-size", "5"], lambda e: e.page_size, 5, id="page-size"),
+    pytest.param([], lambda e: e.page_size, 100, id="default-page-size"),
     pytest.param(
         ["--account-id", SERVED_ACCOUNT, "--account-key", SERVED_KEY],
         lambda e: e.state.accounts,

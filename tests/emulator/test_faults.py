@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 
 import httpx
@@ -94,6 +95,57 @@ async def test_lost_v1_create_still_makes_the_session(
     assert entry["status"] == "Starting"
     listed = (await client.get(V1, headers=auth)).json()["sessions"]
     assert [s["sessionId"] for s in listed] == [entry["id"]]
+
+
+async def _held(answer: asyncio.Task[httpx.Response], emu: Emulator) -> str:
+    """The ID of the session a held create made (yielding until it is made)."""
+    for _ in range(200):
+        sessions = emu.ledger()["sessions"]
+        if sessions:
+            assert not answer.done()
+            [entry] = sessions
+            assert isinstance(entry["id"], str)
+            return entry["id"]
+        await asyncio.sleep(0)
+    raise AssertionError("the create made no session")
+
+
+@pytest.mark.parametrize(
+    ("route", "api_version"),
+    [pytest.param("v1.create", "v1", id="v1"), pytest.param("v2021.create", "2021", id="2021")],
+)
+async def test_slow_create_makes_the_session_then_holds_the_answer(
+    client: httpx.AsyncClient,
+    auth: dict[str, str],
+    emu: Emulator,
+    clock: VirtualClock,
+    route: str,
+    api_version: str,
+) -> None:
+    """slow_create: the session runs and is listed at once; the answer that names it comes
+    `seconds` later on the emulator's clock (a client that dies meanwhile never learns it)."""
+    emu.faults.add(kind="slow_create", route=route, seconds=40)
+    if api_version == "v1":
+        sent = client.post(f"{V1}/create", json=V1_CREATE_BODY, headers=auth)
+        path, params = V1, {}
+    else:
+        sent = v2021_put(client, auth, "held")
+        path, params = f"/accounts/{ACCOUNT}/sessions", V2021
+    answer = asyncio.create_task(sent)
+    session_id = await _held(answer, emu)
+    listed = (await client.get(path, params=params, headers=auth)).json()["sessions"]
+    assert [s.get("sessionId", s.get("id")) for s in listed] == [session_id]
+    assert emu.ledger()["sessions"][0]["status"] == "Starting"
+    clock.advance(39.9)
+    for _ in range(50):
+        await asyncio.sleep(0)
+    assert not answer.done()
+    clock.advance(0.1)
+    response = await answer
+    assert response.status_code in (201, 202), response.text
+    body = response.json()
+    assert body.get("sessionId", body.get("id")) == session_id
+    assert [f.action.kind for f in emu.faults.applied] == ["slow_create"]
 
 
 async def test_lost_2021_create_is_recovered_by_a_retry(

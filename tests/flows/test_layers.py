@@ -45,15 +45,27 @@ class FakeGuard:
     def __init__(self, emulator: Emulator) -> None:
         self.emulator = emulator
         self.calls: list[tuple[str, str, list[str]]] = []
+        self.leases: list[tuple[timedelta, str]] = []
+        """The lease and size of each create the guard was told is in flight."""
+        self.created: list[str | None] = []
+        """What each watch said of the create that answered with its ID."""
 
     def statuses(self) -> list[str]:
         return [entry["status"] for entry in self.emulator.ledger()["sessions"]]
 
     def watch(self, session_id: str, settings: ArrSettings, *args: Any, **kwargs: Any) -> None:
         self.calls.append(("watch", session_id, self.statuses()))
+        self.created.append(kwargs.get("created"))
 
     def release(self, session_id: str) -> None:
         self.calls.append(("release", session_id, self.statuses()))
+
+    def creating(self, key: str, lease: timedelta, size: str, *args: Any, **kwargs: Any) -> None:
+        self.calls.append(("creating", key, self.statuses()))
+        self.leases.append((lease, size))
+
+    def create_failed(self, key: str) -> None:
+        self.calls.append(("create_failed", key, self.statuses()))
 
 
 # When the guard is told of the session, what the service has made: 2021-01-01 names the
@@ -69,8 +81,36 @@ async def test_the_guard_holds_the_session_from_its_id_to_its_stop(
     guard = FakeGuard(emulator)
     monkeypatch.setattr(stopped_if_process_dies, "_guard_for", lambda arr: guard)
     async with rendering_session(lease=timedelta(minutes=4)) as session:
-        assert [call[:2] for call in guard.calls] == [("watch", session.id)]
-    assert guard.calls == [
+        watched = [call[:2] for call in guard.calls if call[0] != "creating"]
+        assert watched == [("watch", session.id)]
+    held = [call for call in guard.calls if call[0] != "creating"]
+    assert held == [
         ("watch", session.id, WATCHED_WHEN[api_version]),
         ("release", session.id, ["Stopped"]),
     ]
+
+
+async def test_v1_create_is_known_to_the_guard_before_it_is_sent(
+    emulator: Emulator, api_version: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where the service names the session (v1), the guard is told the create is in flight
+    before the service has made anything, with the very lease (fingerprint and all) the
+    session gets, and told again with its ID when the answer comes; 2021-01-01 names the
+    session first, so nothing is in flight."""
+    guard = FakeGuard(emulator)
+    monkeypatch.setattr(stopped_if_process_dies, "_guard_for", lambda arr: guard)
+    async with rendering_session(lease=timedelta(minutes=4), size="premium") as session:
+        pass
+    if api_version == "2021-01-01":
+        assert [call[0] for call in guard.calls] == ["watch", "release"]
+        assert guard.leases == []
+        return
+    [(_, key, made_then), (watch, session_id, _), _] = guard.calls
+    assert (made_then, watch, session_id) == ([], "watch", session.id)
+    assert guard.created == [key]
+    [(lease, size)] = guard.leases
+    assert size == "Premium"
+    [record] = emulator.sessions()
+    assert record.max_lease == lease
+    assert lease.microseconds > 0
+    assert lease - timedelta(microseconds=lease.microseconds) == timedelta(minutes=4)

@@ -106,6 +106,18 @@ async def test_wait_logs_status_changes_only(
     await tasks.stop_session.fn(session.id)
 
 
+async def test_create_logs_the_lease_asked_for(
+    emulator: Emulator, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A 10-minute lease is logged as ``10 min``: the v1 create's sub-second fingerprint
+    made the log say ``10 min 1 s``."""
+    with caplog.at_level(logging.INFO, logger="arr.tasks"):
+        session = await tasks.create_session.fn(lease=timedelta(minutes=10))
+    await tasks.stop_session.fn(session.id)
+    created = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Created")]
+    assert created == [f"Created session {session.id} (Standard, lease 10 min)"]
+
+
 @pytest.mark.parametrize(
     ("setup", "error", "match"),
     [

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from arr_prefect.units import format_duration, round_seconds
+from arr_prefect.units import format_duration, format_lease, round_seconds
 
 
 @pytest.mark.parametrize(
@@ -23,3 +23,18 @@ def test_a_duration_reads_the_same_from_its_kept_figure(seconds: float, text: st
     both must say the same (the demo once logged 7 min 35 s and summarised 7 min 36 s)."""
     assert format_duration(seconds) == text
     assert format_duration(round_seconds(seconds)) == text
+
+
+@pytest.mark.parametrize(
+    ("seconds", "text"),
+    [
+        pytest.param(600.723456, "10 min", id="v1-fingerprint-is-not-time"),
+        pytest.param(600.0, "10 min", id="whole"),
+        pytest.param(5.9, "5 s", id="under-ten-whole-seconds"),
+        pytest.param(None, "-", id="unknown"),
+    ],
+)
+def test_a_lease_reads_in_whole_seconds(seconds: float | None, text: str) -> None:
+    """A v1 lease of 10 min carries a sub-second fingerprint; the create log said
+    ``lease 10 min 1 s`` for it."""
+    assert format_lease(seconds) == text

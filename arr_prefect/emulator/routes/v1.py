@@ -104,6 +104,9 @@ async def _create(call: Call) -> Response:
         )
     if fault is not None and fault.kind == "lost_create":
         return DroppedResponse(f"lost_create after creating session {record.id}")
+    if fault is not None and fault.kind == "slow_create":
+        # The session runs (and is listed) while the answer naming it is held.
+        await call.emulator.clock.sleep(fault.seconds)
     return JSONResponse(
         {"sessionId": record.id},
         status_code=202,

@@ -150,6 +150,9 @@ async def _create(call: Call) -> Response:
         properties = v2021_properties(record, call.now())
     if fault is not None and fault.kind == "lost_create":
         return DroppedResponse(f"lost_create after creating session {record.id}")
+    if fault is not None and fault.kind == "slow_create":
+        # The session runs (and is listed) while the answer naming it is held.
+        await call.emulator.clock.sleep(fault.seconds)
     return JSONResponse(properties, status_code=201 if created else 200)
 
 
