@@ -38,6 +38,7 @@ __all__ = [
     "CREDENTIALS_TAG_PREFIX",
     "OWNER_TAG_PREFIX",
     "OwnerRecord",
+    "TagsAhead",
     "credentials_blocks_of",
     "owned_session_ids",
     "owner_recorded",
