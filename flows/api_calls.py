@@ -15,6 +15,7 @@ import contextlib
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
 from arr_prefect import tasks
 from arr_prefect.client import ArrClient, new_session_id
@@ -139,15 +140,27 @@ class TaskCalls(ClientCalls):
     async def stop(self, session_id: str) -> None:
         """Stop as a ``stop-session`` task run; directly if the task machinery fails."""
         try:
-            # No Prefect retries here: the client's own retries fit in teardown's bound,
-            # and a Prefect retry delay would spend it waiting.
-            await tasks.astop_session.with_options(retries=0)(session_id, client=self.arr)
+            await _stop_task()(session_id, client=self.arr)
             return
         except ArrError:
             raise
         except Exception as exc:  # noqa: BLE001 - the task machinery failed
             run_logger().warning("stop-session task could not run (%s); stopping directly", exc)
         await super().stop(session_id)
+
+
+_STOP_TASKS: dict[object, object] = {}
+
+
+def _stop_task() -> Any:
+    """``stop-session`` without Prefect retries: the client's own retries fit in
+    teardown's bound, and a Prefect retry delay would spend it waiting. Made once per
+    form of the task (``with_options`` copies a task: CPU on every session's way out)."""
+    base = tasks.astop_session
+    made = _STOP_TASKS.get(base)
+    if made is None:
+        made = _STOP_TASKS[base] = base.with_options(retries=0)
+    return made
 
 
 def session_calls(arr: ArrClient, *, in_flow_run: bool) -> ClientCalls:

@@ -38,9 +38,11 @@ __all__ = [
     "CREDENTIALS_TAG_PREFIX",
     "OWNER_TAG_PREFIX",
     "OwnerRecord",
+    "TagsAhead",
     "credentials_blocks_of",
     "owned_session_ids",
     "owner_recorded",
+    "owner_tags_ahead",
     "record_session_owner",
 ]
 
@@ -167,10 +169,35 @@ async def record_session_owner(
         while the session lives); True otherwise.
     """
     flow_run_id = flow_run_id if flow_run_id is not None else current_flow_run_id()
-    block = credentials.block_name if credentials is not None else None
     tagged = True  # outside a flow run there is no run to tag, only the event to send
     if flow_run_id is not None:
         tagged = await _tag_owner(session_id, flow_run_id, credentials)
+    _emit_created(
+        session_id,
+        flow_run_id,
+        api_version=api_version,
+        credentials=credentials,
+        size=size,
+        lease_seconds=lease_seconds,
+        price_per_hour=price_per_hour,
+        currency=currency,
+    )
+    return tagged
+
+
+def _emit_created(
+    session_id: str,
+    flow_run_id: str | None,
+    *,
+    api_version: str | None,
+    credentials: RemoteRenderingCredentials | None,
+    size: str | None,
+    lease_seconds: float | None,
+    price_per_hour: float | None,
+    currency: str | None,
+) -> None:
+    """``arr.session.created``: the event side of :func:`record_session_owner`."""
+    block = credentials.block_name if credentials is not None else None
     emit_session_event(
         "arr.session.created",
         session_id,
@@ -186,7 +213,6 @@ async def record_session_owner(
             credentials_block=block or "",
         ),
     )
-    return tagged
 
 
 async def _tag_owner(
@@ -323,9 +349,16 @@ class OwnerRecord:
         self.tagged = True
         self._retry: asyncio.Task[None] | None = None
 
-    async def record(self, session_id: str) -> bool:
-        """Record ``session_id`` as the flow run's (False: its tags are not written yet)."""
-        return await record_session_owner(
+    async def record(self, session_id: str, *, tagged: bool | None = None) -> bool:
+        """Record ``session_id`` as the flow run's (False: its tags are not written yet).
+
+        ``tagged``: the outcome of a tag write made ahead (:func:`owner_tags_ahead`); only
+        the ``arr.session.created`` event is then left to send."""
+        if tagged is None:
+            tagged = self.flow_run_id is None or await _tag_owner(
+                session_id, self.flow_run_id, self.credentials
+            )
+        _emit_created(
             session_id,
             self.flow_run_id,
             api_version=self.arr.api_version,
@@ -335,6 +368,7 @@ class OwnerRecord:
             price_per_hour=self.arr.settings.price_per_hour(self.size.value),
             currency=self.arr.settings.price_currency,
         )
+        return tagged
 
     async def record_created(self, session_id: str) -> None:
         """The create answered: record a session the service named, and keep writing tags
@@ -367,6 +401,67 @@ class OwnerRecord:
         retry.cancel()
 
 
+class TagsAhead:
+    """The ID the client chose for the next session, and the write of the flow run's
+    owner tags for it, started ahead (see :func:`owner_tags_ahead`)."""
+
+    def __init__(self, session_id: str | None, writing: asyncio.Task[bool] | None) -> None:
+        self.session_id = session_id
+        """None: the service names the session (v1), nothing was written ahead."""
+        self.taken = False
+        """True once :func:`owner_recorded` has the outcome of the write."""
+        self._writing = writing
+
+    async def written(self) -> bool:
+        """Wait for the tag write: False when the tags could not be written (yet)."""
+        tagged = True if self._writing is None else await self._writing
+        self.taken = True
+        return tagged
+
+
+@asynccontextmanager
+async def owner_tags_ahead(
+    arr: ArrClient, flow_run_id: str | None, credentials: RemoteRenderingCredentials | None
+) -> AsyncIterator[TagsAhead]:
+    """Choose the next session's ID (when the client names it) and start writing the run's
+    owner tags for it at once, while the account's quota slot is sought.
+
+    The tags are still written before the create is sent (:func:`owner_recorded` waits
+    for them); they are no longer waited for before the slot. Sessions of one run
+    starting together thus write their tags in one batch instead of one batch per group
+    let through by the slot requests (200 sessions holding slots of a limit: about 50
+    reads and updates of the run, one after the other, on each session's way to its
+    create). A session that then never gets its slot leaves a tag naming an ID that was
+    never created, as a failed create does: the hooks find it absent and the reaper works
+    from the service's own list.
+
+    Args:
+        arr: The session's client (its API version says whether the client names it).
+        flow_run_id: The flow run that owns the session (None outside one: no tags).
+        credentials: The credentials the session is made with, recorded for the hooks.
+
+    Yields:
+        The chosen ID and the write in flight, for :func:`owner_recorded`.
+    """
+    chosen = chosen_session_id(arr, flow_run_id)
+    writing: asyncio.Task[bool] | None = None
+    if chosen is not None and flow_run_id is not None:
+        writing = asyncio.get_running_loop().create_task(
+            _tag_owner(chosen, flow_run_id, credentials), name=f"owner-tags-{chosen}"
+        )
+    ahead = TagsAhead(chosen, writing)
+    try:
+        yield ahead
+    finally:
+        if not ahead.taken and chosen is not None:
+            # Never created (the slot wait ended the block): its credentials are not
+            # needed; a write still in flight finishes on its own (the writer's batch is
+            # shielded), only its waiter goes.
+            _credentials_of.pop(chosen, None)
+            if writing is not None:
+                writing.cancel()
+
+
 @asynccontextmanager
 async def owner_recorded(
     arr: ArrClient,
@@ -376,6 +471,7 @@ async def owner_recorded(
     *,
     size: SessionSize,
     lease: timedelta,
+    ahead: TagsAhead | None = None,
 ) -> AsyncIterator[OwnerRecord]:
     """The session is recorded as the flow run's before anything can fail.
 
@@ -392,15 +488,20 @@ async def owner_recorded(
             ``ARR_*`` settings), recorded for the hooks.
         size: The session's size, for the ``arr.session.created`` event.
         lease: The rolling lease, for that event.
+        ahead: The ID chosen, and its tags being written, by :func:`owner_tags_ahead`
+            (None: chosen and written here).
 
     Yields:
         The session's :class:`OwnerRecord`.
     """
-    chosen = chosen_session_id(arr, flow_run_id)
+    chosen = ahead.session_id if ahead is not None else chosen_session_id(arr, flow_run_id)
     record = OwnerRecord(arr, flow_run_id, chosen, credentials=credentials, size=size, lease=lease)
     if chosen is not None:
         report.session_id = chosen
-        record.tagged = await record.record(chosen)
+        if ahead is not None:
+            record.tagged = await record.record(chosen, tagged=await ahead.written())
+        else:
+            record.tagged = await record.record(chosen)
     try:
         yield record
     finally:

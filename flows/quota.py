@@ -34,7 +34,10 @@ the session is stopped. Create the limit once per account::
 No such limit, no quota: the session is created at once (one log line says so). The
 answer holds for the rest of the flow run: its other sessions do not ask again, and
 sessions starting together ask once between them (the first one's question), so a run of
-200 sessions without a limit costs the Prefect server one request, not 400.
+200 sessions without a limit costs the Prefect server one request, not 400. The process
+remembers it for :data:`NO_LIMIT_REMEMBERED_SECONDS` (30 s) too: a run starting meanwhile
+in the same process (runs called in-process, one after the other) asks nothing, so a limit
+created just now binds this process's new runs within 30 s.
 
 Slots are **leased** (Prefect 3's ``/v2/concurrency_limits/increment-with-lease``): the
 server grants the slot for ``ARR_SESSION_SLOT_LEASE_SECONDS`` (60 s by default, the least
@@ -88,6 +91,7 @@ from arr_prefect.units import format_duration
 
 __all__ = [
     "DEFAULT_SESSION_LIMIT",
+    "NO_LIMIT_REMEMBERED_SECONDS",
     "SLOT_WAIT_ARTIFACT_KEY",
     "SessionSlot",
     "SlotWait",
@@ -145,10 +149,42 @@ _ASKING: dict[tuple[asyncio.AbstractEventLoop, _LimitKey], asyncio.Future[None]]
 """A first question in flight, per event loop: sessions starting with it await its answer."""
 
 
+NO_LIMIT_REMEMBERED_SECONDS = 30.0
+"""How long this process remembers that a limit does not exist, for its *other* flow runs
+(a run's own answer holds for the whole run). A run that starts meanwhile takes no slot and
+asks the server nothing: with no limit, the question (a write of an empty lease and its
+give-back) was two of the four Prefect API requests ``render_batch`` adds to a flow run.
+The cost: a limit created just now is enforced on this process's runs at most this long
+later (runs already going never take a slot, as before)."""
+
+_NO_LIMIT_SEEN: dict[tuple[str, str], float] = {}
+"""(Prefect API URL, limit name) -> when this process last learnt that it does not exist
+(:func:`_now`)."""
+_now: Callable[[], float] = time.monotonic
+"""The clock of that memory (tests move it)."""
+
+
 def _learnt(key: _LimitKey, exists: bool) -> None:
     _LIMIT_EXISTS[key] = exists
     while len(_LIMIT_EXISTS) > _KNOWN_MAX:
         _LIMIT_EXISTS.popitem(last=False)
+    if not exists:
+        api_url, _, name = key
+        _NO_LIMIT_SEEN[(api_url, name)] = _now()
+
+
+def _no_limit_seen_ago(key: _LimitKey) -> float | None:
+    """Seconds since this process learnt that the limit does not exist, if it still
+    remembers (None: it does not, or never learnt it)."""
+    api_url, _, name = key
+    seen = _NO_LIMIT_SEEN.get((api_url, name))
+    if seen is None:
+        return None
+    ago = _now() - seen
+    if not 0 <= ago < NO_LIMIT_REMEMBERED_SECONDS:
+        _NO_LIMIT_SEEN.pop((api_url, name), None)
+        return None
+    return ago
 
 
 def session_limit_name(template: str, account_id: str | None) -> str:
@@ -242,6 +278,18 @@ async def report_slot_wait(wait: SlotWait, phase: WaitPhase) -> None:
             )
     except Exception as exc:  # noqa: BLE001 - the artifact is informative, never fatal
         logger.debug("could not publish the slot-wait artifact: %s", exc)
+
+
+def _no_limit_logged(limit_name: str, ago: float | None) -> None:
+    """The run's one line saying its sessions take no slot (``ago``: when this process
+    learnt it for another run, if it did not just ask)."""
+    when = "" if ago is None else f" (as this process learnt {_duration(ago)} ago)"
+    run_logger().info(
+        "No Prefect global concurrency limit named '%s'%s: the account's session quota"
+        " is not enforced for this run",
+        limit_name,
+        when,
+    )
 
 
 def _why(exc: BaseException) -> str:
@@ -344,11 +392,7 @@ class SessionSlot:
             with contextlib.suppress(Exception):
                 async with _slot_gate():
                     await client.release_concurrency_slots_with_lease(lease_id=lease_id)
-            run_logger().info(
-                "No Prefect global concurrency limit named '%s': the account's session quota"
-                " is not enforced for this run",
-                self.limit_name,
-            )
+            _no_limit_logged(self.limit_name, None)
             return None
         self.lease_id = lease_id
         self.enforced = True
@@ -369,6 +413,11 @@ class SessionSlot:
         while True:
             exists = _LIMIT_EXISTS.get(key)
             if exists is False:
+                return None
+            if exists is None and (ago := _no_limit_seen_ago(key)) is not None:
+                # Another run of this process asked moments ago: this run's answer too.
+                _LIMIT_EXISTS[key] = False
+                _no_limit_logged(self.limit_name, ago)
                 return None
             if exists:
                 # The limit exists: each session takes its own slot, side by side.

@@ -6,7 +6,8 @@ for what it guarantees (DESIGN.md, *Teardown, in depth*):
 - :mod:`~arr_prefect.flows.within_quota`: the account's session cap holds across a fleet;
 - :mod:`~arr_prefect.flows.owner_tags`: the session is recorded as the run's before
   anything can fail (the flow hooks, :mod:`~arr_prefect.flows.hooks`, and the reaper
-  find it there);
+  find it there); a session the client names has its tags written while the quota slot
+  is sought, and announced as created once the slot is held;
 - :mod:`~arr_prefect.flows.stopped_if_process_dies`: a SIGKILL of this process still
   stops it (the session guard);
 - :mod:`~arr_prefect.flows.create_shielded`: once the create is sent, its ID is learnt;
@@ -35,7 +36,7 @@ from arr_prefect.flows.body_loss import BodyLoss, ends_with_the_loss
 from arr_prefect.flows.cancel_shield import deliver_held_cancel
 from arr_prefect.flows.create_shielded import create_shielded
 from arr_prefect.flows.lease import LeaseKeeper, rolling_lease
-from arr_prefect.flows.owner_tags import current_flow_run_id, owner_recorded
+from arr_prefect.flows.owner_tags import current_flow_run_id, owner_recorded, owner_tags_ahead
 from arr_prefect.flows.ready import ready
 from arr_prefect.flows.report import SessionReport, reported_if_ended_by_service
 from arr_prefect.flows.stopped_if_process_dies import stopped_if_process_dies
@@ -148,6 +149,7 @@ async def arendering_session(
         enter = layers.enter_async_context
         arr = await enter(open_client_for(credentials, client))
         calls = session_calls(arr, in_flow_run=flow_run_id is not None)
+        ahead = await enter(owner_tags_ahead(arr, flow_run_id, made_with))
         ready_timeout = await enter(
             within_quota(
                 arr, flow_run_id, report, ready_timeout, counts=ready_timeout_includes_slot_wait
@@ -155,7 +157,9 @@ async def arendering_session(
         )
         _describe(report, arr, session_size)
         owner = await enter(
-            owner_recorded(arr, flow_run_id, report, made_with, size=session_size, lease=rolling)
+            owner_recorded(
+                arr, flow_run_id, report, made_with, size=session_size, lease=rolling, ahead=ahead
+            )
         )
         guard = stopped_if_process_dies(arr, flow_run_id, owner.session_id)
         session = await create_shielded(

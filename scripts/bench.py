@@ -40,7 +40,9 @@ What is measured:
   pairs in random order with random 0-1 s pauses (median of the pairs' ratios); 200
   ``rendering_session``s in one flow run, per session, against the same flow without them
   (``--with-session-quota``: also with a limit that exists, beside the same slot calls made
-  by hand; ``--postgres``: the server on PostgreSQL, as the fleet test starts it).
+  by hand; ``--postgres``: the server on PostgreSQL, as the fleet test starts it;
+  ``--flow-calls N``: the Prefect API requests of N more runs of each flow, counted and
+  timed, for where render_batch's extra time goes).
 """
 
 from __future__ import annotations
@@ -947,6 +949,7 @@ async def bench_flows(
     with_quota: bool,
     postgres: bool = False,
     limit_only: bool = False,
+    flow_calls: int = 0,
 ) -> None:
     where = "PostgreSQL" if postgres else "SQLite"
     print(f"== flows (starting a Prefect server on {where})", flush=True)
@@ -1043,6 +1046,8 @@ async def bench_flows(
 
         if pairs > 0:
             await _flow_pairs(pairs, five_tasks, batch, where)
+        if flow_calls > 0:
+            await _flow_calls(flow_calls, five_tasks, batch)
 
         if sessions > 0:
             # As users run it (the default ARR_SESSION_LIMIT; no such limit on this server,
@@ -1131,6 +1136,70 @@ def _postgres_prefect_server() -> Iterator[None]:
 
 PAIR_PAUSE_SECONDS = 1.0
 """Most real seconds of the random pause before each measured call (uniform from 0)."""
+
+
+@contextlib.contextmanager
+def prefect_requests_counted() -> Iterator[list[tuple[str, float]]]:
+    """Every request this process sends to the Prefect API while the block runs, as
+    ("METHOD /path", seconds) with IDs blanked. Prefect's own client class is wrapped, in
+    this benchmark process only (httpx itself is left alone)."""
+    import re
+
+    from prefect.client.base import PrefectHttpxAsyncClient
+
+    seen: list[tuple[str, float]] = []
+    send = PrefectHttpxAsyncClient.send
+
+    async def timed(self: Any, request: Any, *args: Any, **kwargs: Any) -> Any:
+        start = time.perf_counter()
+        try:
+            return await send(self, request, *args, **kwargs)
+        finally:
+            path = re.sub(r"[0-9a-f]{8}(-[0-9a-f]{4}){3}-[0-9a-f]{12}", "{id}", request.url.path)
+            seen.append((f"{request.method} {path}", time.perf_counter() - start))
+
+    PrefectHttpxAsyncClient.send = timed  # type: ignore[method-assign]  # bench only, undone below
+    try:
+        yield seen
+    finally:
+        PrefectHttpxAsyncClient.send = send  # type: ignore[method-assign]  # restored
+
+
+async def _flow_calls(
+    runs: int,
+    five_tasks: Callable[[], Awaitable[None]],
+    batch: Callable[[], Awaitable[None]],
+) -> None:
+    """Where render_batch's extra time goes: the Prefect API requests of ``runs`` more runs
+    of each flow (interleaved, a quiet second before each), counted and timed."""
+    per_flow: dict[str, dict[str, list[float]]] = {"trivial": {}, "batch": {}}
+    for _ in range(runs):
+        for name, run in (("trivial", five_tasks), ("batch", batch)):
+            await asyncio.sleep(1.0)
+            with prefect_requests_counted() as seen:
+                await run()
+            for what, seconds in seen:
+                per_flow[name].setdefault(what, []).append(seconds)
+    print(f"  Prefect API requests per run (median ms per request; {runs} runs of each):")
+    print(f"    {'request':58} {'trivial':>16} {'render_batch':>16}")
+    names = sorted(
+        set(per_flow["trivial"]) | set(per_flow["batch"]),
+        key=lambda w: -sum(per_flow["batch"].get(w, [])) - sum(per_flow["trivial"].get(w, [])),
+    )
+    for what in names:
+        cells = []
+        for name in ("trivial", "batch"):
+            times = per_flow[name].get(what, [])
+            cells.append(
+                f"{len(times) / runs:g} x {statistics.median(times) * 1000:5.1f} ms"
+                if times
+                else "-"
+            )
+        print(f"    {what:58} {cells[0]:>16} {cells[1]:>16}")
+    for name in ("trivial", "batch"):
+        total = sum(sum(t) for t in per_flow[name].values()) / runs * 1000
+        count = sum(len(t) for t in per_flow[name].values()) / runs
+        print(f"    {name}: {count:g} requests, {total:.1f} ms of requests per run")
 
 
 async def _flow_pairs(
@@ -1338,6 +1407,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--pairs", type=int, default=24, help="flows: render_batch/trivial pairs (0: skip)"
     )
     parser.add_argument(
+        "--flow-calls",
+        type=int,
+        default=0,
+        metavar="RUNS",
+        help="flows: also count and time the Prefect API requests of RUNS runs of each flow",
+    )
+    parser.add_argument(
         "--limit-only",
         action="store_true",
         help="flows: of the many-sessions rows, only the one with a limit that exists",
@@ -1402,6 +1478,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 args.with_session_quota,
                 args.postgres,
                 args.limit_only,
+                args.flow_calls,
             )
         ),
         "sync": lambda: bench_sync(args.rounds, 10),

@@ -21,7 +21,15 @@ from arr_prefect.client import ArrClient
 from arr_prefect.clock import ScaledClock
 from arr_prefect.emulator import Emulator
 from arr_prefect.errors import ArrError
-from arr_prefect.flows import RenderSummary, SessionReport, render_batch, rendering_session
+from arr_prefect.flows import (
+    OWNER_TAG_PREFIX,
+    RenderSummary,
+    SessionReport,
+    quota,
+    render_batch,
+    rendering_session,
+)
+from arr_prefect.flows import events as events_module
 from arr_prefect.flows.quota import (
     SLOT_CALLS_AT_ONCE,
     SLOT_WAIT_ARTIFACT_KEY,
@@ -149,8 +157,7 @@ async def test_no_limit_is_asked_once_per_run(
     limit_name: str, emulator: Emulator, asked: _Asked, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Sessions starting together in a run without the limit ask the server once between
-    them, later sessions of the run not at all, and the run logs it once; the next run
-    asks again (the limit may exist by then)."""
+    them, later sessions of the run not at all, and the run logs it once."""
 
     @flow
     async def several() -> None:
@@ -167,17 +174,49 @@ async def test_no_limit_is_asked_once_per_run(
     assert len(said) == 1
     assert len(emulator.ledger()["sessions"]) == 7
 
-    await create_limit(limit_name, 2)
+
+@pytest.fixture
+def moments(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """The clock of the process's no-limit memory, moved by the test (``moments[0]``)."""
+    now = [1000.0]
+    monkeypatch.setattr(quota, "_now", lambda: now[0])
+    return now
+
+
+async def test_no_limit_is_remembered_by_the_process_for_a_while(
+    limit_name: str,
+    emulator: Emulator,
+    asked: _Asked,
+    moments: list[float],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A run starting soon after another run of the process found no limit asks nothing
+    (and still says why it holds no slot); once the memory has lapsed, a limit created
+    meanwhile binds the next run."""
     report = SessionReport()
 
     @flow
-    async def next_run() -> int:
+    async def one_session() -> int | None:
         async with rendering_session(lease=timedelta(minutes=10), report=report):
-            return await slots_in_use(limit_name)
+            return await slots_in_use(limit_name) if report.slot_limit else None
 
-    assert await next_run() == 1
+    assert await one_session() is None
+    assert asked == [limit_name]
+    await create_limit(limit_name, 2)
+    moments[0] += quota.NO_LIMIT_REMEMBERED_SECONDS - 1
+    caplog.clear()
+    assert await one_session() is None
+    assert asked == [limit_name]  # the process remembered: no request
+    assert (report.slot_limit, report.slot_wait_seconds) == (None, None)
+    said = [r.message for r in caplog.records if "No Prefect global concurrency limit" in r.message]
+    assert len(said) == 1
+    assert "as this process learnt 29 s ago" in said[0]
+
+    moments[0] += 2
+    assert await one_session() == 1
     assert report.slot_limit == limit_name
     assert asked == [limit_name, limit_name]
+    assert await slots_in_use(limit_name) == 0
 
 
 async def slots_seen_together(limit_name: str, count: int) -> list[int]:
@@ -340,6 +379,47 @@ async def test_a_full_limit_makes_the_run_wait_visibly(
     assert any(str(t).startswith("## Session slot\n\nWaited ") for t in texts)
 
 
+@pytest.mark.parametrize("api_version", ["2021-01-01"])
+async def test_owner_tags_are_written_while_the_slot_is_sought(
+    limit_name: str,
+    emulator: Emulator,
+    held_slot: dict[str, Any],
+    monkeypatch: pytest.MonkeyPatch,
+    api_version: str,
+) -> None:
+    """A session the client names has its owner tag on the run while it still waits for a
+    slot (one write for sessions starting together, off the way to the create); it is
+    announced as created only once it has its slot, and created then."""
+    announced: list[str] = []
+    monkeypatch.setattr(
+        events_module, "emit_event", lambda event, **_kwargs: announced.append(event)
+    )
+    report = SessionReport()
+    run_ids: list[UUID] = []
+
+    @flow
+    async def one() -> None:
+        from prefect.runtime import flow_run
+
+        run_ids.append(UUID(flow_run.id))
+        async with rendering_session(lease=timedelta(minutes=10), report=report):
+            pass
+
+    run = asyncio.ensure_future(one())
+    await until_waiting(limit_name)
+    async with get_client() as prefect:
+        tags = (await prefect.read_flow_run(run_ids[0])).tags
+    [tag] = [t for t in tags if t.startswith(OWNER_TAG_PREFIX)]
+    assert tag.startswith(f"{OWNER_TAG_PREFIX}pf-{run_ids[0]}")
+    assert "arr.session.created" not in announced
+    assert emulator.ledger()["sessions"] == []
+    await held_slot["release"]()
+    await asyncio.wait_for(run, 60)
+    assert tag == f"{OWNER_TAG_PREFIX}{report.session_id}"
+    assert announced.count("arr.session.created") == 1
+    assert [s["id"] for s in emulator.ledger()["sessions"]] == [report.session_id]
+
+
 async def wait_artifacts(limit_name: str) -> list[str]:
     """The texts of every session-slot-wait artifact about ``limit_name``."""
     async with get_client() as prefect:
@@ -393,11 +473,13 @@ async def test_waiting_does_not_count_against_the_ready_timeout(
     assert fast_emulator.running() == []
 
 
+@pytest.mark.parametrize("api_version", ["v1", "2021-01-01"])
 async def test_waiting_counts_against_the_ready_timeout_when_asked(
     limit_name: str, settings: ArrSettings, held_slot: dict[str, Any], fast_emulator: Emulator
 ) -> None:
     """With ready_timeout_includes_slot_wait the wait is bounded by the ready timeout, and no
-    session is ever created."""
+    session is ever created (nor reported: an ID chosen and tagged ahead is not one)."""
+    report = SessionReport()
 
     @flow
     async def one() -> None:
@@ -405,6 +487,7 @@ async def test_waiting_counts_against_the_ready_timeout_when_asked(
             ready_timeout=600,
             client=scaled_client(fast_emulator, settings),
             ready_timeout_includes_slot_wait=True,
+            report=report,
         ):
             pass
 
@@ -413,6 +496,7 @@ async def test_waiting_counts_against_the_ready_timeout_when_asked(
         await asyncio.wait_for(one(), 60)
     assert time.monotonic() - started < 10
     assert fast_emulator.ledger()["sessions"] == []
+    assert report.session_id is None
 
 
 async def test_the_lease_is_renewed_while_held(limit_name: str) -> None:
