@@ -117,6 +117,10 @@ def test_arr_does_not_import_prefect() -> None:
 
 
 @pytest.mark.loopback
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_while_waiting(tmp_path: Path) -> None:
     """SIGINT during `create --wait` (a real Ctrl-C): exit 130, no traceback, and how to stop
     the session that keeps running."""
@@ -134,6 +138,10 @@ def test_ctrl_c_while_waiting(tmp_path: Path) -> None:
             cwd=tmp_path,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
+            # Ctrl-C as a terminal delivers it: a run started in the background by a
+            # non-interactive shell (nohup ... &) inherits SIGINT ignored, and Python then
+            # installs no KeyboardInterrupt handler.
+            preexec_fn=_default_sigint,
         )
         try:
             assert waiting.stderr is not None
