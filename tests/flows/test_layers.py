@@ -3,6 +3,8 @@ the API called through task runs in a flow run, and the hand-off to the session 
 
 from __future__ import annotations
 
+import asyncio
+import time
 from datetime import timedelta
 from typing import Any
 
@@ -30,13 +32,25 @@ async def test_in_a_flow_run_each_step_is_a_task_run(emulator: Emulator, api_ver
     session_id = await state.aresult()
     run_id = state.state_details.flow_run_id
     assert run_id is not None
-    async with get_client() as prefect:
-        runs = await prefect.read_task_runs(
-            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run_id]))
-        )
-    names = {run.name for run in runs}
-    assert {f"wait-until-ready-{session_id}", f"stop-session-{session_id}"} <= names
-    assert "create-session-premium" in names, names
+    expected = {
+        f"wait-until-ready-{session_id}",
+        f"stop-session-{session_id}",
+        "create-session-premium",
+    }
+    # The server records task runs from their events, a moment after the flow returns:
+    # read until all three are there, for at most 15 s of real time.
+    deadline = time.monotonic() + 15
+    names: set[str] = set()
+    while True:
+        async with get_client() as prefect:
+            runs = await prefect.read_task_runs(
+                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run_id]))
+            )
+        names = {run.name for run in runs}
+        if expected <= names or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.2)
+    assert expected <= names, names
 
 
 class FakeGuard:
