@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import pickle
 import re
 from collections.abc import AsyncIterator
@@ -39,14 +38,6 @@ WAIT_LOG = re.compile(
     r" (?P<budget>.+) waited\)"
 )
 """The house style: durations with units (``1 min 40 s``), never a raw float."""
-
-
-@pytest.fixture(autouse=True)
-def _no_arr_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Keep the developer's ARR_* variables out of every test."""
-    for name in list(os.environ):
-        if name.upper().startswith("ARR_"):
-            monkeypatch.delenv(name)
 
 
 @pytest.fixture
