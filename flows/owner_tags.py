@@ -14,9 +14,10 @@ for at most :data:`OWNER_TAG_LAST_WAIT` once it is stopped: :func:`owner_recorde
 Adding a tag replaces the run's whole tag list (the Prefect API has no "add a tag"), so
 the list is read first, unless this process knows it from at most
 :data:`OWNER_TAGS_KNOWN_SECONDS` ago: as the engine read it when the run started, or as
-this process last wrote it. A tag someone else (the UI, a script) adds to the run within
-that window is then replaced by the owner tags' write, and one removed comes back; the
-owner tags themselves are never lost that way.
+this process last wrote it (only in the run's own process, when its tasks run there too).
+A tag someone else (the UI, a script) adds to the run within that window is then
+replaced by the owner tags' write, and one removed comes back; the owner tags themselves
+are never lost that way.
 """
 
 from __future__ import annotations
@@ -32,7 +33,9 @@ from uuid import UUID
 import anyio
 from prefect import get_client
 from prefect.client.schemas.objects import FlowRun
+from prefect.context import FlowRunContext
 from prefect.logging import get_logger
+from prefect.task_runners import ThreadPoolTaskRunner
 
 from arr_prefect.client import ArrClient
 from arr_prefect.credentials import RemoteRenderingCredentials, credentials_name_of
@@ -155,17 +158,40 @@ _TAGS_KNOWN_MAX = 256
 def _known_tags(flow_run_id: str) -> list[str] | None:
     """The run's tags if this process knows them from at most
     :data:`OWNER_TAGS_KNOWN_SECONDS` ago (None: they must be read): as it last read or
-    wrote them, or as the engine read them when the run started, whichever is newer."""
+    wrote them, or as the engine read them when the run started, whichever is newer.
+
+    Only within the run, and when every tag write of the run is made in this process:
+    its tasks run here (Prefect's default thread-pool task runner). A task runner that
+    runs tasks in other processes (Dask, Ray) may write tags there, unknown here.
+    """
+    engine_read = _engine_read(flow_run_id)
+    if engine_read is None:
+        return None
     if flow_run_id in _tags_known and _tags_known[flow_run_id] is None:
         return None
     newest = max(
-        (k for k in (_tags_known.get(flow_run_id), _tags_engine_read(flow_run_id)) if k),
+        (k for k in (_tags_known.get(flow_run_id), engine_read) if k is not None),
         key=lambda known: known[1],
-        default=None,
     )
-    if newest is None or time.monotonic() - newest[1] > OWNER_TAGS_KNOWN_SECONDS:
+    if time.monotonic() - newest[1] > OWNER_TAGS_KNOWN_SECONDS:
         return None
     return list(newest[0])
+
+
+def _engine_read(flow_run_id: str) -> tuple[list[str], float] | None:
+    """The run's tags as the engine read them when this attempt of the run started, and
+    when (it enters the run context just after): when this code runs in the run and the
+    run's tasks run in this process (None otherwise)."""
+    context = FlowRunContext.get()
+    if (
+        context is None
+        or context.flow_run is None
+        or str(context.flow_run.id) != flow_run_id
+        or not isinstance(context.task_runner, ThreadPoolTaskRunner)
+    ):
+        return None
+    age = max(0.0, time.time() - context.start_time.timestamp())
+    return list(context.flow_run.tags), time.monotonic() - age
 
 
 def _know_tags(flow_run_id: str, tags: list[str] | None, at: float = 0.0) -> None:
@@ -177,18 +203,6 @@ def _know_tags(flow_run_id: str, tags: list[str] | None, at: float = 0.0) -> Non
         for key, known in list(_tags_known.items()):
             if known is not None and now - known[1] > OWNER_TAGS_KNOWN_SECONDS:
                 del _tags_known[key]
-
-
-def _tags_engine_read(flow_run_id: str) -> tuple[list[str], float] | None:
-    """The run's tags as Prefect's engine read them when the run (this attempt of it)
-    started, and when (the run context is entered right after that read)."""
-    from prefect.context import FlowRunContext
-
-    context = FlowRunContext.get()
-    if context is None or context.flow_run is None or str(context.flow_run.id) != flow_run_id:
-        return None
-    age = max(0.0, time.time() - context.start_time.timestamp())
-    return list(context.flow_run.tags), time.monotonic() - age
 
 
 _tag_writers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, _TagWriter]] = (

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 from typing import Any
+from uuid import UUID
 
 import pytest
 from prefect import flow, get_client, tags
 from prefect.client.orchestration import PrefectClient
 from prefect.runtime import flow_run
+from prefect.task_runners import ProcessPoolTaskRunner
 
 from arr_prefect.flows import OWNER_TAG_PREFIX, owner_tags, record_session_owner
 
@@ -113,7 +115,7 @@ async def test_tags_known_from_too_long_ago_are_read_first(
     async def owner() -> str:
         run_id = str(flow_run.id)
         async with get_client() as prefect:
-            await prefect.update_flow_run(flow_run.id, tags=["from-the-ui"])  # type: ignore[arg-type]
+            await prefect.update_flow_run(UUID(run_id), tags=["from-the-ui"])
         counted.start()
         assert await record_session_owner("stale-1")
         return run_id
@@ -140,3 +142,21 @@ async def test_after_a_failed_update_the_tags_are_read_again(
     run_id = await owner()
     assert (counted.reads, counted.updates) == (1, 2)
     assert f"{OWNER_TAG_PREFIX}after-1" in await _tags_of(run_id)
+
+
+async def test_a_run_whose_tasks_run_in_other_processes_reads_its_tags_first(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Tasks in other processes may tag the run unseen from here: its tags are read."""
+    counted = _Counted(monkeypatch)
+
+    # Prefect's flow() is typed for runners of plain PrefectFutures; this one's are a subclass.
+    @flow(task_runner=ProcessPoolTaskRunner(max_workers=1))  # type: ignore[arg-type]
+    async def owner() -> str:
+        counted.start()
+        assert await record_session_owner("elsewhere-1")
+        return str(flow_run.id)
+
+    run_id = await owner()
+    assert (counted.reads, counted.updates) == (1, 1)
+    assert f"{OWNER_TAG_PREFIX}elsewhere-1" in await _tags_of(run_id)
