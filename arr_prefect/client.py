@@ -248,7 +248,7 @@ class ArrClient:
         return pooled[1]
 
     async def _request(
-        self, method: str, url: str, *, authenticated: bool, **kwargs: Any
+        self, method: str, url: str | httpx.URL, *, authenticated: bool, **kwargs: Any
     ) -> httpx.Response:
         auth = self._auth if authenticated else httpx.USE_CLIENT_DEFAULT
         pool = await self._pool()
@@ -293,7 +293,7 @@ class ArrClient:
         self,
         operation: str,
         method: str,
-        url: str,
+        url: str | httpx.URL,
         *,
         json: Any = None,
         idempotent: bool = True,
@@ -307,6 +307,7 @@ class ArrClient:
         connection after sending, a 5xx) raises :class:`AmbiguousOutcome` instead of being
         retried; a 429 or a connection that was never made are retried as usual.
         ``on_retry`` is told before each retry (the request is about to be sent again).
+        ``url`` may be parsed already (an ``httpx.URL``): httpx then does not parse it again.
         """
         attempts = self.settings.max_attempts
         for attempt in range(1, attempts + 1):
@@ -331,7 +332,7 @@ class ArrClient:
                         f" {method} {url})",
                         operation=operation,
                         method=method,
-                        url=url,
+                        url=str(url),
                     ) from exc
                 delay = self._backoff(attempt)
                 logger.warning(
@@ -577,7 +578,7 @@ class ArrClient:
 
     async def _pages(self) -> AsyncIterator[list[Session]]:
         """The sessions of each list page, each page read in one validation."""
-        url = self._sessions_url()
+        url: str | httpx.URL = self._sessions_url()
         seen: set[str] = set()
         while True:
             response = await self._send("list sessions", "GET", url)
@@ -595,19 +596,20 @@ class ArrClient:
             if not next_link or next_link in seen:
                 return
             seen.add(next_link)
-            # Parsed once (a URL parse costs ~16 us: a page of 100 sessions is ~200 us).
+            # Parsed once, and sent parsed: httpx parses a string URL again for every
+            # request (a parse costs ~16 us, checking each character of the link).
             link = httpx.URL(next_link)
             if link.is_relative_url:
                 link = httpx.URL(url).join(link)
-            url = str(link)
+            url = link
             # The bearer token goes with the request: a link to another origin (or a
             # downgrade to plain http on the same host) must not receive it.
             if (link.scheme, link.host, link.port) != self._origin:
                 raise ArrTransportError(
-                    f"list sessions failed: @nextLink points to another origin ({url})",
+                    f"list sessions failed: @nextLink points to another origin ({link})",
                     operation="list sessions",
                     method="GET",
-                    url=url,
+                    url=str(link),
                 )
 
     async def extend_session(

@@ -242,6 +242,11 @@ def _ignored(value: Any) -> None:
     return None
 
 
+# Readers whose schema is already the Session field's own (a str, an int, a float, or
+# None): checking their value again against that field would only repeat the work.
+_PLAIN_READERS = (STR, OPTIONAL_STR, OPTIONAL_INT, OPTIONAL_FLOAT)
+
+
 def _session_schema(fields: Mapping[str, WireField]) -> core_schema.ModelSchema:
     """:class:`Session` read from one version's wire names, in one pass.
 
@@ -249,27 +254,51 @@ def _session_schema(fields: Mapping[str, WireField]) -> core_schema.ModelSchema:
     (a cheap check of an already-right value), so a dialect's reader can never put a
     value of the wrong type into a Session. A field this version does not carry takes
     its default (a key of that name in an answer is ignored).
+
+    The fields are read into a typed dict that becomes the Session's ``__dict__`` as it
+    is, and every Session of this version shares one set of the fields the version
+    carries as its ``model_fields_set`` (pydantic copies it before changing it, in
+    ``model_copy``). pydantic's own model fields would build a set for each Session: a
+    third object per Session for the garbage collector to trace, which made a list of
+    1,000 sessions 10-20 % slower to read.
     """
-    model_fields: dict[str, core_schema.ModelField] = {}
+    typed: dict[str, core_schema.TypedDictField] = {}
     for name in Session.model_fields:
         wire = fields.get(name)
         if wire is None:
-            model_fields[name] = core_schema.model_field(
-                core_schema.with_default_schema(function(_ignored), default=None)
+            typed[name] = core_schema.typed_dict_field(
+                core_schema.with_default_schema(function(_ignored), default=None),
+                required=False,
             )
             continue
         schema: Any = wire["schema"]
         default = schema["type"] == "default"
         read: core_schema.CoreSchema = schema["schema"] if default else schema
-        checked: core_schema.CoreSchema = core_schema.chain_schema([read, _field_schema(name)])
+        checked: core_schema.CoreSchema = (
+            read
+            if any(read is plain for plain in _PLAIN_READERS)
+            else core_schema.chain_schema([read, _field_schema(name)])
+        )
         if default:
             checked = core_schema.with_default_schema(checked, default=None)
-        model_fields[name] = core_schema.model_field(
-            checked, validation_alias=wire.get("validation_alias")
+        typed[name] = core_schema.typed_dict_field(
+            checked,
+            required=bool(wire.get("required", True)) and not default,
+            validation_alias=wire.get("validation_alias"),
         )
+    carried = set(fields)
+
+    def as_model_fields(values: dict[str, Any]) -> tuple[dict[str, Any], None, set[str]]:
+        return values, None, carried
+
     return core_schema.model_schema(
         Session,
-        core_schema.model_fields_schema(model_fields, model_name=Session.__name__),
+        core_schema.chain_schema(
+            [
+                core_schema.typed_dict_schema(typed, total=False),
+                core_schema.no_info_plain_validator_function(as_model_fields),
+            ]
+        ),
         config=core_schema.CoreConfig(title=Session.__name__),
     )
 

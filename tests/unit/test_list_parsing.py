@@ -137,6 +137,20 @@ def test_one_pass_reads_what_two_passes_read(api_version: str) -> None:
     assert dialect.reads_in_one_pass
 
 
+@pytest.mark.parametrize("api_version", [pytest.param(V1, id="v1"), pytest.param(V2021, id="2021")])
+def test_sessions_share_a_fields_set_that_a_copy_never_changes(api_version: str) -> None:
+    """Every Session read says its version's fields are set; a model_copy leaves others be."""
+    dialect = DIALECTS[api_version]
+    first, second, *_ = dialect.parse_page(body({"sessions": VARIED[api_version]}))[0]
+    carried = set(dialect.wire_fields)
+    assert first.model_fields_set == second.model_fields_set == carried
+    changed = first.model_copy(update={"teraflops": 1.5, "created_at": None})
+    assert changed.teraflops == 1.5
+    assert {"teraflops", "created_at"} <= changed.model_fields_set
+    assert second.model_fields_set == carried
+    assert dialect.parse_session(body(VARIED[api_version][0])).model_fields_set == carried
+
+
 class Toy(Dialect):
     """A made-up version whose lease reader returns text, not a duration."""
 
