@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -31,7 +32,7 @@ def builds(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
     built: list[bool] = []
     real = settings_module.ArrSettings.__init__
 
-    def counting(self: settings_module.ArrSettings, **values: object) -> None:
+    def counting(self: settings_module.ArrSettings, **values: Any) -> None:
         built.append(True)
         real(self, **values)
 
