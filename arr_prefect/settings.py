@@ -26,7 +26,10 @@ accepted only for loopback hosts, so a key is never sent in clear over a network
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
+import threading
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -324,6 +327,13 @@ def load_settings(*, environment: bool = True, **overrides: Any) -> ArrSettings:
 
     The message lists each bad field with its reason, and never the key's value.
 
+    Settings are remembered per process for what they were built from (every environment
+    variable whose upper-cased name starts with ``ARR_``, the ``.env`` file's path,
+    modification time and size, and the overrides): a flow run asks for them several
+    times, and building them reads the environment and ``.env`` each time. A change to
+    any of those is seen at the next call. Each call returns its own copy: changing a
+    field of one never changes another's.
+
     Args:
         environment: Read the ``ARR_*`` variables and ``.env`` under the overrides (the
             default). ``False`` checks the given values alone: how a credentials block
@@ -337,11 +347,69 @@ def load_settings(*, environment: bool = True, **overrides: Any) -> ArrSettings:
     Raises:
         ConfigurationError: A field is invalid (each bad field is named with its reason).
     """
+    key = _built_from(environment, overrides)
+    if key is not None and (known := _built.get(key)) is not None:
+        return known.model_copy()
     try:
-        return (ArrSettings if environment else _GivenOnly)(**overrides)
+        built = (ArrSettings if environment else _GivenOnly)(**overrides)
     except ValidationError as exc:
         reasons = "; ".join(
             f"{'.'.join(str(p) for p in err['loc']) or 'settings'}: {err['msg']}"
             for err in exc.errors(include_input=False, include_url=False)
         )
         raise ConfigurationError(f"invalid ARR settings: {reasons}") from None
+    if key is not None:
+        with _built_lock:
+            while len(_built) >= _BUILT_MAX:
+                del _built[next(iter(_built))]  # the oldest first
+            _built[key] = built
+    return built.model_copy()
+
+
+# Settings already built, by what they were built from (see load_settings): never handed
+# out themselves, only copies.
+_built: dict[tuple[Any, ...], ArrSettings] = {}
+_built_lock = threading.Lock()
+_BUILT_MAX = 64
+
+
+def _built_from(environment: bool, overrides: dict[str, Any]) -> tuple[Any, ...] | None:
+    """Everything settings built with these arguments are read from, as a key (None:
+    an override that cannot be a key; such settings are built every time)."""
+    given = tuple(sorted(overrides.items()))
+    if not environment:
+        read: tuple[Any, ...] = ()
+    else:
+        variables = tuple(
+            sorted(
+                (name, value)
+                for name, value in os.environ.items()
+                if name.upper().startswith("ARR_")
+            )
+        )
+        env_files = overrides.get("_env_file", ArrSettings.model_config.get("env_file"))
+        read = (variables, _files_state(env_files))
+    key = (environment, given, read)
+    try:
+        hash(key)
+    except TypeError:
+        return None
+    return key
+
+
+def _files_state(env_files: Any) -> tuple[tuple[str, int, int, int], ...] | None:
+    """Each ``.env`` file as pydantic-settings would find it: its absolute path (from the
+    current directory), and its modification time, size and inode (-1s: no such file)."""
+    if env_files is None:
+        return None
+    paths = [env_files] if isinstance(env_files, str | os.PathLike) else list(env_files)
+    state: list[tuple[str, int, int, int]] = []
+    for given in paths:
+        path = os.path.abspath(Path(given).expanduser())
+        try:
+            stat = os.stat(path)
+        except OSError:
+            state.append((path, -1, -1, -1))
+            continue
+        state.append((path, stat.st_mtime_ns, stat.st_size, stat.st_ino))
+    return tuple(state)

@@ -10,11 +10,20 @@ name>`` (the name, never the key), so the hooks reach the same account.
 Tags the Prefect API cannot take at first (a server restarting, its database away) are
 written again every :data:`OWNER_TAG_RETRY_SECONDS` while the session lives, and waited
 for at most :data:`OWNER_TAG_LAST_WAIT` once it is stopped: :func:`owner_recorded`.
+
+Adding a tag replaces the run's whole tag list (the Prefect API has no "add a tag"), so
+the list is read first, unless this process knows it from at most
+:data:`OWNER_TAGS_KNOWN_SECONDS` ago: as the engine read it when the run started, or as
+this process last wrote it (only in the run's own process, when its tasks run there too).
+A tag someone else (the UI, a script) adds to the run within that window is then
+replaced by the owner tags' write, and one removed comes back; the owner tags themselves
+are never lost that way.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 import weakref
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -24,7 +33,9 @@ from uuid import UUID
 import anyio
 from prefect import get_client
 from prefect.client.schemas.objects import FlowRun
+from prefect.context import FlowRunContext
 from prefect.logging import get_logger
+from prefect.task_runners import ThreadPoolTaskRunner
 
 from arr_prefect.client import ArrClient
 from arr_prefect.credentials import RemoteRenderingCredentials, credentials_name_of
@@ -58,6 +69,9 @@ CREDENTIALS_TAG_PREFIX = "arr-credentials:"
 OWNER_TAG_RETRY_SECONDS = 5.0
 # ... and, once the session is stopped, waited for at most this long before giving up.
 OWNER_TAG_LAST_WAIT = 60.0
+# A flow run's tags as this process knew them this recently (read by the engine when the
+# run started, or written here) are added to without being read again.
+OWNER_TAGS_KNOWN_SECONDS = 2.0
 # A session the service named (v1) is recorded after its create, shielded from a cancel
 # for at most this long: the stop that follows must not wait on the Prefect API forever.
 RECORD_AFTER_CREATE_SECONDS = 30.0
@@ -75,7 +89,8 @@ def credentials_made_with(session_id: str) -> RemoteRenderingCredentials | None:
 
 class _TagWriter:
     """Adds tags to one flow run, in batches: all the tags asked for while a write is in
-    flight go together in the next one (one read of the run's tags, one update).
+    flight go together in the next one (one update of the run's tags, read first unless
+    known: :func:`_known_tags`).
 
     Each read-then-update must not overlap another (the second would drop the first's
     tag), and a write per tag under a lock made 200 sessions starting together wait for
@@ -104,11 +119,7 @@ class _TagWriter:
             batch, self._batch = self._batch, None
             assert batch is not None
             try:
-                async with get_client() as prefect:
-                    run = await prefect.read_flow_run(self.flow_run_id)
-                    missing = [t for t in tags if t not in run.tags]
-                    if missing:
-                        await prefect.update_flow_run(self.flow_run_id, tags=[*run.tags, *missing])
+                await self._update(list(tags))
             except Exception as exc:  # noqa: BLE001 - handed to every waiter of the batch
                 if not batch.done():
                     batch.set_exception(exc)
@@ -116,6 +127,82 @@ class _TagWriter:
             else:
                 if not batch.done():
                     batch.set_result(None)
+
+    async def _update(self, tags: list[str]) -> None:
+        """One write: the run's tags (known, or read), plus those of ``tags`` missing."""
+        key = str(self.flow_run_id)
+        async with get_client() as prefect:
+            current = _known_tags(key)
+            if current is None:
+                read_at = time.monotonic()
+                current = list((await prefect.read_flow_run(self.flow_run_id)).tags)
+                _know_tags(key, current, read_at)
+            missing = [t for t in tags if t not in current]
+            if not missing:
+                return
+            # Unknown while the update is in flight, and after it if it fails.
+            _know_tags(key, None)
+            sent_at = time.monotonic()
+            await prefect.update_flow_run(self.flow_run_id, tags=[*current, *missing])
+            _know_tags(key, [*current, *missing], sent_at)
+
+
+# Each flow run's tags as this process last knew them (read or written, and when, by
+# time.monotonic), for every event loop of the process; None: not known (a write in
+# flight, or one that failed), read them first.
+_tags_known: dict[str, tuple[list[str], float] | None] = {}
+# Above this many runs, those whose tags are known from too long ago are forgotten.
+_TAGS_KNOWN_MAX = 256
+
+
+def _known_tags(flow_run_id: str) -> list[str] | None:
+    """The run's tags if this process knows them from at most
+    :data:`OWNER_TAGS_KNOWN_SECONDS` ago (None: they must be read): as it last read or
+    wrote them, or as the engine read them when the run started, whichever is newer.
+
+    Only within the run, and when every tag write of the run is made in this process:
+    its tasks run here (Prefect's default thread-pool task runner). A task runner that
+    runs tasks in other processes (Dask, Ray) may write tags there, unknown here.
+    """
+    engine_read = _engine_read(flow_run_id)
+    if engine_read is None:
+        return None
+    if flow_run_id in _tags_known and _tags_known[flow_run_id] is None:
+        return None
+    newest = max(
+        (k for k in (_tags_known.get(flow_run_id), engine_read) if k is not None),
+        key=lambda known: known[1],
+    )
+    if time.monotonic() - newest[1] > OWNER_TAGS_KNOWN_SECONDS:
+        return None
+    return list(newest[0])
+
+
+def _engine_read(flow_run_id: str) -> tuple[list[str], float] | None:
+    """The run's tags as the engine read them when this attempt of the run started, and
+    when (it enters the run context just after): when this code runs in the run and the
+    run's tasks run in this process (None otherwise)."""
+    context = FlowRunContext.get()
+    if (
+        context is None
+        or context.flow_run is None
+        or str(context.flow_run.id) != flow_run_id
+        or not isinstance(context.task_runner, ThreadPoolTaskRunner)
+    ):
+        return None
+    age = max(0.0, time.time() - context.start_time.timestamp())
+    return list(context.flow_run.tags), time.monotonic() - age
+
+
+def _know_tags(flow_run_id: str, tags: list[str] | None, at: float = 0.0) -> None:
+    """Remember the run's tags as of ``at`` (None: not known until read again)."""
+    _tags_known[flow_run_id] = None if tags is None else (tags, at)
+    if len(_tags_known) > _TAGS_KNOWN_MAX:
+        # Forgetting what is too old to be used changes nothing; what is unknown stays so.
+        now = time.monotonic()
+        for key, known in list(_tags_known.items()):
+            if known is not None and now - known[1] > OWNER_TAGS_KNOWN_SECONDS:
+                del _tags_known[key]
 
 
 _tag_writers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, _TagWriter]] = (
