@@ -84,6 +84,7 @@ from prefect.artifacts import acreate_markdown_artifact
 from prefect.client.orchestration import PrefectClient
 from prefect.client.schemas.objects import ConcurrencyLeaseHolder
 from prefect.context import FlowRunContext, TaskRunContext
+from prefect.exceptions import ObjectNotFound
 
 from arr_prefect.flows.events import emit_quota_wait
 from arr_prefect.tasks.sessions import run_logger
@@ -182,9 +183,16 @@ def _no_limit_seen_ago(key: _LimitKey) -> float | None:
         return None
     ago = _now() - seen
     if not 0 <= ago < NO_LIMIT_REMEMBERED_SECONDS:
-        _NO_LIMIT_SEEN.pop((api_url, name), None)
         return None
     return ago
+
+
+def _no_limit_seen_before(key: _LimitKey) -> bool:
+    """Whether this process ever learnt that the limit does not exist (its memory of that
+    may have lapsed): then the limit is likely still missing, and asking with a read is
+    cheaper than asking for a slot."""
+    api_url, _, name = key
+    return (api_url, name) in _NO_LIMIT_SEEN
 
 
 def session_limit_name(template: str, account_id: str | None) -> str:
@@ -430,10 +438,32 @@ class SessionSlot:
         answered: asyncio.Future[None] = loop.create_future()
         _ASKING[(loop, key)] = answered
         try:
+            if _no_limit_seen_before(key) and await self._still_missing(client):
+                _learnt(key, exists=False)
+                _no_limit_logged(self.limit_name, None)
+                return None
             return await self._try_acquire(client)
         finally:
             del _ASKING[(loop, key)]
             answered.set_result(None)
+
+    async def _still_missing(self, client: PrefectClient) -> bool:
+        """Whether the limit this process last found missing is missing still, by one read.
+
+        Asking for a slot of a missing limit is two writes (an empty lease, and giving it
+        back), and a SQLite-backed server busy recording other runs' events answers such a
+        write with a 503 now and then, which Prefect's client retries seconds later: one
+        render_batch run in about 24 waited 1.7-2.5 s for it. False (ask for a slot, as
+        usual) when the limit exists or the read fails.
+        """
+        try:
+            async with _slot_gate():
+                await client.read_global_concurrency_limit_by_name(self.limit_name)
+        except ObjectNotFound:
+            return True
+        except Exception:  # noqa: BLE001 - asking for a slot handles every failure
+            return False
+        return False
 
     async def _describe_limit(self, client: PrefectClient, wait: SlotWait) -> None:
         with contextlib.suppress(Exception):

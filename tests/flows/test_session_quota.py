@@ -219,6 +219,34 @@ async def test_no_limit_is_remembered_by_the_process_for_a_while(
     assert await slots_in_use(limit_name) == 0
 
 
+async def test_a_lapsed_no_limit_memory_is_checked_with_a_read(
+    limit_name: str,
+    emulator: Emulator,
+    asked: _Asked,
+    moments: list[float],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Once the process's memory of a missing limit has lapsed, the next run reads the
+    limit instead of asking for a slot: still missing, it takes none and says so."""
+    report = SessionReport()
+
+    @flow
+    async def one_session() -> None:
+        async with rendering_session(lease=timedelta(minutes=10), report=report):
+            pass
+
+    await one_session()
+    assert asked == [limit_name]
+    moments[0] += quota.NO_LIMIT_REMEMBERED_SECONDS + 1
+    caplog.clear()
+    await one_session()
+    assert asked == [limit_name]  # a read, not a slot request
+    assert report.slot_limit is None
+    said = [r.message for r in caplog.records if "No Prefect global concurrency limit" in r.message]
+    assert len(said) == 1
+    assert "as this process learnt" not in said[0]
+
+
 async def slots_seen_together(limit_name: str, count: int) -> list[int]:
     """Start ``count`` sessions together in one flow run; each reports the slots in use
     once all of them are in their bodies, and none leaves its body (giving its slot back)
