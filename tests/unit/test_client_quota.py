@@ -93,6 +93,22 @@ def refusals(emu: Emulator) -> int:
     return int(emu.ledger()["quota_refusals"])
 
 
+async def create_once_stopped(
+    arr: ArrClient, clock: VirtualClock, first: Session, after: float, **kwargs: Any
+) -> Session:
+    """Create a session while ``first`` holds the quota and is stopped ``after`` seconds
+    (on ``clock``) into the wait."""
+
+    async def stop_later() -> None:
+        await clock.sleep(after)
+        await arr.stop_session(first.id)
+
+    stopper = asyncio.create_task(stop_later())
+    made = await create(arr, **kwargs)
+    await stopper
+    return made
+
+
 @pytest.mark.parametrize("api_version", BOTH)
 async def test_create_waits_until_a_session_ends(
     emu: Emulator, clock: VirtualClock, api_version: str, caplog: pytest.LogCaptureFixture
@@ -101,14 +117,7 @@ async def test_create_waits_until_a_session_ends(
     caplog.set_level(logging.WARNING, logger="arr_prefect.client")
     async with make_client(emu.transport(), clock, api_version) as arr:
         first = await create(arr, lease=LEASE)
-
-        async def stop_later() -> None:
-            await clock.sleep(100)
-            await arr.stop_session(first.id)
-
-        stopper = asyncio.create_task(stop_later())
-        second = await create(arr, lease=LEASE)
-        await stopper
+        second = await create_once_stopped(arr, clock, first, 100, lease=LEASE)
     assert second.id != first.id
     # Waits of 5, 10, 20, 30, 30... s (jittered down by at most a quarter): the try after
     # the stop at 100 s comes within one longest wait of it.
@@ -128,14 +137,7 @@ async def test_v1_session_made_after_waiting_carries_its_attempt_lease(
     """v1: the session made by a later attempt is returned with that attempt's fingerprinted
     lease, the one the service lists (what a lost answer's reconciliation looks for)."""
     first = await create(arr, lease=LEASE)
-
-    async def stop_later() -> None:
-        await clock.sleep(40)
-        await arr.stop_session(first.id)
-
-    stopper = asyncio.create_task(stop_later())
-    second = await create(arr, lease=LEASE)
-    await stopper
+    second = await create_once_stopped(arr, clock, first, 40, lease=LEASE)
     listed = {s.id: s.max_lease for s in await arr.list_sessions()}
     assert listed == {second.id: second.max_lease}
     assert second.max_lease is not None
@@ -148,14 +150,7 @@ async def test_2021_create_keeps_its_chosen_id_while_waiting(
     """2021-01-01: the ID the caller chose is the one finally created."""
     async with make_client(emu.transport(), clock, V2021) as arr:
         first = await create(arr, lease=LEASE)
-
-        async def stop_later() -> None:
-            await clock.sleep(15)
-            await arr.stop_session(first.id)
-
-        stopper = asyncio.create_task(stop_later())
-        second = await create(arr, lease=LEASE, session_id="job-7")
-        await stopper
+        second = await create_once_stopped(arr, clock, first, 15, lease=LEASE, session_id="job-7")
     assert second.id == "job-7"
     assert emu.request_count("v2021.create", 403) >= 1
 
