@@ -50,6 +50,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import json
 import os
 import platform
@@ -560,14 +561,53 @@ class RawLifecycle:
             (await http.post(f"{url}/:stop", params=params, headers=auth)).raise_for_status()
 
 
-async def client_lifecycle(arr: Any, with_list: bool = False) -> int:
-    """One lifecycle; the number of sessions its list returned (0 without a list)."""
+async def client_lifecycle(
+    arr: Any, with_list: bool = False, lister: Callable[[], Awaitable[int]] | None = None
+) -> int:
+    """One lifecycle; the number of sessions its list returned (0 without a list).
+
+    ``lister`` lists instead of ``arr.list_sessions()`` (the raw-httpx floor)."""
     session = await arr.create_session(lease=timedelta(minutes=10))
     await arr.wait_until_ready(session.id)
     await arr.extend_session(session.id, timedelta(minutes=20))
-    listed = len(await arr.list_sessions()) if with_list else 0
+    listed = 0
+    if lister is not None:
+        listed = await lister()
+    elif with_list:
+        listed = len(await arr.list_sessions())
     await arr.stop_session(session.id)
     return listed
+
+
+class RawLister:
+    """The floor of a list: httpx GET + ``.json()`` of each page, following ``@nextLink``,
+    on one shared ``httpx.AsyncClient`` with one token (no validation, no retries).
+
+    As many lists at once as the client's pool reads (``LISTS_AT_ONCE``): without that
+    bound a thousand lists queue for the connections, time out, and the sessions of the
+    lifecycles that failed stay listed, so the two would not list the same sessions."""
+
+    def __init__(self, url: str, token: str) -> None:
+        import httpx
+
+        from arr_prefect._pool import LISTS_AT_ONCE
+
+        self.http = httpx.AsyncClient(base_url=url)
+        self.auth = {"Authorization": f"Bearer {token}"}
+        self.lists = asyncio.Semaphore(LISTS_AT_ONCE)
+
+    async def __call__(self, api_version: str) -> int:
+        if api_version == "v1":
+            first, params = f"/v1/accounts/{ACCOUNT}/sessions", None
+        else:
+            first, params = f"/accounts/{ACCOUNT}/sessions", {"api-version": "2021-01-01"}
+        async with self.lists:
+            body = (await self.http.get(first, params=params, headers=self.auth)).json()
+            count = len(body["sessions"])
+            while body.get("@nextLink"):
+                body = (await self.http.get(body["@nextLink"], headers=self.auth)).json()
+                count += len(body["sessions"])
+        return count
 
 
 async def _counts(url: str) -> dict[str, int]:
@@ -669,9 +709,14 @@ def _cpu_of(pid: int) -> float:
 
 
 async def _batch(
-    settings: dict[str, Any], count: int, with_list: bool, emulator_pid: int | None
+    settings: dict[str, Any],
+    count: int,
+    with_list: bool,
+    emulator_pid: int | None,
+    raw: RawLister | None = None,
 ) -> dict[str, Any]:
-    """``count`` concurrent lifecycles (a new client each, half per API version)."""
+    """``count`` concurrent lifecycles (a new client each, half per API version); with
+    ``raw``, each lists through it instead of the client."""
     from arr_prefect.client import ArrClient
 
     failures: list[str] = []
@@ -679,9 +724,10 @@ async def _batch(
 
     async def one(index: int) -> None:
         api_version = "v1" if index % 2 else "2021-01-01"
+        lister = functools.partial(raw, api_version) if raw is not None else None
         try:
             async with ArrClient(settings[api_version]) as arr:
-                listed.append(await client_lifecycle(arr, with_list))
+                listed.append(await client_lifecycle(arr, with_list, lister))
         except Exception as exc:  # noqa: BLE001 - counted and reported
             failures.append(f"{type(exc).__name__}: {exc}")
 
@@ -699,15 +745,22 @@ async def _batch(
 
 
 async def _scale(
-    url: str, lifecycles: int, with_list: bool, emulator_pid: int | None
+    url: str, lifecycles: int, with_list: bool, emulator_pid: int | None, raw_list: bool = False
 ) -> dict[str, Any]:
     settings = {v: _settings(url, v) for v in ("v1", "2021-01-01")}
+    raw = RawLister(url, await _token(url)) if raw_list else None
+
+    async def batch(count: int) -> dict[str, Any]:
+        return await _batch(settings, count, with_list, emulator_pid, raw)
+
     # The N=10 rate, in batches of 10 before and after the big run (same process, same
     # emulator), so that what the machine's other jobs do falls on both sides.
-    await _batch(settings, 10, with_list, emulator_pid)  # warm: imports, pool, token
-    small = [await _batch(settings, 10, with_list, emulator_pid) for _ in range(5)]
-    big = await _batch(settings, lifecycles, with_list, emulator_pid)
-    small += [await _batch(settings, 10, with_list, emulator_pid) for _ in range(5)]
+    await batch(10)  # warm: imports, pool, token
+    small = [await batch(10) for _ in range(5)]
+    big = await batch(lifecycles)
+    small += [await batch(10) for _ in range(5)]
+    if raw is not None:
+        await raw.http.aclose()
     failures = big["failures"] + [f for batch in small for f in batch["failures"]]
 
     def per_lifecycle(key: str) -> float:
@@ -729,18 +782,35 @@ async def _scale(
 
 
 def scale_child(
-    url: str, lifecycles: int, nofile: int | None, with_list: bool, emulator_pid: int | None
+    url: str,
+    lifecycles: int,
+    nofile: int | None,
+    with_list: bool,
+    emulator_pid: int | None,
+    raw_list: bool = False,
 ) -> int:
     if nofile is not None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
-    print(json.dumps(asyncio.run(_scale(url, lifecycles, with_list, emulator_pid))), flush=True)
+    result = asyncio.run(_scale(url, lifecycles, with_list, emulator_pid, raw_list))
+    print(json.dumps(result), flush=True)
     return 0
 
 
-def bench_scale(lifecycles: int, variants: Sequence[tuple[int | None, bool]]) -> None:
+SCALE_VARIANTS: dict[str, tuple[int | None, str | None]] = {
+    "plain": (None, None),
+    "nofile": (1024, None),
+    "list": (None, "client"),
+    "rawlist": (None, "raw"),
+}
+"""A scale variant: (open-files limit, how each lifecycle lists: the client, raw httpx
+GET + .json() (the floor), or not at all)."""
+
+
+def bench_scale(lifecycles: int, variants: Sequence[tuple[int | None, str | None]]) -> None:
     print("== scale", flush=True)
-    results: dict[tuple[int | None, bool], dict[str, Any]] = {}
-    for nofile, with_list in variants:
+    results: dict[tuple[int | None, str | None], dict[str, Any]] = {}
+    for nofile, list_by in variants:
+        with_list = list_by is not None
         with emulator_served() as served:
             args = [_python(), str(Path(__file__).resolve()), "--scale-child", served.url,
                     "--lifecycles", str(lifecycles), "--emulator-pid", str(served.pid)]  # fmt: skip
@@ -748,16 +818,19 @@ def bench_scale(lifecycles: int, variants: Sequence[tuple[int | None, bool]]) ->
                 args += ["--nofile", str(nofile)]
             if with_list:
                 args += ["--with-list"]
+            if list_by == "raw":
+                args += ["--raw-list"]
             out = subprocess.run(args, capture_output=True, text=True, timeout=900, check=False)
             if out.returncode != 0:
                 raise RuntimeError(f"scale child failed: {out.stderr[-2000:]}")
             result = json.loads(out.stdout.strip().splitlines()[-1])
-        results[nofile, with_list] = result
+        results[nofile, list_by] = result
         limit = f"open files <= {result['nofile']}"
         if with_list:
             limit += (
-                f", each lifecycle also lists ({result['listed']:.0f} sessions a list on"
-                f" average; {result['small_listed']:.0f} in batches of 10)"
+                f", each lifecycle also lists{' by raw httpx (the floor)' * (list_by == 'raw')}"
+                f" ({result['listed']:.0f} sessions a list on average;"
+                f" {result['small_listed']:.0f} in batches of 10)"
             )
         cpus = f"client {result['cpu']:.1f} s, emulator {result['emulator_cpu']:.1f} s"
         record("scale", f"{lifecycles} concurrent lifecycles, one process, {limit}: wall"
@@ -782,13 +855,27 @@ def bench_scale(lifecycles: int, variants: Sequence[tuple[int | None, bool]]) ->
         )
         record("scale", f"{lifecycles} concurrent lifecycles, {limit}: failures", failed, "0",
                result["failures"] == 0)  # fmt: skip
-    if (None, False) in results and (None, True) in results:
-        _list_share(lifecycles, results[None, False], results[None, True])
+    plain = results.get((None, None))
+    if plain is not None:
+        shares = {
+            list_by: _list_share(lifecycles, plain, results[None, list_by], list_by)
+            for list_by in ("client", "raw")
+            if (None, list_by) in results
+        }
+        if len(shares) == 2:
+            ratio = shares["client"] / max(shares["raw"], 1e-9)
+            record("scale", f"{lifecycles} concurrent lifecycles: the list's own CPU (client +"
+                   f" emulator) per lifecycle, list_sessions() vs raw httpx GET + .json()"
+                   f" ({shares['client'] * 1000:.1f} ms vs {shares['raw'] * 1000:.1f} ms)",
+                   f"{ratio:.2f}x", "report", True)  # fmt: skip
 
 
-def _list_share(lifecycles: int, plain: dict[str, Any], listing: dict[str, Any]) -> None:
-    """The list's own CPU per session it returned, at N and at 10: the difference of the
-    runs with and without a list (separate children, so only roughly)."""
+def _list_share(
+    lifecycles: int, plain: dict[str, Any], listing: dict[str, Any], list_by: str
+) -> float:
+    """The list's own CPU per lifecycle at N (returned, in seconds), and per session it
+    returned at N and at 10: the difference of the runs with and without a list (separate
+    children, so only roughly)."""
     big = (
         listing["cpu"] + listing["emulator_cpu"] - plain["cpu"] - plain["emulator_cpu"]
     ) / lifecycles
@@ -797,12 +884,14 @@ def _list_share(lifecycles: int, plain: dict[str, Any], listing: dict[str, Any])
         "big": big / max(listing["listed"], 1) * 1e6,
         "small": small / max(listing["small_listed"], 1) * 1e6,
     }
+    by = "list_sessions()" if list_by == "client" else "raw httpx GET + .json()"
     record("scale", f"{lifecycles} concurrent lifecycles: the list's own CPU (client +"
-           f" emulator) per lifecycle, {big * 1000:.1f} ms for {listing['listed']:.0f}"
-           f" sessions vs {small * 1000:.2f} ms for {listing['small_listed']:.0f} in batches"
-           " of 10; per session listed",
+           f" emulator) per lifecycle, by {by}, {big * 1000:.1f} ms for"
+           f" {listing['listed']:.0f} sessions vs {small * 1000:.2f} ms for"
+           f" {listing['small_listed']:.0f} in batches of 10; per session listed",
            f"{per_session['big']:.1f} vs {per_session['small']:.1f} us",
            "report", True)  # fmt: skip
+    return float(big)
 
 
 # --------------------------------------------------------------------------- list
@@ -1433,6 +1522,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--scale-child", metavar="URL", help=argparse.SUPPRESS)
     parser.add_argument("--nofile", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--with-list", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--raw-list", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--emulator-pid", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--list-sessions", type=int, default=1000, help="list: active sessions")
     parser.add_argument(
@@ -1443,14 +1533,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--scale-variants",
         default="plain,nofile,list",
-        help="scale: comma-separated of plain, nofile (open files <= 1024), list",
+        help="scale: comma-separated of plain, nofile (open files <= 1024), list, rawlist"
+        " (each lifecycle lists by raw httpx GET + .json(): the floor of 'list')",
     )
     args = parser.parse_args(argv)
     if args.serve_hello:
         return serve_hello()
     if args.scale_child:
         return scale_child(
-            args.scale_child, args.lifecycles, args.nofile, args.with_list, args.emulator_pid
+            args.scale_child,
+            args.lifecycles,
+            args.nofile,
+            args.with_list,
+            args.emulator_pid,
+            args.raw_list,
         )
     EMULATOR_ARGS[:] = args.emulator_args.split()
     only = {part.strip() for part in args.only.split(",") if part.strip()}
@@ -1464,11 +1560,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "list": lambda: asyncio.run(bench_list(args.rounds, args.list_sessions, 30)),
         "scale": lambda: bench_scale(
             args.lifecycles,
-            [
-                {"plain": (None, False), "nofile": (1024, False), "list": (None, True)}[v]
-                for v in args.scale_variants.split(",")
-                if v
-            ],
+            [SCALE_VARIANTS[v] for v in args.scale_variants.split(",") if v],
         ),
         "flows": lambda: asyncio.run(
             bench_flows(
