@@ -56,7 +56,11 @@ class _SessionLost(BaseException):
     body's ``except Exception`` does not swallow it (as for ``CancelledError``)."""
 
     def __str__(self) -> str:
-        return "the session was lost while the body ran (the with statement says how)"
+        # Seen only if it lands on the first instruction of __exit__ (see there).
+        return (
+            "the session was lost while the `with rendering_session(...)` block ran, and is"
+            " being stopped"
+        )
 
 
 def _send(thread_id: int, exc_type: type[BaseException] | None) -> None:
@@ -141,7 +145,15 @@ class RenderingSession(AbstractAsyncContextManager[Session]):
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        interrupted = self._close_body()
+        # An interrupt sent in the body's last instructions is raised at the next point
+        # where Python checks for one: the first instruction of _close_body, before its
+        # own guard. Caught here, it still becomes the real error. (One point is out of
+        # reach: the first instruction of __exit__ itself. An interrupt raised there
+        # leaves the with statement as _SessionLost; teardown runs on all the same.)
+        try:
+            interrupted = self._close_body()
+        except _SessionLost:
+            interrupted = self._close_body()  # the body is over either way
         lost_here = isinstance(exc, _SessionLost)
         body_error = None if lost_here else exc
         saved_tb = exc.__traceback__ if exc is not None else None

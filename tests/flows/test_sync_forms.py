@@ -369,6 +369,42 @@ def test_a_session_lost_while_the_body_runs_raises_the_specific_error(
     assert statuses(emulator) == [("Stopped", "stopped")]
 
 
+def test_an_interrupt_that_lands_as_the_with_block_ends_is_the_specific_error(
+    emulator: Emulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The body finished just as its session was lost: the interrupt, sent during the
+    body's last instructions, is raised when __exit__ calls _close_body. with still
+    raises SessionStoppedError, after teardown, never the private interrupt."""
+    import arr_prefect.flows.sync_session as sync_session
+
+    sent: list[type[BaseException] | None] = []
+    monkeypatch.setattr(sync_session, "_send", lambda _thread, exc_type: sent.append(exc_type))
+    close_body = RenderingSession._close_body
+
+    def interrupt_lands_first(self: RenderingSession) -> bool:
+        if sent and sent[0] is _SessionLost and sent.count(_SessionLost) == 1:
+            sent.append(_SessionLost)  # delivered once
+            raise _SessionLost
+        return close_body(self)
+
+    monkeypatch.setattr(RenderingSession, "_close_body", interrupt_lands_first)
+
+    @flow
+    def pipeline() -> None:
+        with rendering_session(lease=LEASE) as session:
+            tasks.stop_session(session.id)  # someone else stops it
+            deadline = time.monotonic() + 10
+            while not sent and time.monotonic() < deadline:  # the interrupt is sent...
+                time.sleep(0.01)
+            assert sent == [_SessionLost]  # ...and not raised in the body
+
+    state = pipeline(return_state=True)
+    with pytest.raises(SessionStoppedError) as info:
+        state.result()
+    assert not isinstance(info.value, _SessionLost)
+    assert statuses(emulator) == [("Stopped", "stopped")]
+
+
 def test_a_body_inside_one_long_call_sees_the_loss_when_it_returns(
     emulator: Emulator, clock: VirtualClock
 ) -> None:
