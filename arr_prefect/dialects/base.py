@@ -201,8 +201,14 @@ def memoized(
     raises a ValueError for a value it cannot read.
     """
     return core_schema.chain_schema(
-        [accepts, core_schema.no_info_plain_validator_function(_Memo(read, limit).__getitem__)]
+        [accepts, core_schema.no_info_plain_validator_function(_Memo(read, limit).__getitem__)],
+        metadata={_MEMO_PARTS: (accepts, read, limit)},
     )
+
+
+_MEMO_PARTS = "arr_prefect.memoized"
+"""The key under which a :func:`memoized` schema keeps its parts (pydantic-core ignores a
+schema's ``metadata``): :func:`_checked` rebuilds it to check each value once."""
 
 
 def exact_else(exact: core_schema.CoreSchema, read: Callable[[Any], Any]) -> core_schema.CoreSchema:
@@ -250,10 +256,10 @@ _PLAIN_READERS = (STR, OPTIONAL_STR, OPTIONAL_INT, OPTIONAL_FLOAT)
 def _session_schema(fields: Mapping[str, WireField]) -> core_schema.ModelSchema:
     """:class:`Session` read from one version's wire names, in one pass.
 
-    Each wire field is checked against the Session field's own schema after it is read
-    (a cheap check of an already-right value), so a dialect's reader can never put a
-    value of the wrong type into a Session. A field this version does not carry takes
-    its default (a key of that name in an answer is ignored).
+    Each value a wire field reads is checked against the Session field's own schema
+    (see :func:`_checked`: once per spelling for a memoized reader), so a dialect's
+    reader can never put a value of the wrong type into a Session. A field this version
+    does not carry takes its default (a key of that name in an answer is ignored).
 
     The fields are read into a typed dict that becomes the Session's ``__dict__`` as it
     is, and every Session of this version shares one set of the fields the version
@@ -274,11 +280,7 @@ def _session_schema(fields: Mapping[str, WireField]) -> core_schema.ModelSchema:
         schema: Any = wire["schema"]
         default = schema["type"] == "default"
         read: core_schema.CoreSchema = schema["schema"] if default else schema
-        checked: core_schema.CoreSchema = (
-            read
-            if any(read is plain for plain in _PLAIN_READERS)
-            else core_schema.chain_schema([read, _field_schema(name)])
-        )
+        checked = _checked(read, name)
         if default:
             checked = core_schema.with_default_schema(checked, default=None)
         typed[name] = core_schema.typed_dict_field(
@@ -301,6 +303,36 @@ def _session_schema(fields: Mapping[str, WireField]) -> core_schema.ModelSchema:
         ),
         config=core_schema.CoreConfig(title=Session.__name__),
     )
+
+
+def _checked(read: core_schema.CoreSchema, name: str) -> core_schema.CoreSchema:
+    """``read``, made to yield only values of :class:`Session`'s field ``name``.
+
+    A plain reader (a str, an int...) already does. A :func:`memoized` reader (possibly
+    nullable, for a field that takes None) is rebuilt so that each value it reads is
+    checked once, when it is first read, not each time a session repeats its spelling:
+    a list of 1,000 sessions makes thousands of such checks otherwise. Any other reader
+    is followed by the field's own check.
+    """
+    if any(read is plain for plain in _PLAIN_READERS):
+        return read
+    field = _field_schema(name)
+    nullable = read["type"] == "nullable"
+    inner: Any = read["schema"] if nullable else read
+    parts = (inner.get("metadata") or {}).get(_MEMO_PARTS)
+    if parts is None or (nullable and field["type"] != "nullable"):
+        return core_schema.chain_schema([read, field])
+    accepts, reader, limit = parts
+    check = SchemaValidator(field)
+
+    def read_checked(value: Any) -> Any:
+        try:
+            return check.validate_python(reader(value))
+        except ValidationError as wrong:
+            raise ValueError(wrong.errors(include_url=False)[0]["msg"]) from None
+
+    rebuilt = memoized(accepts, read_checked, limit=limit)
+    return core_schema.nullable_schema(rebuilt) if nullable else rebuilt
 
 
 def _chained_schema(fields: Mapping[str, WireField]) -> core_schema.CoreSchema:

@@ -7,7 +7,7 @@ from datetime import timedelta
 from typing import Any, ClassVar
 
 import pytest
-from pydantic_core import SchemaValidator
+from pydantic_core import SchemaValidator, core_schema
 
 from arr_prefect.clock import VirtualClock
 from arr_prefect.dialects import DIALECTS, Dialect, SessionCalls
@@ -187,6 +187,46 @@ def test_a_reader_of_the_wrong_type_is_refused() -> None:
     """A dialect's reader returning a value of the wrong type cannot reach a Session."""
     with pytest.raises(ValueError, match=r"^leaseSeconds: .*duration"):
         Toy().parse_session(body({"name": "a", "state": "Ready", "leaseSeconds": 60}))
+
+
+MEMO_READS: list[int] = []
+
+
+def _lease_as_text(value: int) -> timedelta | str:
+    MEMO_READS.append(value)
+    return f"{value} seconds" if value < 0 else timedelta(seconds=value)
+
+
+class ToyMemo(Toy):
+    """A made-up version with memoized readers: a lease that is text for negative
+    numbers, and a status that may be null, which Session's status is not."""
+
+    api_version: ClassVar[str] = "toy-careless-memo"
+    wire_fields: ClassVar[dict[str, WireField]] = {
+        "id": wire_field("name", STR, required=True),
+        "status": wire_field("state", core_schema.nullable_schema(STATUS), required=True),
+        "max_lease": wire_field(
+            "leaseSeconds", memoized(core_schema.int_schema(strict=True), _lease_as_text)
+        ),
+    }
+
+
+def test_a_memoized_reader_is_checked_once_per_spelling() -> None:
+    """A memoized reader's values are checked against the Session field once, when first
+    read; one of the wrong type is refused, naming the field, every time."""
+    MEMO_READS.clear()
+    dialect = ToyMemo()  # as DIALECTS holds one of each version
+    page = [{"name": f"s{i}", "state": "Ready", "leaseSeconds": 60} for i in range(50)]
+    sessions, _ = dialect.parse_page(body({"sessions": page}))
+    assert {session.max_lease for session in sessions} == {timedelta(seconds=60)}
+    dialect.parse_page(body({"sessions": page}))
+    assert dialect.parse_session(body(page[0])).max_lease == timedelta(seconds=60)
+    assert MEMO_READS == [60]  # one read, the check with it, for 101 sessions
+    for _ in range(2):
+        with pytest.raises(ValueError, match=r"^leaseSeconds: .*duration"):
+            dialect.parse_session(body({"name": "a", "state": "Ready", "leaseSeconds": -1}))
+    with pytest.raises(ValueError, match=r"^state: "):
+        dialect.parse_session(body({"name": "a", "state": None}))
 
 
 def test_memo_reads_each_spelling_once_and_is_bounded() -> None:
