@@ -68,3 +68,22 @@ async def test_every_attempt_carries_the_chosen_fingerprint() -> None:
     [record] = emulator.sessions()
     assert (record.id, record.max_lease, session.max_lease) == (session.id, lease, lease)
     emulator.state.stop(DEFAULT_ACCOUNT_ID, session.id)
+
+
+def test_a_forked_child_draws_other_fingerprints_than_its_parent() -> None:
+    """Clients share one generator per process; a forked worker (a process pool) seeds
+    its own, so two processes never send the same fingerprints in the same order."""
+    import os
+
+    from arr_prefect import client as client_module
+
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        os.write(write, repr([client_module._RNG.randrange(1, 10**6) for _ in range(4)]).encode())
+        os._exit(0)
+    os.close(write)
+    os.waitpid(pid, 0)
+    with os.fdopen(read) as answer:
+        child = answer.read()
+    assert child != repr([client_module._RNG.randrange(1, 10**6) for _ in range(4)])
