@@ -31,6 +31,7 @@ import pytest
 
 from tests.e2e import _fleet
 from tests.e2e._fleet import (
+    FINAL_TYPES,
     HEARTBEAT_SECONDS,
     LEASE_MINUTES,
     QUOTA,
@@ -102,6 +103,26 @@ def until_sessions_running(fleet: FleetStack, count: int) -> None:
         what=f"{count} sessions running",
         step=0.25,
     )
+
+
+def until_every_run_started(fleet: FleetStack, ids: list[str]) -> None:
+    """Wait until every run's flow is running (or over): none is still being started.
+
+    A flow-run process that starts while the API is away exits at once (Prefect's engine
+    gives up on its first request) and the run is marked Crashed before any of our code
+    ran: no session, nothing billed, but nothing of ours under test either. The fault
+    phases are about runs caught mid-run, so they begin once every run is past its start.
+    """
+
+    def started() -> bool | None:
+        runs = fleet.runs(ids)
+        types = [(r["state"] or {}).get("type") for r in runs]
+        return (
+            True if len(runs) == len(ids) and all(t in {"RUNNING", *FINAL_TYPES} for t in types)
+            else None
+        )  # fmt: skip
+
+    wait_for(started, timeout=PHASE_TIMEOUT, what="every run started", step=0.25)
 
 
 def record_phase(
@@ -284,6 +305,7 @@ def test_fleet_respects_the_quota_and_survives_faults(fleet: FleetStack) -> None
     started = time.monotonic()
     refusals_before = fleet.ledger()["quota_refusals"]
     ids = fleet.submit(FAULT_RUNS)
+    until_every_run_started(fleet, ids)
     until_sessions_running(fleet, QUOTA)
     downtime = fleet.restart_server()
     runs = fleet.wait_final(ids, PHASE_TIMEOUT)
@@ -296,6 +318,7 @@ def test_fleet_respects_the_quota_and_survives_faults(fleet: FleetStack) -> None
     started = time.monotonic()
     refusals_before = fleet.ledger()["quota_refusals"]
     ids = fleet.submit(FAULT_RUNS)
+    until_every_run_started(fleet, ids)
     until_sessions_running(fleet, QUOTA)
     assert fleet.pg is not None
     fleet.pg.stop("fast")
