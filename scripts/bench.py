@@ -1553,6 +1553,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     unknown = only - set(ALL)
     if unknown:
         parser.error(f"unknown --only parts: {sorted(unknown)}")
+    variants = [v.strip() for v in args.scale_variants.split(",") if v.strip()]
+    if set(variants) - set(SCALE_VARIANTS):
+        parser.error(
+            f"unknown --scale-variants: {sorted(set(variants) - set(SCALE_VARIANTS))}"
+            f" (known: {', '.join(SCALE_VARIANTS)})"
+        )
     started = time.perf_counter()
     sections: dict[str, Callable[[], object]] = {
         "emulator": lambda: asyncio.run(bench_emulator(args.rounds, args.requests)),
@@ -1560,7 +1566,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "list": lambda: asyncio.run(bench_list(args.rounds, args.list_sessions, 30)),
         "scale": lambda: bench_scale(
             args.lifecycles,
-            [SCALE_VARIANTS[v] for v in args.scale_variants.split(",") if v],
+            [SCALE_VARIANTS[v] for v in variants],
         ),
         "flows": lambda: asyncio.run(
             bench_flows(
