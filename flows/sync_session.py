@@ -146,14 +146,16 @@ class RenderingSession(AbstractAsyncContextManager[Session]):
         tb: TracebackType | None,
     ) -> None:
         # An interrupt sent in the body's last instructions is raised at the next point
-        # where Python checks for one: the first instruction of _close_body, before its
-        # own guard. Caught here, it still becomes the real error. (One point is out of
-        # reach: the first instruction of __exit__ itself. An interrupt raised there
-        # leaves the with statement as _SessionLost; teardown runs on all the same.)
-        try:
-            interrupted = self._close_body()
-        except _SessionLost:
-            interrupted = self._close_body()  # the body is over either way
+        # where Python checks for one: here, or anywhere in _close_body (its first
+        # instruction included). Caught here, it still becomes the real error. (One point
+        # is out of reach: the first instruction of __exit__ itself. An interrupt raised
+        # there leaves the with statement as _SessionLost; teardown runs all the same.)
+        while True:
+            try:
+                interrupted = self._close_body()
+                break
+            except _SessionLost:
+                continue  # raised here rather than in the body: it is over either way
         lost_here = isinstance(exc, _SessionLost)
         body_error = None if lost_here else exc
         saved_tb = exc.__traceback__ if exc is not None else None
@@ -206,17 +208,14 @@ class RenderingSession(AbstractAsyncContextManager[Session]):
 
     def _close_body(self) -> bool:
         """Mark the body over: no interrupt is sent after this, and one sent but not yet
-        raised is withdrawn. True if the body was interrupted."""
-        while True:
-            try:
-                with self._lock:
-                    self._body_open = False
-                    interrupted = self._interrupted
-                if interrupted:
-                    _send(self._thread_id, None)
-                return interrupted
-            except _SessionLost:
-                continue  # raised here rather than in the body: it is over either way
+        raised is withdrawn. True if the body was interrupted. Safe to call again if an
+        interrupt is raised in it (``__exit__`` does)."""
+        with self._lock:
+            self._body_open = False
+            interrupted = self._interrupted
+        if interrupted:
+            _send(self._thread_id, None)
+        return interrupted
 
     def _end_body(self, outcome: BaseException | None) -> None:
         """Hand the body's outcome to the host task, which is waiting for it."""
