@@ -597,17 +597,25 @@ class RawLister:
         self.lists = asyncio.Semaphore(LISTS_AT_ONCE)
 
     async def __call__(self, api_version: str) -> int:
+        """:meth:`count`, at most ``LISTS_AT_ONCE`` at a time."""
+        async with self.lists:
+            return await self.count(api_version)
+
+    async def count(self, api_version: str) -> int:
+        """The number of sessions listed, every page read."""
+        body = (await self.first_page(api_version)).json()
+        count = len(body["sessions"])
+        while body.get("@nextLink"):
+            body = (await self.http.get(body["@nextLink"], headers=self.auth)).json()
+            count += len(body["sessions"])
+        return count
+
+    async def first_page(self, api_version: str) -> Any:
         if api_version == "v1":
             first, params = f"/v1/accounts/{ACCOUNT}/sessions", None
         else:
             first, params = f"/accounts/{ACCOUNT}/sessions", {"api-version": "2021-01-01"}
-        async with self.lists:
-            body = (await self.http.get(first, params=params, headers=self.auth)).json()
-            count = len(body["sessions"])
-            while body.get("@nextLink"):
-                body = (await self.http.get(body["@nextLink"], headers=self.auth)).json()
-                count += len(body["sessions"])
-        return count
+        return await self.http.get(first, params=params, headers=self.auth)
 
 
 async def _counts(url: str) -> dict[str, int]:
@@ -900,8 +908,6 @@ def _list_share(
 async def bench_list(rounds: int, sessions: int, per_round: int) -> None:
     """Our list_sessions() against raw httpx GET + .json() of the same pages, interleaved."""
     print("== list", flush=True)
-    import httpx
-
     from arr_prefect.client import ArrClient
 
     with emulator_served() as served:
@@ -909,26 +915,9 @@ async def bench_list(rounds: int, sessions: int, per_round: int) -> None:
         token = await _token(url)
         await _fill(url, token, sessions)
         for api_version in ("v1", "2021-01-01"):
-            auth = {"Authorization": f"Bearer {token}"}
-            if api_version == "v1":
-                first, params = f"/v1/accounts/{ACCOUNT}/sessions", None
-            else:
-                first, params = f"/accounts/{ACCOUNT}/sessions", {"api-version": "2021-01-01"}
-            http = httpx.AsyncClient(base_url=url)
+            lister = RawLister(url, token)
             arr = ArrClient(_settings(url, api_version))
-
-            async def raw(
-                http: httpx.AsyncClient = http,
-                first: str = first,
-                params: dict[str, str] | None = params,
-                auth: dict[str, str] = auth,
-            ) -> int:
-                body = (await http.get(first, params=params, headers=auth)).json()
-                count = len(body["sessions"])
-                while body.get("@nextLink"):
-                    body = (await http.get(body["@nextLink"], headers=auth)).json()
-                    count += len(body["sessions"])
-                return count
+            raw = functools.partial(lister.count, api_version)
 
             async def ours(arr: Any = arr) -> int:
                 return len(await arr.list_sessions())
@@ -961,8 +950,8 @@ async def bench_list(rounds: int, sessions: int, per_round: int) -> None:
                     raw_ms.append(walls["raw"] * 1000)
                 ratios.append(statistics.median(pairs))
                 cpu_ratios.append(round_cpu["ours"] / max(round_cpu["raw"], 1e-9))
-            body = (await http.get(first, params=params, headers=auth)).content
-            await http.aclose()
+            body = (await lister.first_page(api_version)).content
+            await lister.http.aclose()
             await arr.aclose()
             _parse_floor(api_version, body, rounds)
             ratio, spread = summary(ratios)
